@@ -1,0 +1,56 @@
+# Moat: `make run` runs the whole gateway; `make test` runs the test suite.
+# Both create .venv and install what they need first.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+
+# The gateway's settings: $MOAT_CONFIG if set, else ./moat.yaml if present, else the defaults.
+ifeq ($(origin MOAT_CONFIG), undefined)
+ifneq ($(wildcard moat.yaml),)
+export MOAT_CONFIG := moat.yaml
+endif
+endif
+
+.PHONY: install run test test-fast lint format bench train clean
+
+$(INSTALLED): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "Moat needs Python 3.11 or newer (apt-get install python3 python3-venv)"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || \
+		{ echo "could not create $(VENV): apt-get install python3-venv"; exit 1; }
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+install: $(INSTALLED)
+
+run: install
+	@scripts/ensure-rabbitmq.sh
+	@mkdir -p var
+	$(PY) -m services
+
+test: install
+	@scripts/ensure-rabbitmq.sh
+	@scripts/ensure-postgres.sh
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy moat services
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: install
+	@scripts/ensure-rabbitmq.sh
+	$(PY) bench/smtp_bench.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,121 @@
+"""The message model shared by every service: states, queue bodies, findings and verdicts."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, TypeAdapter
+from ulid import ULID
+
+
+def new_message_id() -> str:
+    """A unique id that sorts by arrival time (a ULID, 26 characters)."""
+    return str(ULID())
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class MessageStatus(StrEnum):
+    """The life of a message. Terminal states: delivered, partially_delivered, bounced,
+    quarantined, failed, rejected.
+
+    received ─► queued ─► delivering ─► delivered | partially_delivered | bounced
+                   │           └──► deferred ─► (retry) delivering ...
+                   └──► quarantined
+    any non-terminal state ─► failed (dead-lettered; an administrator may retry it)
+    received ─► rejected (the sender got 451: never processed)
+    """
+
+    RECEIVED = "received"  # stored; the publish for scanning is not yet known to be confirmed
+    QUEUED = "queued"  # published for scanning, confirmed by the broker
+    DELIVERING = "delivering"  # verdict says deliver; handed to delivery
+    DEFERRED = "deferred"  # some recipients wait for a retry
+    DELIVERED = "delivered"
+    PARTIALLY_DELIVERED = "partially_delivered"  # some recipients delivered, the others bounced
+    BOUNCED = "bounced"
+    QUARANTINED = "quarantined"
+    FAILED = "failed"
+    REJECTED = "rejected"
+
+
+class RecipientStatus(StrEnum):
+    PENDING = "pending"
+    DEFERRED = "deferred"
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"
+
+
+RECIPIENT_DONE = frozenset({RecipientStatus.DELIVERED, RecipientStatus.BOUNCED})
+
+
+class Category(StrEnum):
+    """What a finding says about a message."""
+
+    VIRUS = "virus"
+    SPAM = "spam"
+    POLICY = "policy"
+    INFO = "info"
+    FAILURE = "failure"  # the check could not run: never read as "clean"
+
+
+class Finding(BaseModel):
+    """One result of one check, kept with the verdict so every decision can be explained."""
+
+    check: str
+    symbol: str
+    category: Category
+    score: float = 0.0
+    detail: str = ""
+    elapsed_ms: float = 0.0
+
+
+class VerdictName(StrEnum):
+    CLEAN = "clean"
+    SPAM = "spam"
+    VIRUS = "virus"
+    POLICY = "policy"
+
+
+class Action(StrEnum):
+    DELIVER = "deliver"
+    QUARANTINE = "quarantine"
+
+
+class Verdict(BaseModel):
+    verdict: VerdictName
+    action: Action
+    score: float
+    findings: list[Finding]
+
+
+# --- Queue bodies: small versioned JSON, never the mail itself. -------------------------------
+
+
+class ScanRequest(BaseModel):
+    v: Literal[1] = 1
+    kind: Literal["scan"] = "scan"
+    message_id: str
+
+
+class DeliveryRequest(BaseModel):
+    v: Literal[1] = 1
+    kind: Literal["deliver"] = "deliver"
+    message_id: str
+    # Which attempt this request is for; a request for an attempt already made is stale.
+    attempt: int = 0
+
+
+QueueBody = Annotated[ScanRequest | DeliveryRequest, Field(discriminator="kind")]
+queue_body_adapter: TypeAdapter[ScanRequest | DeliveryRequest] = TypeAdapter(QueueBody)
+
+
+def encode_body(body: ScanRequest | DeliveryRequest) -> bytes:
+    return body.model_dump_json().encode()
+
+
+def decode_body(data: bytes) -> ScanRequest | DeliveryRequest:
+    return queue_body_adapter.validate_json(data)

@@ -1,0 +1,58 @@
+"""Every SMTP reply Moat sends, with its RFC 3463 enhanced status code, in one place."""
+
+from __future__ import annotations
+
+import re
+
+OK = "250 2.0.0 Ok"
+SENDER_OK = "250 2.1.0 Sender ok"
+RECIPIENT_OK = "250 2.1.5 Recipient ok"
+QUEUED = "250 2.0.0 Ok: queued as {message_id}"
+RELAY_DENIED = "550 5.7.1 Relay access denied: we do not accept mail for {domain}"
+TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+MESSAGE_TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
+LOOP_DETECTED = "554 5.4.0 Too many Received: headers, mail loop suspected"
+TEMPORARY_FAILURE = "451 4.3.0 Temporary failure, please try again later"
+BAD_RECIPIENT_SYNTAX = "501 5.1.3 Bad recipient address syntax"
+BAD_SENDER_SYNTAX = "501 5.1.7 Bad sender address syntax"
+
+# aiosmtpd's own replies carry no enhanced status code, and some of its texts we improve on.
+_AIOSMTPD_REWRITES: dict[str, str] = {
+    "552 Error: message size exceeds fixed maximum message size": MESSAGE_TOO_BIG,
+    "552 Error: Too much mail data": MESSAGE_TOO_BIG,
+    "250 OK": OK,
+}
+# The enhanced code to add to a reply that has none, by basic reply code.
+_ENHANCED_BY_CODE: dict[str, str] = {
+    "221": "2.0.0",
+    "250": "2.0.0",
+    "252": "2.0.0",
+    "421": "4.3.0",
+    "451": "4.3.0",
+    "454": "4.7.0",
+    "500": "5.5.2",
+    "501": "5.5.4",
+    "502": "5.5.1",
+    "503": "5.5.1",
+    "504": "5.5.4",
+    "530": "5.7.0",
+    "550": "5.0.0",
+    "552": "5.3.4",
+    "553": "5.1.3",
+    "554": "5.0.0",
+    "555": "5.5.4",
+}
+_HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}( |$)")
+
+
+def with_enhanced_code(reply: str) -> str:
+    """Give a single-line reply an enhanced status code (RFC 2034) when it lacks one."""
+    if reply in _AIOSMTPD_REWRITES:
+        return _AIOSMTPD_REWRITES[reply]
+    if _HAS_ENHANCED.match(reply) or len(reply) < 4 or reply[3] not in " -":
+        return reply
+    enhanced = _ENHANCED_BY_CODE.get(reply[:3])
+    if enhanced is None:  # 220 greeting, 354 go-ahead: no enhanced code by RFC 2034
+        return reply
+    text = reply[4:].removeprefix("Error: ")
+    return f"{reply[:4]}{enhanced} {text}".rstrip()

@@ -1,0 +1,39 @@
+"""How a service process starts and stops: logging, uvloop, and a clean stop on SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+import uvloop
+
+from moat.settings import Settings
+
+
+def setup_logging(service: str, level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s",
+    )
+    # aio-pika and aiormq log every reconnect attempt at INFO/WARNING with tracebacks.
+    logging.getLogger("aiormq").setLevel(logging.ERROR)
+    logging.getLogger("aio_pika").setLevel(logging.ERROR)
+    # aiosmtpd logs every command of every session at INFO: too much for a busy gateway.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+
+async def wait_for_stop_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def run(service: str, settings: Settings, main: Callable[[Settings], Awaitable[None]]) -> None:
+    """Run a service's ``main`` on uvloop until it returns or a stop signal arrives."""
+    setup_logging(service, settings.log_level)
+    logging.getLogger(service).info("starting (env=%s)", settings.env)
+    uvloop.run(main(settings))

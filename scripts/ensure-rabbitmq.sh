@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Make sure a RabbitMQ broker (3.10 or newer: quorum queues with at-least-once dead-lettering)
+# is reachable on the host and port of MOAT_BROKER__URL (default 127.0.0.1:5672):
+# use the running one; start the installed one; install Debian's rabbitmq-server when missing
+# and we are root; otherwise say exactly what to do.
+set -euo pipefail
+
+url="${MOAT_BROKER__URL:-amqp://guest:guest@127.0.0.1:5672/}"
+hostport="${url#*://}"; hostport="${hostport#*@}"; hostport="${hostport%%/*}"
+host="${hostport%%:*}"; port="${hostport##*:}"; [ "$port" = "$hostport" ] && port=5672
+
+reachable() { timeout 2 bash -c "exec 3<>/dev/tcp/$host/$port" 2>/dev/null; }
+wait_reachable() {
+  for _ in $(seq 1 90); do reachable && return 0; sleep 1; done
+  return 1
+}
+
+if reachable; then
+  echo "RabbitMQ: reachable on $host:$port"
+  exit 0
+fi
+case "$host" in
+  127.*|localhost|::1) ;;
+  *) echo "RabbitMQ at $host:$port is not reachable; start it there, or point MOAT_BROKER__URL at a broker." >&2; exit 1 ;;
+esac
+
+if ! command -v rabbitmq-server >/dev/null 2>&1; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "RabbitMQ is not installed. Install and start it with:" >&2
+    echo "  sudo apt-get install -y rabbitmq-server && sudo systemctl start rabbitmq-server" >&2
+    exit 1
+  fi
+  echo "RabbitMQ: installing Debian's rabbitmq-server"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq rabbitmq-server >/dev/null
+fi
+
+echo "RabbitMQ: starting the installed server"
+if [ "$(id -u)" -eq 0 ]; then
+  rabbitmq-server -detached >/dev/null 2>&1 || true
+elif command -v systemctl >/dev/null 2>&1; then
+  echo "RabbitMQ is installed but not running; start it with: sudo systemctl start rabbitmq-server" >&2
+  exit 1
+fi
+if ! wait_reachable; then
+  echo "RabbitMQ did not come up on $host:$port; see /var/log/rabbitmq/" >&2
+  exit 1
+fi
+echo "RabbitMQ: reachable on $host:$port"

@@ -1,0 +1,35 @@
+"""The API service: ``python -m services.api`` (FastAPI under uvicorn, HTTPS only)."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from moat import runtime
+from moat.db import create_engine
+from moat.repository import Repository
+from moat.settings import Settings, load_settings, split_host_port
+from moat.tls import ensure_self_signed
+from services.api.app import create_app
+
+log = logging.getLogger("api")
+
+
+async def main(settings: Settings) -> None:
+    cert, key = settings.api.tls_cert, settings.api.tls_key
+    if cert is None or key is None:
+        cert, key = ensure_self_signed(settings.api.self_signed_dir, settings.smtp.hostname)
+    host, port = split_host_port(settings.api.listen)
+    app = create_app(settings, Repository(create_engine(settings.database_url)))
+    config = uvicorn.Config(
+        app, host=host, port=port, ssl_certfile=str(cert), ssl_keyfile=str(key),
+        log_level=settings.log_level.lower(), access_log=False, server_header=False,
+        proxy_headers=False,
+    )
+    log.info("HTTPS API on https://%s:%d", host, port)
+    await uvicorn.Server(config).serve()
+
+
+if __name__ == "__main__":
+    runtime.run("api", load_settings(), main)

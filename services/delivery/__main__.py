@@ -1,0 +1,47 @@
+"""The delivery service: ``python -m services.delivery``.
+
+Consumes the ``deliver`` queue, and every ``delivery.sweep_interval`` republishes mail whose
+next attempt is overdue and unclaimed (its request was lost to a crash between commit and
+publish), so no message waits forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+from moat import runtime
+from moat.model import DeliveryRequest
+from moat.services import build, every
+from moat.settings import Settings, load_settings
+from moat.topology import DELIVER
+from services.delivery.worker import DeliveryConsumer
+
+log = logging.getLogger("delivery")
+
+
+async def main(settings: Settings) -> None:
+    parts = await build(settings)
+    consumer = DeliveryConsumer(parts.broker, parts.repository, parts.store, settings)
+
+    async def republish_overdue() -> None:
+        grace = timedelta(seconds=settings.delivery.sweep_grace)
+        for message_id, attempt in await parts.repository.overdue_for_delivery(grace):
+            log.warning("republishing overdue %s (attempt %d)", message_id, attempt)
+            await parts.broker.publish(DELIVER, DeliveryRequest(message_id=message_id,
+                                                                attempt=attempt))
+
+    await consumer.start()
+    sweep = asyncio.create_task(
+        every(settings.delivery.sweep_interval, republish_overdue, "overdue sweep"))
+    log.info("consuming %s with prefetch %d", DELIVER, settings.delivery.prefetch)
+    try:
+        await runtime.wait_for_stop_signal()
+    finally:
+        sweep.cancel()
+        await parts.close()
+
+
+if __name__ == "__main__":
+    runtime.run("delivery", load_settings(), main)

@@ -1,0 +1,57 @@
+"""The ingress service: ``python -m services.ingress``.
+
+Listens for SMTP, and every ``ingress.sweep_interval`` republishes stored messages whose
+publish was never confirmed (the process died between the two)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+from moat import runtime
+from moat.model import ScanRequest
+from moat.services import build, every
+from moat.settings import Settings, load_settings, split_host_port
+from moat.topology import SCAN
+from services.ingress.handler import IngressHandler, QueuedMarker, smtp_factory
+
+log = logging.getLogger("ingress")
+
+
+async def main(settings: Settings) -> None:
+    parts = await build(settings)
+    confirmed = QueuedMarker(parts.repository)
+    handler = IngressHandler(settings, parts.repository, parts.store, parts.broker, confirmed)
+
+    async def republish_unconfirmed() -> None:
+        grace = timedelta(seconds=settings.ingress.sweep_grace)
+        for message_id in await parts.repository.unconfirmed(grace):
+            await parts.broker.publish(SCAN, ScanRequest(message_id=message_id))
+            confirmed.add(message_id)
+            log.warning("republished %s: its first publish was never confirmed", message_id)
+
+    host, port = split_host_port(settings.smtp.listen)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(smtp_factory(settings, handler), host, port)
+    log.info("SMTP listening on %s:%d for %d domain(s)", host, port, len(settings.domains))
+    tasks = [
+        asyncio.create_task(confirmed.run()),
+        asyncio.create_task(
+            every(settings.ingress.sweep_interval, republish_unconfirmed, "unconfirmed sweep")
+        ),
+    ]
+    try:
+        await runtime.wait_for_stop_signal()
+    finally:
+        log.info("stopping: no new sessions")
+        server.close()
+        await server.wait_closed()
+        for task in tasks:
+            task.cancel()
+        await confirmed.flush()
+        await parts.close()
+
+
+if __name__ == "__main__":
+    runtime.run("ingress", load_settings(), main)

@@ -1,0 +1,245 @@
+"""The SMTP front door's policy: who may send what, and the durable hand-off before ``250``.
+
+aiosmtpd's ``SMTP`` class owns the protocol (RFC 5321 state, pipelining, dot-unstuffing, line
+and size limits); this handler owns every decision. ``handle_DATA`` answers ``250`` only after
+the message is in the spool (fsynced), in the database and published for scanning with a
+broker confirm; if any of those fails the sender gets ``451 4.3.0`` and retries later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from email.utils import format_datetime
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from moat import replies
+from moat.broker import Broker
+from moat.model import ScanRequest, new_message_id, utcnow
+from moat.repository import NewMessage, Repository
+from moat.settings import Settings
+from moat.spool import MessageStore
+from moat.topology import SCAN
+
+log = logging.getLogger(__name__)
+
+_RECEIVED_LINE = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_UNSAFE_IN_HEADER = re.compile(r"[^\x21-\x7e]")
+# What aiosmtpd's lenient parser lets through but no mailbox (RFC 5321 4.1.2) may contain.
+_NOT_IN_MAILBOX = re.compile(r"[\s<>()\[\]\\,;:\x00-\x1f\x7f]")
+
+
+def is_mailbox(address: str) -> bool:
+    """A plausible ``local@domain`` (UTF-8 allowed, RFC 6531; quoted local parts too)."""
+    local, at, domain = address.rpartition("@")
+    if not (at and local and domain) or "." not in domain.strip("."):
+        return False
+    if _NOT_IN_MAILBOX.search(domain):
+        return False
+    quoted = len(local) >= 2 and local[0] == local[-1] == '"'
+    return quoted or not _NOT_IN_MAILBOX.search(local)
+
+
+def count_received_headers(data: bytes) -> int:
+    """How many ``Received:`` fields the message's header section has."""
+    end = _HEADER_END.search(data)
+    header = data[: end.start() + 1] if end else data
+    return len(_RECEIVED_LINE.findall(header))
+
+
+class MoatSMTP(SMTP):  # type: ignore[misc]
+    """aiosmtpd's protocol, with an enhanced status code (RFC 3463) on every reply."""
+
+    _in_ehlo = False
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        # RFC 2034: the EHLO response carries no enhanced status codes.
+        self._in_ehlo = True
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._in_ehlo = False
+
+    async def push(self, status: str | bytes) -> None:
+        if isinstance(status, str) and not self._in_ehlo:
+            status = replies.with_enhanced_code(status)
+        await super().push(status)
+
+
+class IngressHandler:
+    def __init__(
+        self,
+        settings: Settings,
+        repository: Repository,
+        store: MessageStore,
+        broker: Broker,
+        confirmed: QueuedMarker,
+    ) -> None:
+        self.settings = settings
+        self.repository = repository
+        self.store = store
+        self.broker = broker
+        self.confirmed = confirmed
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        # aiosmtpd ends the list with "250 HELP"; we advertise what it does but doesn't say.
+        return [*responses[:-1], "250-PIPELINING", "250 ENHANCEDSTATUSCODES"]
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str,
+        mail_options: list[str],
+    ) -> str:
+        # aiosmtpd spells the null reverse-path "<>" and needs a truthy mail_from: keep it so
+        # until DATA, where it becomes "".
+        if address != "<>" and not is_mailbox(address):
+            return replies.BAD_SENDER_SYNTAX
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return replies.SENDER_OK
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        if not is_mailbox(address):
+            return replies.BAD_RECIPIENT_SYNTAX
+        domain = address.rpartition("@")[2]
+        if self.settings.relay_for(domain) is None:
+            log.info("relay denied: %s -> %s from %s", envelope.mail_from, address, session.peer)
+            return replies.RELAY_DENIED.format(domain=_printable(domain))
+        if len(envelope.rcpt_tos) >= self.settings.smtp.max_recipients:
+            return replies.TOO_MANY_RECIPIENTS
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return replies.RECIPIENT_OK
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        data: bytes = envelope.original_content or b""
+        if count_received_headers(data) > self.settings.smtp.max_received_headers:
+            log.warning("loop suspected: from=<%s> client=%s", envelope.mail_from, session.peer)
+            return replies.LOOP_DETECTED
+
+        message_id = new_message_id()
+        raw = self._received_header(session, envelope, message_id) + data
+        client_address = str(session.peer[0]) if session.peer else ""
+        stored = recorded = False
+        try:
+            await self.store.write(message_id, raw)
+            stored = True
+            await self.repository.record_received(
+                NewMessage(
+                    message_id=message_id,
+                    mail_from=_reverse_path(envelope),
+                    rcpt_tos=list(envelope.rcpt_tos),
+                    size=len(raw),
+                    client_address=client_address,
+                    helo=session.host_name or "",
+                    smtp_utf8=bool(envelope.smtp_utf8),
+                )
+            )
+            recorded = True
+            await self.broker.publish(SCAN, ScanRequest(message_id=message_id))
+        except Exception as exc:
+            log.error("message from %s not accepted (%s): %s", session.peer, message_id, exc)
+            await self._undo(message_id, stored=stored, recorded=recorded, reason=str(exc))
+            return replies.TEMPORARY_FAILURE
+        self.confirmed.add(message_id)
+        log.info(
+            "queued %s from=<%s> to=%d size=%d client=%s",
+            message_id, envelope.mail_from, len(envelope.rcpt_tos), len(raw), client_address,
+        )
+        return replies.QUEUED.format(message_id=message_id)
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("unexpected error in an SMTP session", exc_info=error)
+        return replies.TEMPORARY_FAILURE
+
+    async def _undo(self, message_id: str, *, stored: bool, recorded: bool, reason: str) -> None:
+        """The sender was told 451: make sure nothing of this attempt is processed later."""
+        try:
+            if recorded:
+                await self.repository.mark_rejected(message_id, f"not accepted: {reason}")
+            if stored:
+                await self.store.delete(message_id)
+        except Exception:
+            # The record stays 'received' and the recovery sweep will publish it: a duplicate
+            # of what the sender retries, never a loss.
+            log.exception("could not clean up %s after a failed accept", message_id)
+
+    def _received_header(self, session: Session, envelope: Envelope, message_id: str) -> bytes:
+        helo = _printable(session.host_name or "unknown")
+        peer = session.peer[0] if session.peer else "unknown"
+        protocol = "ESMTP" if session.extended_smtp else "SMTP"
+        if envelope.smtp_utf8:
+            protocol = "UTF8SMTP"
+        recipient = ""
+        if len(envelope.rcpt_tos) == 1:
+            recipient = f"\r\n\tfor <{envelope.rcpt_tos[0]}>"
+        header = (
+            f"Received: from {helo} ([{peer}])\r\n"
+            f"\tby {self.settings.smtp.hostname} (Moat) with {protocol} id {message_id}"
+            f"{recipient}; {format_datetime(utcnow())}\r\n"
+        )
+        return header.encode("utf-8")
+
+
+class QueuedMarker:
+    """Records, in batches, which messages the broker confirmed, so the recovery sweep knows
+    which stored messages may never have been published. Losing a batch (crash) only means the
+    sweep publishes those messages again, and duplicates are harmless."""
+
+    def __init__(self, repository: Repository, interval: float = 0.2) -> None:
+        self.repository = repository
+        self.interval = interval
+        self._pending: list[str] = []
+
+    def add(self, message_id: str) -> None:
+        self._pending.append(message_id)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.flush()
+
+    async def flush(self) -> None:
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        try:
+            await self.repository.mark_queued(batch)
+        except Exception:
+            log.exception("could not mark %d messages queued; the sweep will republish them",
+                          len(batch))
+
+
+def _reverse_path(envelope: Envelope) -> str:
+    """The envelope sender, "" for the null sender."""
+    mail_from = envelope.mail_from or ""
+    return "" if mail_from == "<>" else mail_from
+
+
+def _printable(text: str) -> str:
+    return _UNSAFE_IN_HEADER.sub("?", text)[:255]
+
+
+def smtp_factory(settings: Settings, handler: IngressHandler) -> Any:
+    def make() -> MoatSMTP:
+        return MoatSMTP(
+            handler,
+            hostname=settings.smtp.hostname,
+            ident="Moat ESMTP",
+            data_size_limit=settings.smtp.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            timeout=settings.smtp.idle_timeout,
+        )
+
+    return make

@@ -1,0 +1,32 @@
+"""The verdict: one pure function of the findings and the policy in settings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from moat.model import Action, Category, Finding, Verdict, VerdictName
+from moat.settings import ScannerSettings
+
+
+class Undecidable(Exception):
+    """A check failed, so no verdict may be given: the message must be scanned again."""
+
+
+def decide(findings: Sequence[Finding], policy: ScannerSettings) -> Verdict:
+    """Virus beats policy beats spam beats clean. A virus or policy finding forces its verdict
+    whatever the score; spam is a score at or over the threshold."""
+    failed = [f.symbol for f in findings if f.category == Category.FAILURE]
+    if failed:
+        raise Undecidable(f"checks failed: {', '.join(failed)}")
+    score = round(sum(f.score for f in findings if f.category != Category.INFO), 3)
+    categories = {f.category for f in findings}
+    if Category.VIRUS in categories:
+        name = VerdictName.VIRUS
+    elif Category.POLICY in categories:
+        name = VerdictName.POLICY
+    elif score >= policy.spam_threshold:
+        name = VerdictName.SPAM
+    else:
+        name = VerdictName.CLEAN
+    return Verdict(verdict=name, action=Action(policy.actions[name.value]), score=score,
+                   findings=list(findings))
