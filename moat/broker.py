@@ -14,18 +14,15 @@ idempotent. Errors decide what happens next by their type:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from abc import ABC, abstractmethod
-from typing import Any, Generic, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
 
 import aio_pika
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractIncomingMessage,
-    AbstractQueue,
-    AbstractRobustConnection,
-)
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 from pamqp.commands import Basic
 from pydantic import ValidationError
 
@@ -36,6 +33,7 @@ from moat.topology import QueueSpec
 log = logging.getLogger(__name__)
 
 Body = TypeVar("Body", ScanRequest, DeliveryRequest)
+ConsumerCallback = Callable[[AbstractIncomingMessage], Awaitable[None]]
 
 
 class PublishError(Exception):
@@ -47,33 +45,84 @@ class PoisonMessage(Exception):
 
 
 class Broker:
-    """One connection per process: a channel with publisher confirms for publishing, and one
-    channel per consumer so each has its own prefetch."""
+    """One AMQP connection per process, kept alive by ``run``: on loss it reconnects with
+    backoff, declares the topology again and restarts every consumer. (We supervise the
+    connection ourselves: aio-pika's robust connection did not reliably restore consumers after
+    the broker went away and came back.)
+
+    Publishing uses a channel with publisher confirms; each consumer has its own channel so each
+    has its own prefetch."""
 
     def __init__(self, settings: BrokerSettings, topology: list[QueueSpec]) -> None:
         self.settings = settings
         self.topology = topology
-        self._connection: AbstractRobustConnection | None = None
+        self._connection: AbstractConnection | None = None
         self._publish_channel: AbstractChannel | None = None
+        self._consumers: list[tuple[str, int, ConsumerCallback]] = []
+        self._ready = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._supervisor: asyncio.Task[None] | None = None
 
-    async def connect(self) -> None:
-        self._connection = await aio_pika.connect_robust(
+    async def connect(self, max_delay: float = 10.0) -> None:
+        """Connect (waiting for the broker as long as it takes), then keep the connection up in
+        the background."""
+        await self._connect_with_retry(max_delay)
+        self._supervisor = asyncio.create_task(self._supervise(max_delay))
+
+    async def close(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            self._supervisor = None
+        self._ready.clear()
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await self._connection.close()
+            self._connection = None
+
+    async def _connect_with_retry(self, max_delay: float) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await self._open()
+                return
+            except Exception as exc:
+                log.warning("broker not reachable (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, max_delay)
+
+    async def _open(self) -> None:
+        connection = await aio_pika.connect(
             self.settings.url.get_secret_value(),
             client_properties={"connection_name": "moat"},
             timeout=self.settings.publish_timeout,
         )
-        self._publish_channel = await self._connection.channel(
-            publisher_confirms=True, on_return_raises=True
-        )
-        for spec in self.topology:
-            await self._publish_channel.declare_queue(
-                spec.name, durable=True, arguments=spec.arguments
-            )
+        try:
+            publish_channel = await connection.channel(
+                publisher_confirms=True, on_return_raises=True)
+            for spec in self.topology:
+                await publish_channel.declare_queue(
+                    spec.name, durable=True, arguments=spec.arguments)
+            for queue, prefetch, callback in self._consumers:
+                await self._start_consumer(connection, queue, prefetch, callback)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await connection.close()
+            raise
+        self._lost = asyncio.Event()
+        connection.close_callbacks.add(lambda *_: self._lost.set())
+        self._connection, self._publish_channel = connection, publish_channel
+        self._ready.set()
 
-    async def close(self) -> None:
-        if self._connection is not None:
-            await self._connection.close()
-            self._connection = None
+    async def _supervise(self, max_delay: float) -> None:
+        while True:
+            await self._lost.wait()
+            self._ready.clear()
+            with contextlib.suppress(Exception):
+                if self._connection is not None:
+                    await self._connection.close()
+            log.warning("lost the broker connection; reconnecting")
+            await self._connect_with_retry(max_delay)
+            log.warning("broker connection restored")
 
     async def publish(
         self,
@@ -83,9 +132,7 @@ class Broker:
         expiration_ms: int | None = None,
     ) -> None:
         """Publish persistently and wait for the broker's confirm; raise PublishError if the
-        message is not known to be safe in its queue."""
-        if self._publish_channel is None:
-            raise PublishError("not connected to the broker")
+        message is not known to be safe in its queue within ``publish_timeout``."""
         message = aio_pika.Message(
             encode_body(body),
             content_type="application/json",
@@ -95,12 +142,11 @@ class Broker:
         )
         timeout = self.settings.publish_timeout
         try:
-            confirmation = await asyncio.wait_for(
-                self._publish_channel.default_exchange.publish(
-                    message, routing_key=queue, mandatory=True
-                ),
-                timeout,
-            )
+            async with asyncio.timeout(timeout):
+                await self._ready.wait()
+                assert self._publish_channel is not None
+                confirmation = await self._publish_channel.default_exchange.publish(
+                    message, routing_key=queue, mandatory=True)
         except TimeoutError as exc:
             raise PublishError(f"no confirm from the broker within {timeout}s") from exc
         except Exception as exc:  # connection lost, channel closed, message returned
@@ -108,14 +154,19 @@ class Broker:
         if not isinstance(confirmation, Basic.Ack):
             raise PublishError(f"broker refused the message: {confirmation!r}")
 
-    async def consume(self, queue: str, prefetch: int, callback: Any) -> AbstractQueue:
-        if self._connection is None:
-            raise RuntimeError("connect() first")
-        channel = await self._connection.channel()
+    async def consume(self, queue: str, prefetch: int, callback: ConsumerCallback) -> None:
+        """Consume ``queue`` now and again after every reconnection."""
+        self._consumers.append((queue, prefetch, callback))
+        if self._connection is not None and self._ready.is_set():
+            await self._start_consumer(self._connection, queue, prefetch, callback)
+
+    @staticmethod
+    async def _start_consumer(connection: AbstractConnection, queue: str, prefetch: int,
+                              callback: ConsumerCallback) -> None:
+        channel = await connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
         declared = await channel.get_queue(queue, ensure=False)
         await declared.consume(callback)
-        return declared
 
 
 class Consumer(ABC, Generic[Body]):

@@ -18,7 +18,7 @@ def setup_logging(service: str, level: str) -> None:
         format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s",
     )
     # aio-pika and aiormq log every reconnect attempt at INFO/WARNING with tracebacks.
-    logging.getLogger("aiormq").setLevel(logging.ERROR)
+    logging.getLogger("aiormq").setLevel(logging.CRITICAL)
     logging.getLogger("aio_pika").setLevel(logging.ERROR)
     # aiosmtpd logs every command of every session at INFO: too much for a busy gateway.
     logging.getLogger("mail.log").setLevel(logging.WARNING)

@@ -36,22 +36,8 @@ async def build(settings: Settings, *, connect_broker: bool = True) -> Component
         settings.broker, topology(settings.delivery.retry_schedule, settings.broker.delivery_limit)
     )
     if connect_broker:
-        await connect_with_retry(broker)
+        await broker.connect()
     return Components(settings, repository, store, broker)
-
-
-async def connect_with_retry(broker: Broker, max_delay: float = 10.0) -> None:
-    """Wait for the broker at start-up rather than exiting: compose and Kubernetes start
-    services in any order."""
-    delay = 0.5
-    while True:
-        try:
-            await broker.connect()
-            return
-        except Exception as exc:
-            log.warning("broker not reachable (%s); retrying in %.1fs", exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, max_delay)
 
 
 async def every(interval: float, job: Callable[[], Awaitable[None]], name: str) -> None:

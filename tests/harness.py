@@ -23,6 +23,7 @@ from email.policy import SMTP as SMTP_POLICY
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aio_pika
 import httpx
 import yaml
 from aiosmtpd.controller import Controller
@@ -213,21 +214,6 @@ def rabbitmq_vhost() -> Iterator[str]:
         rabbitmqctl("delete_vhost", name)
 
 
-def queue_counts(vhost: str) -> dict[str, tuple[int, int]]:
-    """Ready and unacknowledged messages per queue."""
-    out = subprocess.run(
-        ["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "messages_ready",
-         "messages_unacknowledged", "--no-table-headers"],
-        check=True, capture_output=True, text=True, timeout=60,
-    ).stdout
-    counts = {}
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[1].isdigit():
-            counts[parts[0]] = (int(parts[1]), int(parts[2]))
-    return counts
-
-
 @contextmanager
 def database(backend: str, workdir: Path) -> Iterator[str]:
     if backend == "sqlite":
@@ -368,8 +354,25 @@ class Gateway:
 
         return asyncio.run(count())
 
-    def queues(self) -> dict[str, tuple[int, int]]:
-        return queue_counts(self.vhost)
+    def ready(self, queue: str) -> int:
+        """Messages ready in ``queue``, exact and current (a passive declare; rabbitmqctl's
+        figures lag by seconds)."""
+
+        async def count() -> int:
+            connection = await aio_pika.connect(
+                f"amqp://guest:guest@127.0.0.1:5672/{self.vhost}")
+            try:
+                channel = await connection.channel()
+                declared = await channel.declare_queue(queue, passive=True)
+                return int(declared.declaration_result.message_count or 0)
+            finally:
+                await connection.close()
+
+        return asyncio.run(count())
+
+    def unscanned(self) -> int:
+        statuses = self.statuses()
+        return statuses.get("received", 0) + statuses.get("queued", 0)
 
 
 def make_message(mail_from: str, rcpt_tos: list[str], body: str, subject: str,
