@@ -30,6 +30,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 metadata = MetaData()
 
+# Execution option marking a connection that only reads (see ``Repository.reader``).
+READ_ONLY = "moat_read_only"
+
 messages = Table(
     "messages",
     metadata,
@@ -105,7 +108,9 @@ def create_engine(url: str) -> AsyncEngine:
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
-    def _begin_immediate(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    def _begin(connection: Any) -> None:
+        # Reads (WAL: they never block writers) start deferred; writes take the lock at once.
+        reading = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")
 
     return engine

@@ -1,8 +1,9 @@
 """Every query Moat runs, one method per step of a message's life.
 
-Each method is one transaction. Steps that may be repeated after a crash (redelivery) are written
-as conditional updates: they change a row only if it is still in the state the step expects, and
-report whether they did, so a repeated step never yields a second verdict or a second delivery.
+Write steps go through a ``BatchWriter``: concurrent steps of a process share one transaction and
+run as bulk statements. Steps that may be repeated after a crash (redelivery) are conditional:
+they lock the rows, change only those still in the state the step expects, and report whether
+they did, so a repeated step never yields a second verdict or a second delivery.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from moat.db import db_now, events, messages, recipients
+from moat.db import READ_ONLY, db_now, events, messages, recipients
+from moat.batch import BatchWriter
 from moat.model import Finding, MessageStatus, RecipientStatus, Verdict
 
 SCANNABLE = (MessageStatus.RECEIVED, MessageStatus.QUEUED)
@@ -73,6 +75,18 @@ class RecipientOutcome:
 
 
 @dataclass(frozen=True)
+class AttemptResult:
+    """Everything one delivery attempt changes, written in one step."""
+
+    message_id: str
+    outcomes: Sequence[RecipientOutcome]
+    status: MessageStatus
+    next_attempt_at: datetime | None
+    detail: str
+    bounce: NewMessage | None = None
+
+
+@dataclass(frozen=True)
 class NewMessage:
     message_id: str
     mail_from: str
@@ -95,42 +109,239 @@ def _event(message_id: str, service: str, name: str, detail: str = "") -> dict[s
 class Repository:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self.reader = engine.execution_options(**{READ_ONLY: True})
+        self.writes = BatchWriter(engine, {
+            "received": self._bulk_received,
+            "queued": self._bulk_queued,
+            "verdict": self._bulk_verdict,
+            "claim": self._bulk_claim,
+            "attempt": self._bulk_attempt,
+            "release": self._bulk_release,
+            "status": self._bulk_status,
+        })
 
     async def close(self) -> None:
         await self.engine.dispose()
 
-    # --- ingress ---------------------------------------------------------------------------
+    # --- the steps ---------------------------------------------------------------------------
 
     async def record_received(self, new: NewMessage) -> None:
-        async with self.engine.begin() as conn:
-            await self._insert_message(conn, new, MessageStatus.RECEIVED, service="ingress")
+        """Ingress: a message stored in the spool, waiting for its publish."""
+        await self.writes.submit("received", new)
 
     async def mark_queued(self, message_ids: Iterable[str]) -> None:
+        """Ingress: the broker confirmed these messages' publish for scanning."""
         ids = list(message_ids)
-        if not ids:
-            return
-        now = db_now()
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                update(messages)
-                .where(messages.c.id.in_(ids), messages.c.status == MessageStatus.RECEIVED)
-                .values(status=MessageStatus.QUEUED, updated_at=now)
-            )
+        if ids:
+            await self.writes.submit("queued", ids)
 
     async def mark_rejected(self, message_id: str, reason: str) -> None:
-        async with self.engine.begin() as conn:
+        """Ingress: the sender got 451 for this message; it must never be processed."""
+        await self.writes.submit("status", (message_id, MessageStatus.REJECTED, "ingress",
+                                            "rejected", reason))
+
+    async def record_verdict(self, message_id: str, verdict: Verdict, status: MessageStatus
+                             ) -> bool:
+        """Scanner: store the verdict once; False if the message already has one."""
+        result: bool = await self.writes.submit("verdict", (message_id, verdict, status))
+        return result
+
+    async def claim_for_delivery(self, message_id: str, attempt: int, lease: timedelta
+                                 ) -> MessageRecord | None:
+        """Delivery: take the message for this attempt and return it with its recipients;
+        None if another worker holds it or the attempt was already made (a stale or duplicate
+        request)."""
+        record: MessageRecord | None = await self.writes.submit(
+            "claim", (message_id, attempt, lease))
+        return record
+
+    async def record_attempt(self, result: AttemptResult) -> None:
+        """Delivery: one attempt's per-recipient outcomes, the message's new state, the lease
+        released, and the DSN (already spooled) if one is due, all in one transaction."""
+        await self.writes.submit("attempt", result)
+
+    async def release_lease(self, message_id: str) -> None:
+        await self.writes.submit("release", message_id)
+
+    async def mark_failed(self, message_id: str, service: str, reason: str) -> None:
+        """Any consumer: the message is dead-lettered."""
+        await self.writes.submit("status", (message_id, MessageStatus.FAILED, service,
+                                            "failed", reason))
+
+    # --- bulk handlers: one call per kind and batch --------------------------------------------
+
+    async def _bulk_received(self, conn: AsyncConnection, news: list[NewMessage]) -> list[None]:
+        await self._insert_messages(conn, news, MessageStatus.RECEIVED, "ingress")
+        return [None] * len(news)
+
+    async def _bulk_queued(self, conn: AsyncConnection, batches: list[list[str]]) -> list[None]:
+        ids = [message_id for batch in batches for message_id in batch]
+        await conn.execute(
+            update(messages)
+            .where(messages.c.id.in_(ids), messages.c.status == MessageStatus.RECEIVED)
+            .values(status=MessageStatus.QUEUED, updated_at=db_now())
+        )
+        return [None] * len(batches)
+
+    async def _bulk_verdict(
+        self, conn: AsyncConnection, items: list[tuple[str, Verdict, MessageStatus]]
+    ) -> list[bool]:
+        scannable = await self._lock(conn, [item[0] for item in items],
+                                     messages.c.status.in_(SCANNABLE))
+        now = db_now()
+        results, rows, history = [], [], []
+        for message_id, verdict, status in items:
+            fresh = message_id in scannable
+            scannable.pop(message_id, None)  # the same message twice in a batch: first wins
+            results.append(fresh)
+            if not fresh:
+                continue
+            rows.append({
+                "b_id": message_id, "b_status": status, "b_verdict": verdict.verdict,
+                "b_score": verdict.score, "b_now": now,
+                "b_findings": [finding.model_dump(mode="json") for finding in verdict.findings],
+            })
+            history.append(_event(message_id, "scanner", "scanned",
+                                  f"{verdict.verdict} score={verdict.score:.2f} "
+                                  f"action={verdict.action}"))
+        if rows:
             await conn.execute(
-                update(messages)
-                .where(messages.c.id == message_id)
-                .values(status=MessageStatus.REJECTED, reason=reason, updated_at=db_now())
+                update(messages).where(messages.c.id == bindparam("b_id")).values(
+                    status=bindparam("b_status"), verdict=bindparam("b_verdict"),
+                    score=bindparam("b_score"), findings=bindparam("b_findings"),
+                    next_attempt_at=bindparam("b_now"), updated_at=bindparam("b_now")),
+                rows,
             )
-            await conn.execute(insert(events).values(_event(message_id, "ingress", "rejected",
+            await conn.execute(insert(events), history)
+        return results
+
+    async def _bulk_claim(
+        self, conn: AsyncConnection, items: list[tuple[str, int, timedelta]]
+    ) -> list[MessageRecord | None]:
+        now = db_now()
+        candidates = await self._lock(
+            conn, [item[0] for item in items], messages.c.status.in_(DELIVERABLE),
+            or_(messages.c.lease_until.is_(None), messages.c.lease_until < now))
+        claimed: dict[str, MessageRecord] = {}
+        leases = []
+        for message_id, attempt, lease in items:
+            row = candidates.pop(message_id, None)
+            if row is None or row.attempts != attempt:
+                continue
+            claimed[message_id] = MessageRecord.model_validate(row._mapping)
+            leases.append({"b_id": message_id, "b_lease": now + lease})
+        if leases:
+            await conn.execute(
+                update(messages).where(messages.c.id == bindparam("b_id"))
+                .values(lease_until=bindparam("b_lease")),
+                leases,
+            )
+            rcpt_rows = await conn.execute(
+                select(recipients).where(recipients.c.message_id.in_(list(claimed)))
+                .order_by(recipients.c.id))
+            for row in rcpt_rows:
+                claimed[row.message_id].recipients.append(RecipientRecord.model_validate(row._mapping))
+        results: list[MessageRecord | None] = []
+        for message_id, _, _ in items:
+            results.append(claimed.pop(message_id, None))
+        return results
+
+    async def _bulk_attempt(self, conn: AsyncConnection, items: list[AttemptResult]) -> list[None]:
+        now = db_now()
+        outcome_rows = [
+            {"b_id": o.recipient_id, "b_status": o.status, "b_reply": o.reply,
+             "b_host": o.remote_host, "b_now": now}
+            for item in items for o in item.outcomes
+        ]
+        if outcome_rows:
+            await conn.execute(
+                update(recipients).where(recipients.c.id == bindparam("b_id")).values(
+                    status=bindparam("b_status"), reply=bindparam("b_reply"),
+                    remote_host=bindparam("b_host"), attempts=recipients.c.attempts + 1,
+                    updated_at=bindparam("b_now")),
+                outcome_rows,
+            )
+        await conn.execute(
+            update(messages).where(messages.c.id == bindparam("b_id")).values(
+                status=bindparam("b_status"), attempts=messages.c.attempts + 1,
+                next_attempt_at=bindparam("b_next"), lease_until=None,
+                reason=bindparam("b_reason"), updated_at=bindparam("b_now")),
+            [{"b_id": item.message_id, "b_status": item.status, "b_next": item.next_attempt_at,
+              "b_reason": item.detail if item.status == MessageStatus.DEFERRED else None,
+              "b_now": now} for item in items],
+        )
+        history = [_event(item.message_id, "delivery", item.status, item.detail) for item in items]
+        bounces = [item for item in items if item.bounce is not None]
+        history += [_event(item.message_id, "delivery", "dsn_queued",
+                           f"DSN {item.bounce.message_id}") for item in bounces if item.bounce]
+        await conn.execute(insert(events), history)
+        for item in bounces:
+            assert item.bounce is not None
+            await self._insert_messages(conn, [item.bounce], MessageStatus.DELIVERING,
+                                        "delivery", bounce_of=item.message_id)
+        return [None] * len(items)
+
+    async def _bulk_release(self, conn: AsyncConnection, ids: list[str]) -> list[None]:
+        await conn.execute(
+            update(messages).where(messages.c.id.in_(ids)).values(lease_until=None))
+        return [None] * len(ids)
+
+    async def _bulk_status(
+        self, conn: AsyncConnection, items: list[tuple[str, MessageStatus, str, str, str]]
+    ) -> list[None]:
+        """Rare terminal changes (rejected, failed), with their reason."""
+        existing = await self._lock(conn, [item[0] for item in items])
+        now = db_now()
+        for message_id, status, service, event_name, reason in items:
+            if message_id not in existing:
+                continue  # no such message: nothing to record it on
+            await conn.execute(
+                update(messages).where(messages.c.id == message_id)
+                .values(status=status, reason=reason, lease_until=None, updated_at=now))
+            await conn.execute(insert(events).values(_event(message_id, service, event_name,
                                                             reason)))
+        return [None] * len(items)
+
+    async def _lock(self, conn: AsyncConnection, ids: list[str], *conditions: Any
+                    ) -> dict[str, Any]:
+        """The rows among ``ids`` that meet ``conditions``, locked until the commit (SQLite's
+        BEGIN IMMEDIATE locks the whole database; PostgreSQL locks the rows, in id order so
+        that two batches cannot deadlock)."""
+        rows = await conn.execute(
+            select(messages).where(messages.c.id.in_(sorted(set(ids))), *conditions)
+            .order_by(messages.c.id).with_for_update())
+        return {row.id: row for row in rows}
+
+    async def _insert_messages(self, conn: AsyncConnection, news: list[NewMessage],
+                               status: MessageStatus, service: str,
+                               bounce_of: str | None = None) -> None:
+        now = db_now()
+        await conn.execute(insert(messages), [
+            {"id": new.message_id, "status": status, "mail_from": new.mail_from,
+             "client_address": new.client_address, "helo": new.helo, "size": new.size,
+             "smtp_utf8": new.smtp_utf8, "received_at": now, "updated_at": now, "attempts": 0,
+             "next_attempt_at": now if status == MessageStatus.DELIVERING else None,
+             "bounce_of": bounce_of}
+            for new in news
+        ])
+        await conn.execute(insert(recipients), [
+            {"message_id": new.message_id, "address": address, "domain": _domain(address),
+             "status": RecipientStatus.PENDING, "attempts": 0, "updated_at": now}
+            for new in news for address in new.rcpt_tos
+        ])
+        await conn.execute(insert(events), [
+            _event(new.message_id, service, "received",
+                   f"from=<{new.mail_from}> to={len(new.rcpt_tos)} size={new.size}"
+                   + (f" client={new.client_address}" if new.client_address else ""))
+            for new in news
+        ])
+
+    # --- reads -------------------------------------------------------------------------------
 
     async def unconfirmed(self, older_than: timedelta, limit: int = 500) -> list[str]:
         """Messages stored but whose publish for scanning was never recorded as confirmed."""
         cutoff = db_now() - older_than
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             rows = await conn.execute(
                 select(messages.c.id)
                 .where(messages.c.status == MessageStatus.RECEIVED,
@@ -140,107 +351,12 @@ class Repository:
             )
             return [row.id for row in rows]
 
-    # --- scanner ---------------------------------------------------------------------------
-
-    async def record_verdict(self, message_id: str, verdict: Verdict, status: MessageStatus) -> bool:
-        """Store the verdict once; False if the message already has one (a redelivery)."""
-        now = db_now()
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
-                update(messages)
-                .where(messages.c.id == message_id, messages.c.status.in_(SCANNABLE))
-                .values(
-                    status=status,
-                    verdict=verdict.verdict,
-                    score=verdict.score,
-                    findings=[finding.model_dump(mode="json") for finding in verdict.findings],
-                    next_attempt_at=now,
-                    updated_at=now,
-                )
-            )
-            if result.rowcount != 1:
-                return False
-            detail = f"{verdict.verdict} score={verdict.score:.2f} action={verdict.action}"
-            await conn.execute(insert(events).values(_event(message_id, "scanner", "scanned",
-                                                            detail)))
-            return True
-
-    # --- delivery --------------------------------------------------------------------------
-
-    async def claim_for_delivery(self, message_id: str, attempt: int, lease: timedelta) -> bool:
-        """Take the message for this attempt, unless another worker holds it or the attempt
-        was already made (a stale or duplicate request)."""
-        now = db_now()
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
-                update(messages)
-                .where(
-                    messages.c.id == message_id,
-                    messages.c.status.in_(DELIVERABLE),
-                    messages.c.attempts == attempt,
-                    or_(messages.c.lease_until.is_(None), messages.c.lease_until < now),
-                )
-                .values(lease_until=now + lease)
-            )
-            return bool(result.rowcount == 1)
-
-    async def record_attempt(
-        self,
-        message_id: str,
-        outcomes: Sequence[RecipientOutcome],
-        status: MessageStatus,
-        next_attempt_at: datetime | None,
-        detail: str,
-        bounce: NewMessage | None = None,
-    ) -> None:
-        """Write one attempt's per-recipient outcomes and the message's new state, release the
-        lease, and create the DSN (already spooled) if one is due, all in one transaction."""
-        now = db_now()
-        async with self.engine.begin() as conn:
-            for outcome in outcomes:
-                await conn.execute(
-                    update(recipients)
-                    .where(recipients.c.id == outcome.recipient_id)
-                    .values(
-                        status=outcome.status,
-                        reply=outcome.reply,
-                        remote_host=outcome.remote_host,
-                        attempts=recipients.c.attempts + 1,
-                        updated_at=now,
-                    )
-                )
-            await conn.execute(
-                update(messages)
-                .where(messages.c.id == message_id)
-                .values(
-                    status=status,
-                    attempts=messages.c.attempts + 1,
-                    next_attempt_at=next_attempt_at,
-                    lease_until=None,
-                    reason=detail if status == MessageStatus.DEFERRED else None,
-                    updated_at=now,
-                )
-            )
-            await conn.execute(insert(events).values(_event(message_id, "delivery", status,
-                                                            detail)))
-            if bounce is not None:
-                await self._insert_message(
-                    conn, bounce, MessageStatus.DELIVERING, service="delivery",
-                    bounce_of=message_id,
-                )
-                await conn.execute(insert(events).values(
-                    _event(message_id, "delivery", "dsn_queued", f"DSN {bounce.message_id}")))
-
-    async def release_lease(self, message_id: str) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                update(messages).where(messages.c.id == message_id).values(lease_until=None))
-
-    async def overdue_for_delivery(self, grace: timedelta, limit: int = 500) -> list[tuple[str, int]]:
+    async def overdue_for_delivery(self, grace: timedelta, limit: int = 500
+                                   ) -> list[tuple[str, int]]:
         """Mail whose next delivery attempt should have happened ``grace`` ago and that no
         worker holds: its request was lost (crash before publish). Returns (id, attempt)."""
         now = db_now()
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             rows = await conn.execute(
                 select(messages.c.id, messages.c.attempts)
                 .where(
@@ -253,31 +369,12 @@ class Repository:
             )
             return [(row.id, row.attempts) for row in rows]
 
-    # --- any stage ---------------------------------------------------------------------------
-
-    async def mark_failed(self, message_id: str, service: str, reason: str) -> None:
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
-                update(messages)
-                .where(messages.c.id == message_id)
-                .values(status=MessageStatus.FAILED, reason=reason, lease_until=None,
-                        updated_at=db_now())
-            )
-            if result.rowcount != 1:
-                return  # no such message: nothing to record it on
-            await conn.execute(insert(events).values(_event(message_id, service, "failed",
-                                                            reason)))
-
-    async def add_event(self, message_id: str, service: str, name: str, detail: str = "") -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(insert(events).values(_event(message_id, service, name, detail)))
-
     async def get(self, message_id: str, *, with_history: bool = True) -> MessageRecord | None:
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             row = (await conn.execute(select(messages).where(messages.c.id == message_id))).first()
             if row is None:
                 return None
-            record = MessageRecord.model_validate(row._mapping, from_attributes=False)
+            record = MessageRecord.model_validate(row._mapping)
             rcpt_rows = await conn.execute(
                 select(recipients).where(recipients.c.message_id == message_id)
                 .order_by(recipients.c.id)
@@ -291,46 +388,8 @@ class Repository:
             return record
 
     async def count_by_status(self) -> dict[str, int]:
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             rows = await conn.execute(
                 select(messages.c.status, func.count()).group_by(messages.c.status)
             )
             return {row[0]: row[1] for row in rows}
-
-    async def _insert_message(
-        self, conn: AsyncConnection, new: NewMessage, status: MessageStatus, *, service: str,
-        bounce_of: str | None = None,
-    ) -> None:
-        now = db_now()
-        await conn.execute(
-            insert(messages).values(
-                id=new.message_id,
-                status=status,
-                mail_from=new.mail_from,
-                client_address=new.client_address,
-                helo=new.helo,
-                size=new.size,
-                smtp_utf8=new.smtp_utf8,
-                received_at=now,
-                updated_at=now,
-                attempts=0,
-                next_attempt_at=now if status == MessageStatus.DELIVERING else None,
-                bounce_of=bounce_of,
-            )
-        )
-        await conn.execute(
-            insert(recipients),
-            [
-                {"message_id": new.message_id, "address": address, "domain": _domain(address),
-                 "status": RecipientStatus.PENDING, "attempts": 0, "updated_at": now}
-                for address in new.rcpt_tos
-            ],
-        )
-        detail = f"from=<{new.mail_from}> to={len(new.rcpt_tos)} size={new.size}"
-        if new.client_address:
-            detail += f" client={new.client_address}"
-        await conn.execute(insert(events).values(_event(new.message_id, service, "received",
-                                                        detail)))
-
-
-__all__ = ["MessageRecord", "NewMessage", "RecipientOutcome", "Repository"]

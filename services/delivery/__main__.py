@@ -16,6 +16,7 @@ from moat.model import DeliveryRequest
 from moat.services import build, every
 from moat.settings import Settings, load_settings
 from moat.topology import DELIVER
+from services.delivery.smtp_session import SmtpClient
 from services.delivery.worker import DeliveryConsumer
 
 log = logging.getLogger("delivery")
@@ -23,7 +24,9 @@ log = logging.getLogger("delivery")
 
 async def main(settings: Settings) -> None:
     parts = await build(settings)
-    consumer = DeliveryConsumer(parts.broker, parts.repository, parts.store, settings)
+    smtp = SmtpClient(settings.smtp.hostname, settings.delivery.connect_timeout,
+                      settings.delivery.command_timeout)
+    consumer = DeliveryConsumer(parts.broker, parts.repository, parts.store, settings, smtp)
 
     async def republish_overdue() -> None:
         grace = timedelta(seconds=settings.delivery.sweep_grace)
@@ -33,13 +36,18 @@ async def main(settings: Settings) -> None:
                                                                 attempt=attempt))
 
     await consumer.start()
-    sweep = asyncio.create_task(
-        every(settings.delivery.sweep_interval, republish_overdue, "overdue sweep"))
+    background = [
+        asyncio.create_task(
+            every(settings.delivery.sweep_interval, republish_overdue, "overdue sweep")),
+        asyncio.create_task(every(smtp.idle_seconds, smtp.expire_idle, "SMTP cache expiry")),
+    ]
     log.info("consuming %s with prefetch %d", DELIVER, settings.delivery.prefetch)
     try:
         await runtime.wait_for_stop_signal()
     finally:
-        sweep.cancel()
+        for task in background:
+            task.cancel()
+        await smtp.close()
         await parts.close()
 
 

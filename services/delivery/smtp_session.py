@@ -1,8 +1,14 @@
-"""One SMTP transaction to a next hop, reporting a reply for every recipient."""
+"""SMTP transactions to next hops, reporting a reply for every recipient, over cached
+connections (like Postfix's connection cache: a session that ended well serves the next
+message to the same host for a few seconds, saving the connect, greeting and EHLO)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,32 +42,95 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())[:900]
 
 
-async def send(
-    route: Route,
-    mail_from: str,
-    rcpt_tos: Sequence[str],
-    data: bytes,
-    *,
-    local_hostname: str,
-    smtp_utf8: bool,
-    connect_timeout: float,
-    command_timeout: float,
-) -> dict[str, Reply]:
-    """Relay ``data`` to ``route``; a reply per recipient. Never raises for SMTP or network
-    trouble: that becomes a reply (code None for no answer)."""
-    replies: dict[str, Reply] = {}
-    client = aiosmtplib.SMTP(
-        hostname=route.host,
-        port=route.port,
-        local_hostname=local_hostname,
-        timeout=command_timeout,
-        start_tls=None,  # opportunistic STARTTLS when offered, like Postfix's "may"
-        validate_certs=False,
-    )
-    try:
-        await client.connect(timeout=connect_timeout)
-        if client.is_ehlo_or_helo_needed:
-            await client.ehlo()
+class _StaleConnection(Exception):
+    """A cached connection turned out closed before the transaction began."""
+
+
+class SmtpClient:
+    """Sends messages to next hops, keeping idle sessions for reuse."""
+
+    def __init__(self, local_hostname: str, connect_timeout: float, command_timeout: float,
+                 idle_seconds: float = 5.0, max_idle_per_route: int = 32) -> None:
+        self.local_hostname = local_hostname
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
+        self.idle_seconds = idle_seconds
+        self.max_idle_per_route = max_idle_per_route
+        self._idle: dict[tuple[str, int], list[tuple[float, aiosmtplib.SMTP]]] = defaultdict(list)
+
+    async def send(self, route: Route, mail_from: str, rcpt_tos: Sequence[str], data: bytes,
+                   *, smtp_utf8: bool) -> dict[str, Reply]:
+        """Relay ``data`` to ``route``; a reply per recipient. Never raises for SMTP or network
+        trouble: that becomes a reply (code None for no answer)."""
+        for _ in range(3):  # a cached session may have been closed by the server meanwhile
+            client, reused = await self._session(route)
+            try:
+                replies = await self._transaction(client, route, mail_from, rcpt_tos, data,
+                                                  smtp_utf8=smtp_utf8, reused=reused)
+            except _StaleConnection:
+                client.close()
+                continue
+            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                client.close()
+                reason = Reply(None, _one_line(f"conversation with {route.host}:{route.port} "
+                                               f"failed: {type(exc).__name__}: {exc}"))
+                return {rcpt: reason for rcpt in rcpt_tos}
+            except BaseException:
+                client.close()
+                raise
+            self._keep(route, client)
+            return replies
+        reason = Reply(None, f"connection to {route.host}:{route.port} kept closing")
+        return {rcpt: reason for rcpt in rcpt_tos}
+
+    async def _session(self, route: Route) -> tuple[aiosmtplib.SMTP, bool]:
+        idle = self._idle[(route.host, route.port)]
+        now = time.monotonic()
+        while idle:
+            since, client = idle.pop()
+            if now - since < self.idle_seconds and client.is_connected:
+                return client, True
+            client.close()
+        client = aiosmtplib.SMTP(
+            hostname=route.host, port=route.port, local_hostname=self.local_hostname,
+            timeout=self.command_timeout,
+            start_tls=None,  # opportunistic STARTTLS when offered, like Postfix's "may"
+            validate_certs=False,
+        )
+        try:
+            await client.connect(timeout=self.connect_timeout)
+            if client.is_ehlo_or_helo_needed:
+                await client.ehlo()
+        except BaseException:
+            client.close()
+            raise
+        return client, False
+
+    def _keep(self, route: Route, client: aiosmtplib.SMTP) -> None:
+        idle = self._idle[(route.host, route.port)]
+        if client.is_connected and len(idle) < self.max_idle_per_route:
+            idle.append((time.monotonic(), client))
+        else:
+            client.close()
+
+    async def expire_idle(self) -> None:
+        """Say goodbye to sessions idle for longer than ``idle_seconds``."""
+        now = time.monotonic()
+        for idle in self._idle.values():
+            expired = [client for since, client in idle if now - since >= self.idle_seconds]
+            idle[:] = [(since, c) for since, c in idle if now - since < self.idle_seconds]
+            for client in expired:
+                await _quit(client)
+
+    async def close(self) -> None:
+        for idle in self._idle.values():
+            for _, client in idle:
+                await _quit(client)
+            idle.clear()
+
+    async def _transaction(self, client: aiosmtplib.SMTP, route: Route, mail_from: str,
+                           rcpt_tos: Sequence[str], data: bytes, *, smtp_utf8: bool,
+                           reused: bool) -> dict[str, Reply]:
         encoding = "ascii"
         if smtp_utf8:
             if not client.supports_extension("smtputf8"):
@@ -78,9 +147,17 @@ async def send(
             options.append("SMTPUTF8")
         try:
             await client.mail(mail_from, options=options, encoding=encoding)
+        except aiosmtplib.SMTPServerDisconnected as exc:
+            if reused:
+                raise _StaleConnection from exc
+            raise
         except aiosmtplib.SMTPResponseException as exc:
+            if reused and exc.code == 421:
+                raise _StaleConnection from exc
+            await client.rset()
             reply = Reply(exc.code, _one_line(exc.message))
             return {rcpt: reply for rcpt in rcpt_tos}
+        replies: dict[str, Reply] = {}
         accepted: list[str] = []
         for rcpt in rcpt_tos:
             try:
@@ -88,22 +165,19 @@ async def send(
                 accepted.append(rcpt)
             except aiosmtplib.SMTPResponseException as exc:
                 replies[rcpt] = Reply(exc.code, _one_line(exc.message))
-        if accepted:
-            try:
-                response = await client.data(data)
-                reply = Reply(response.code, _one_line(response.message))
-            except aiosmtplib.SMTPResponseException as exc:
-                reply = Reply(exc.code, _one_line(exc.message))
-            replies.update({rcpt: reply for rcpt in accepted})
+        if not accepted:
+            await client.rset()
+            return replies
         try:
-            await client.quit()
-        except aiosmtplib.SMTPException:
-            pass  # the transaction is done; a rude hang-up changes nothing
-    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-        reason = Reply(None, _one_line(f"connection to {route.host}:{route.port} failed: "
-                                       f"{type(exc).__name__}: {exc}"))
-        for rcpt in rcpt_tos:
-            replies.setdefault(rcpt, reason)
-    finally:
-        client.close()
-    return replies
+            response = await client.data(data)
+            reply = Reply(response.code, _one_line(response.message))
+        except aiosmtplib.SMTPResponseException as exc:
+            reply = Reply(exc.code, _one_line(exc.message))
+        replies.update({rcpt: reply for rcpt in accepted})
+        return replies
+
+
+async def _quit(client: aiosmtplib.SMTP) -> None:
+    with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
+        await asyncio.wait_for(client.quit(), 5)
+    client.close()

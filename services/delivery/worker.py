@@ -27,14 +27,20 @@ from moat.model import (
     RecipientStatus,
     new_message_id,
 )
-from moat.repository import MessageRecord, NewMessage, RecipientOutcome, Repository
+from moat.repository import (
+    AttemptResult,
+    MessageRecord,
+    NewMessage,
+    RecipientOutcome,
+    Repository,
+)
 from moat.settings import Settings
 from moat.spool import MessageStore
 from moat.topology import DELIVER, retry_queue
 from services.delivery import dsn
 from services.delivery.retry import jittered, lifetime_exceeded, retry_delay
 from services.delivery.routing import NO_ROUTE_REPLY, resolve_route
-from services.delivery.smtp_session import Reply, classify, send
+from services.delivery.smtp_session import Reply, SmtpClient, classify
 
 log = logging.getLogger("delivery")
 
@@ -55,29 +61,27 @@ class DeliveryConsumer(Consumer[DeliveryRequest]):
     body_type = DeliveryRequest
 
     def __init__(self, broker: Broker, repository: Repository, store: MessageStore,
-                 settings: Settings) -> None:
+                 settings: Settings, smtp: SmtpClient) -> None:
         super().__init__(broker, settings.delivery.prefetch)
         self.repository = repository
         self.store = store
         self.settings = settings
+        self.smtp = smtp
 
     async def handle(self, body: DeliveryRequest) -> None:
         lease = timedelta(seconds=self.settings.delivery.lease_seconds)
-        if not await self.repository.claim_for_delivery(body.message_id, body.attempt, lease):
+        record = await self.repository.claim_for_delivery(body.message_id, body.attempt, lease)
+        if record is None:
             log.debug("%s attempt %d: already made or in progress", body.message_id, body.attempt)
             return
-        record = await self.repository.get(body.message_id, with_history=False)
-        if record is None:
-            raise PoisonMessage(f"no message {body.message_id} in the database")
         try:
             raw = await self.store.read(record.id)
-        except FileNotFoundError as exc:
-            raise PoisonMessage(f"spool file missing for {record.id}") from exc
-        try:
             await self._attempt(record, raw)
-        except BaseException:
+        except BaseException as exc:
             # Let the redelivered request claim the message at once instead of after the lease.
             await asyncio.shield(self.repository.release_lease(record.id))
+            if isinstance(exc, FileNotFoundError):
+                raise PoisonMessage(f"spool file missing for {record.id}") from exc
             raise
 
     async def mark_failed(self, body: DeliveryRequest, reason: str) -> None:
@@ -96,11 +100,8 @@ class DeliveryConsumer(Consumer[DeliveryRequest]):
             if route is None:
                 reply = Reply(None, NO_ROUTE_REPLY.format(domain=domain))
                 return {address: (reply, None) for address in addresses}
-            replies = await send(
-                route, record.mail_from, addresses, data,
-                local_hostname=self.settings.smtp.hostname, smtp_utf8=record.smtp_utf8,
-                connect_timeout=settings.connect_timeout, command_timeout=settings.command_timeout,
-            )
+            replies = await self.smtp.send(route, record.mail_from, addresses, data,
+                                           smtp_utf8=record.smtp_utf8)
             return {address: (reply, route.host) for address, reply in replies.items()}
 
         results: dict[str, tuple[Reply, str | None]] = {}
@@ -138,7 +139,7 @@ class DeliveryConsumer(Consumer[DeliveryRequest]):
 
         bounce = await self._spool_dsn(record, raw, bounced, now) if bounced else None
         await self.repository.record_attempt(
-            record.id, outcomes, status, next_attempt_at, summary, bounce=bounce)
+            AttemptResult(record.id, outcomes, status, next_attempt_at, summary, bounce))
         log.info("%s attempt %d -> %s (%s)", record.id, attempts_made, status, summary[:300])
         if bounce is not None:
             await self.broker.publish(DELIVER, DeliveryRequest(message_id=bounce.message_id))

@@ -40,34 +40,47 @@ class ScanConsumer(Consumer[ScanRequest]):
         self.checks = checks
 
     async def handle(self, body: ScanRequest) -> None:
-        record = await self.repository.get(body.message_id, with_history=False)
-        if record is None:
-            raise PoisonMessage(f"no message {body.message_id} in the database")
-        if record.status == MessageStatus.DELIVERING:
-            # The verdict was committed but the hand-off to delivery may not have been: repeat
-            # it. Delivery ignores a request for an attempt already made.
-            await self.broker.publish(DELIVER, DeliveryRequest(message_id=record.id,
-                                                               attempt=record.attempts))
-            return
-        if record.status not in SCANNABLE:
-            log.info("%s is %s already; nothing to do", record.id, record.status)
-            return
+        # The common case costs no database read: scan, then store the verdict only if the
+        # message has none yet. Redeliveries and oddities are sorted out afterwards.
+        message_id = body.message_id
         try:
-            raw = await self.store.read(record.id)
-        except FileNotFoundError as exc:
-            raise PoisonMessage(f"spool file missing for {record.id}") from exc
-
-        message = await asyncio.to_thread(parse, record.id, raw)
+            raw = await self.store.read(message_id)
+        except FileNotFoundError:
+            await self._settle_unscannable(message_id)
+            return
+        message = await asyncio.to_thread(parse, message_id, raw)
         findings = await run_checks(self.checks, message, self.policy.check_timeout)
         verdict = decide(findings, self.policy)  # raises Undecidable: retried, never clean
         deliver = verdict.action == Action.DELIVER
         status = MessageStatus.DELIVERING if deliver else MessageStatus.QUARANTINED
-        if not await self.repository.record_verdict(record.id, verdict, status):
-            log.info("%s got its verdict from another worker meanwhile", record.id)
+        if await self.repository.record_verdict(message_id, verdict, status):
+            log.info("%s %s score=%.2f -> %s", message_id, verdict.verdict, verdict.score, status)
+            if deliver:
+                await self.broker.publish(DELIVER, DeliveryRequest(message_id=message_id))
             return
-        log.info("%s %s score=%.2f -> %s", record.id, verdict.verdict, verdict.score, status)
-        if deliver:
-            await self.broker.publish(DELIVER, DeliveryRequest(message_id=record.id))
+        await self._settle_redelivery(message_id)
+
+    async def _settle_redelivery(self, message_id: str) -> None:
+        """The message already had a verdict: this is a redelivery (or a duplicate publish)."""
+        record = await self.repository.get(message_id, with_history=False)
+        if record is None:
+            raise PoisonMessage(f"no message {message_id} in the database")
+        if record.status == MessageStatus.DELIVERING:
+            # The verdict was committed but the hand-off to delivery may not have been: repeat
+            # it. Delivery ignores a request for an attempt already made.
+            await self.broker.publish(DELIVER, DeliveryRequest(message_id=message_id,
+                                                               attempt=record.attempts))
+        else:
+            log.info("%s is %s already; nothing to do", message_id, record.status)
+
+    async def _settle_unscannable(self, message_id: str) -> None:
+        record = await self.repository.get(message_id, with_history=False)
+        if record is None:
+            raise PoisonMessage(f"no message {message_id} in the database")
+        if record.status in SCANNABLE:
+            raise PoisonMessage(f"spool file missing for {message_id}")
+        # Rejected at ingress (the sender got 451) or done with: nothing to do.
+        log.info("%s is %s; not scanning it", message_id, record.status)
 
     async def mark_failed(self, body: ScanRequest, reason: str) -> None:
         await self.repository.mark_failed(body.message_id, "scanner", reason)
