@@ -13,6 +13,9 @@ import os
 from pathlib import Path
 
 
+INLINE_READ_LIMIT = 256 * 1024
+
+
 class MessageStore:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -26,7 +29,10 @@ class MessageStore:
         await asyncio.to_thread(self._write, message_id, data)
 
     async def read(self, message_id: str) -> bytes:
-        return await asyncio.to_thread(self.path(message_id).read_bytes)
+        path = self.path(message_id)
+        if path.stat().st_size <= INLINE_READ_LIMIT:
+            return path.read_bytes()  # from the page cache: cheaper than a hop to a thread
+        return await asyncio.to_thread(path.read_bytes)
 
     async def delete(self, message_id: str) -> None:
         await asyncio.to_thread(self.path(message_id).unlink, True)
