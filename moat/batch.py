@@ -25,8 +25,9 @@ BulkHandler = Callable[[AsyncConnection, list[Any]], Awaitable[list[Any]]]
 
 
 class BatchWriter:
-    def __init__(self, engine: AsyncEngine, handlers: Mapping[str, BulkHandler],
-                 max_items: int = 256) -> None:
+    def __init__(
+        self, engine: AsyncEngine, handlers: Mapping[str, BulkHandler], max_items: int = 256
+    ) -> None:
         self.engine = engine
         self.handlers = handlers
         self.max_items = max_items
@@ -78,8 +79,9 @@ class BatchWriter:
         return results
 
 
-def _settle(future: asyncio.Future[Any], result: Any = None,
-            error: Exception | None = None) -> None:
+def _settle(
+    future: asyncio.Future[Any], result: Any = None, error: Exception | None = None
+) -> None:
     if future.done():  # the waiter gave up (cancelled); the work is committed all the same
         return
     if error is not None:

@@ -98,10 +98,12 @@ class Broker:
         )
         try:
             publish_channel = await connection.channel(
-                publisher_confirms=True, on_return_raises=True)
+                publisher_confirms=True, on_return_raises=True
+            )
             for spec in self.topology:
                 await publish_channel.declare_queue(
-                    spec.name, durable=True, arguments=spec.arguments)
+                    spec.name, durable=True, arguments=spec.arguments
+                )
             for queue, prefetch, callback in self._consumers:
                 await self._start_consumer(connection, queue, prefetch, callback)
         except BaseException:
@@ -146,7 +148,8 @@ class Broker:
                 await self._ready.wait()
                 assert self._publish_channel is not None
                 confirmation = await self._publish_channel.default_exchange.publish(
-                    message, routing_key=queue, mandatory=True)
+                    message, routing_key=queue, mandatory=True
+                )
         except TimeoutError as exc:
             raise PublishError(f"no confirm from the broker within {timeout}s") from exc
         except Exception as exc:  # connection lost, channel closed, message returned
@@ -161,8 +164,9 @@ class Broker:
             await self._start_consumer(self._connection, queue, prefetch, callback)
 
     @staticmethod
-    async def _start_consumer(connection: AbstractConnection, queue: str, prefetch: int,
-                              callback: ConsumerCallback) -> None:
+    async def _start_consumer(
+        connection: AbstractConnection, queue: str, prefetch: int, callback: ConsumerCallback
+    ) -> None:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
         declared = await channel.get_queue(queue, ensure=False)
@@ -178,7 +182,10 @@ class Consumer(ABC, Generic[Body]):
     def __init__(self, broker: Broker, prefetch: int) -> None:
         self.broker = broker
         self.prefetch = prefetch
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stopping = False
 
     @abstractmethod
     async def handle(self, body: Body) -> None:
@@ -191,7 +198,33 @@ class Consumer(ABC, Generic[Body]):
     async def start(self) -> None:
         await self.broker.consume(self.queue, self.prefetch, self._on_message)
 
+    async def stop(self, timeout: float = 15.0) -> None:
+        """Take no new messages and let the ones in hand finish, so that a stop does not cut
+        an SMTP transaction or a commit in half (that would mean a duplicate later)."""
+        self._stopping = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            log.warning(
+                "%d %s messages still in hand at stop; the broker will redeliver them",
+                self._in_flight,
+                self.queue,
+            )
+
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        if self._stopping:
+            await message.nack(requeue=True)
+            return
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            await self._process(message)
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    async def _process(self, message: AbstractIncomingMessage) -> None:
         try:
             body = decode_body(message.body)
             if not isinstance(body, self.body_type):
@@ -215,7 +248,10 @@ class Consumer(ABC, Generic[Body]):
             else:
                 log.warning(
                     "%s %s failed (attempt %d), will retry: %s",
-                    self.queue, body.message_id, deliveries, reason,
+                    self.queue,
+                    body.message_id,
+                    deliveries,
+                    reason,
                 )
                 # A short pause so a transient fault (database restarting) is not hammered.
                 await asyncio.sleep(min(0.2 * 2**deliveries, 10) * random.uniform(0.5, 1.0))

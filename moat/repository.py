@@ -17,8 +17,8 @@ from pydantic import BaseModel
 from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from moat.db import READ_ONLY, db_now, events, messages, recipients
 from moat.batch import BatchWriter
+from moat.db import READ_ONLY, db_now, events, messages, recipients
 from moat.model import Finding, MessageStatus, RecipientStatus, Verdict
 
 SCANNABLE = (MessageStatus.RECEIVED, MessageStatus.QUEUED)
@@ -102,23 +102,31 @@ def _domain(address: str) -> str:
 
 
 def _event(message_id: str, service: str, name: str, detail: str = "") -> dict[str, Any]:
-    return {"message_id": message_id, "at": db_now(), "service": service, "event": name,
-            "detail": detail}
+    return {
+        "message_id": message_id,
+        "at": db_now(),
+        "service": service,
+        "event": name,
+        "detail": detail,
+    }
 
 
 class Repository:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.reader = engine.execution_options(**{READ_ONLY: True})
-        self.writes = BatchWriter(engine, {
-            "received": self._bulk_received,
-            "queued": self._bulk_queued,
-            "verdict": self._bulk_verdict,
-            "claim": self._bulk_claim,
-            "attempt": self._bulk_attempt,
-            "release": self._bulk_release,
-            "status": self._bulk_status,
-        })
+        self.writes = BatchWriter(
+            engine,
+            {
+                "received": self._bulk_received,
+                "queued": self._bulk_queued,
+                "verdict": self._bulk_verdict,
+                "claim": self._bulk_claim,
+                "attempt": self._bulk_attempt,
+                "release": self._bulk_release,
+                "status": self._bulk_status,
+            },
+        )
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -137,22 +145,26 @@ class Repository:
 
     async def mark_rejected(self, message_id: str, reason: str) -> None:
         """Ingress: the sender got 451 for this message; it must never be processed."""
-        await self.writes.submit("status", (message_id, MessageStatus.REJECTED, "ingress",
-                                            "rejected", reason))
+        await self.writes.submit(
+            "status", (message_id, MessageStatus.REJECTED, "ingress", "rejected", reason)
+        )
 
-    async def record_verdict(self, message_id: str, verdict: Verdict, status: MessageStatus
-                             ) -> bool:
+    async def record_verdict(
+        self, message_id: str, verdict: Verdict, status: MessageStatus
+    ) -> bool:
         """Scanner: store the verdict once; False if the message already has one."""
         result: bool = await self.writes.submit("verdict", (message_id, verdict, status))
         return result
 
-    async def claim_for_delivery(self, message_id: str, attempt: int, lease: timedelta
-                                 ) -> MessageRecord | None:
+    async def claim_for_delivery(
+        self, message_id: str, attempt: int, lease: timedelta
+    ) -> MessageRecord | None:
         """Delivery: take the message for this attempt and return it with its recipients;
         None if another worker holds it or the attempt was already made (a stale or duplicate
         request)."""
         record: MessageRecord | None = await self.writes.submit(
-            "claim", (message_id, attempt, lease))
+            "claim", (message_id, attempt, lease)
+        )
         return record
 
     async def record_attempt(self, result: AttemptResult) -> None:
@@ -165,8 +177,9 @@ class Repository:
 
     async def mark_failed(self, message_id: str, service: str, reason: str) -> None:
         """Any consumer: the message is dead-lettered."""
-        await self.writes.submit("status", (message_id, MessageStatus.FAILED, service,
-                                            "failed", reason))
+        await self.writes.submit(
+            "status", (message_id, MessageStatus.FAILED, service, "failed", reason)
+        )
 
     # --- bulk handlers: one call per kind and batch --------------------------------------------
 
@@ -186,8 +199,9 @@ class Repository:
     async def _bulk_verdict(
         self, conn: AsyncConnection, items: list[tuple[str, Verdict, MessageStatus]]
     ) -> list[bool]:
-        scannable = await self._lock(conn, [item[0] for item in items],
-                                     messages.c.status.in_(SCANNABLE))
+        scannable = await self._lock(
+            conn, [item[0] for item in items], messages.c.status.in_(SCANNABLE)
+        )
         now = db_now()
         results, rows, history = [], [], []
         for message_id, verdict, status in items:
@@ -196,20 +210,36 @@ class Repository:
             results.append(fresh)
             if not fresh:
                 continue
-            rows.append({
-                "b_id": message_id, "b_status": status, "b_verdict": verdict.verdict,
-                "b_score": verdict.score, "b_now": now,
-                "b_findings": [finding.model_dump(mode="json") for finding in verdict.findings],
-            })
-            history.append(_event(message_id, "scanner", "scanned",
-                                  f"{verdict.verdict} score={verdict.score:.2f} "
-                                  f"action={verdict.action}"))
+            rows.append(
+                {
+                    "b_id": message_id,
+                    "b_status": status,
+                    "b_verdict": verdict.verdict,
+                    "b_score": verdict.score,
+                    "b_now": now,
+                    "b_findings": [finding.model_dump(mode="json") for finding in verdict.findings],
+                }
+            )
+            history.append(
+                _event(
+                    message_id,
+                    "scanner",
+                    "scanned",
+                    f"{verdict.verdict} score={verdict.score:.2f} action={verdict.action}",
+                )
+            )
         if rows:
             await conn.execute(
-                update(messages).where(messages.c.id == bindparam("b_id")).values(
-                    status=bindparam("b_status"), verdict=bindparam("b_verdict"),
-                    score=bindparam("b_score"), findings=bindparam("b_findings"),
-                    next_attempt_at=bindparam("b_now"), updated_at=bindparam("b_now")),
+                update(messages)
+                .where(messages.c.id == bindparam("b_id"))
+                .values(
+                    status=bindparam("b_status"),
+                    verdict=bindparam("b_verdict"),
+                    score=bindparam("b_score"),
+                    findings=bindparam("b_findings"),
+                    next_attempt_at=bindparam("b_now"),
+                    updated_at=bindparam("b_now"),
+                ),
                 rows,
             )
             await conn.execute(insert(events), history)
@@ -220,8 +250,11 @@ class Repository:
     ) -> list[MessageRecord | None]:
         now = db_now()
         candidates = await self._lock(
-            conn, [item[0] for item in items], messages.c.status.in_(DELIVERABLE),
-            or_(messages.c.lease_until.is_(None), messages.c.lease_until < now))
+            conn,
+            [item[0] for item in items],
+            messages.c.status.in_(DELIVERABLE),
+            or_(messages.c.lease_until.is_(None), messages.c.lease_until < now),
+        )
         claimed: dict[str, MessageRecord] = {}
         leases = []
         for message_id, attempt, lease in items:
@@ -232,15 +265,20 @@ class Repository:
             leases.append({"b_id": message_id, "b_lease": now + lease})
         if leases:
             await conn.execute(
-                update(messages).where(messages.c.id == bindparam("b_id"))
+                update(messages)
+                .where(messages.c.id == bindparam("b_id"))
                 .values(lease_until=bindparam("b_lease")),
                 leases,
             )
             rcpt_rows = await conn.execute(
-                select(recipients).where(recipients.c.message_id.in_(list(claimed)))
-                .order_by(recipients.c.id))
+                select(recipients)
+                .where(recipients.c.message_id.in_(list(claimed)))
+                .order_by(recipients.c.id)
+            )
             for row in rcpt_rows:
-                claimed[row.message_id].recipients.append(RecipientRecord.model_validate(row._mapping))
+                claimed[row.message_id].recipients.append(
+                    RecipientRecord.model_validate(row._mapping)
+                )
         results: list[MessageRecord | None] = []
         for message_id, _, _ in items:
             results.append(claimed.pop(message_id, None))
@@ -249,41 +287,68 @@ class Repository:
     async def _bulk_attempt(self, conn: AsyncConnection, items: list[AttemptResult]) -> list[None]:
         now = db_now()
         outcome_rows = [
-            {"b_id": o.recipient_id, "b_status": o.status, "b_reply": o.reply,
-             "b_host": o.remote_host, "b_now": now}
-            for item in items for o in item.outcomes
+            {
+                "b_id": o.recipient_id,
+                "b_status": o.status,
+                "b_reply": o.reply,
+                "b_host": o.remote_host,
+                "b_now": now,
+            }
+            for item in items
+            for o in item.outcomes
         ]
         if outcome_rows:
             await conn.execute(
-                update(recipients).where(recipients.c.id == bindparam("b_id")).values(
-                    status=bindparam("b_status"), reply=bindparam("b_reply"),
-                    remote_host=bindparam("b_host"), attempts=recipients.c.attempts + 1,
-                    updated_at=bindparam("b_now")),
+                update(recipients)
+                .where(recipients.c.id == bindparam("b_id"))
+                .values(
+                    status=bindparam("b_status"),
+                    reply=bindparam("b_reply"),
+                    remote_host=bindparam("b_host"),
+                    attempts=recipients.c.attempts + 1,
+                    updated_at=bindparam("b_now"),
+                ),
                 outcome_rows,
             )
         await conn.execute(
-            update(messages).where(messages.c.id == bindparam("b_id")).values(
-                status=bindparam("b_status"), attempts=messages.c.attempts + 1,
-                next_attempt_at=bindparam("b_next"), lease_until=None,
-                reason=bindparam("b_reason"), updated_at=bindparam("b_now")),
-            [{"b_id": item.message_id, "b_status": item.status, "b_next": item.next_attempt_at,
-              "b_reason": item.detail if item.status == MessageStatus.DEFERRED else None,
-              "b_now": now} for item in items],
+            update(messages)
+            .where(messages.c.id == bindparam("b_id"))
+            .values(
+                status=bindparam("b_status"),
+                attempts=messages.c.attempts + 1,
+                next_attempt_at=bindparam("b_next"),
+                lease_until=None,
+                reason=bindparam("b_reason"),
+                updated_at=bindparam("b_now"),
+            ),
+            [
+                {
+                    "b_id": item.message_id,
+                    "b_status": item.status,
+                    "b_next": item.next_attempt_at,
+                    "b_reason": item.detail if item.status == MessageStatus.DEFERRED else None,
+                    "b_now": now,
+                }
+                for item in items
+            ],
         )
         history = [_event(item.message_id, "delivery", item.status, item.detail) for item in items]
         bounces = [item for item in items if item.bounce is not None]
-        history += [_event(item.message_id, "delivery", "dsn_queued",
-                           f"DSN {item.bounce.message_id}") for item in bounces if item.bounce]
+        history += [
+            _event(item.message_id, "delivery", "dsn_queued", f"DSN {item.bounce.message_id}")
+            for item in bounces
+            if item.bounce
+        ]
         await conn.execute(insert(events), history)
         for item in bounces:
             assert item.bounce is not None
-            await self._insert_messages(conn, [item.bounce], MessageStatus.DELIVERING,
-                                        "delivery", bounce_of=item.message_id)
+            await self._insert_messages(
+                conn, [item.bounce], MessageStatus.DELIVERING, "delivery", bounce_of=item.message_id
+            )
         return [None] * len(items)
 
     async def _bulk_release(self, conn: AsyncConnection, ids: list[str]) -> list[None]:
-        await conn.execute(
-            update(messages).where(messages.c.id.in_(ids)).values(lease_until=None))
+        await conn.execute(update(messages).where(messages.c.id.in_(ids)).values(lease_until=None))
         return [None] * len(ids)
 
     async def _bulk_status(
@@ -296,45 +361,86 @@ class Repository:
             if message_id not in existing:
                 continue  # no such message: nothing to record it on
             await conn.execute(
-                update(messages).where(messages.c.id == message_id)
-                .values(status=status, reason=reason, lease_until=None, updated_at=now))
-            await conn.execute(insert(events).values(_event(message_id, service, event_name,
-                                                            reason)))
+                update(messages)
+                .where(messages.c.id == message_id)
+                .values(status=status, reason=reason, lease_until=None, updated_at=now)
+            )
+            await conn.execute(
+                insert(events).values(_event(message_id, service, event_name, reason))
+            )
         return [None] * len(items)
 
-    async def _lock(self, conn: AsyncConnection, ids: list[str], *conditions: Any
-                    ) -> dict[str, Any]:
+    async def _lock(
+        self, conn: AsyncConnection, ids: list[str], *conditions: Any
+    ) -> dict[str, Any]:
         """The rows among ``ids`` that meet ``conditions``, locked until the commit (SQLite's
         BEGIN IMMEDIATE locks the whole database; PostgreSQL locks the rows, in id order so
         that two batches cannot deadlock)."""
         rows = await conn.execute(
-            select(messages).where(messages.c.id.in_(sorted(set(ids))), *conditions)
-            .order_by(messages.c.id).with_for_update())
+            select(messages)
+            .where(messages.c.id.in_(sorted(set(ids))), *conditions)
+            .order_by(messages.c.id)
+            .with_for_update()
+        )
         return {row.id: row for row in rows}
 
-    async def _insert_messages(self, conn: AsyncConnection, news: list[NewMessage],
-                               status: MessageStatus, service: str,
-                               bounce_of: str | None = None) -> None:
+    async def _insert_messages(
+        self,
+        conn: AsyncConnection,
+        news: list[NewMessage],
+        status: MessageStatus,
+        service: str,
+        bounce_of: str | None = None,
+    ) -> None:
         now = db_now()
-        await conn.execute(insert(messages), [
-            {"id": new.message_id, "status": status, "mail_from": new.mail_from,
-             "client_address": new.client_address, "helo": new.helo, "size": new.size,
-             "smtp_utf8": new.smtp_utf8, "received_at": now, "updated_at": now, "attempts": 0,
-             "next_attempt_at": now if status == MessageStatus.DELIVERING else None,
-             "bounce_of": bounce_of}
-            for new in news
-        ])
-        await conn.execute(insert(recipients), [
-            {"message_id": new.message_id, "address": address, "domain": _domain(address),
-             "status": RecipientStatus.PENDING, "attempts": 0, "updated_at": now}
-            for new in news for address in new.rcpt_tos
-        ])
-        await conn.execute(insert(events), [
-            _event(new.message_id, service, "received",
-                   f"from=<{new.mail_from}> to={len(new.rcpt_tos)} size={new.size}"
-                   + (f" client={new.client_address}" if new.client_address else ""))
-            for new in news
-        ])
+        await conn.execute(
+            insert(messages),
+            [
+                {
+                    "id": new.message_id,
+                    "status": status,
+                    "mail_from": new.mail_from,
+                    "client_address": new.client_address,
+                    "helo": new.helo,
+                    "size": new.size,
+                    "smtp_utf8": new.smtp_utf8,
+                    "received_at": now,
+                    "updated_at": now,
+                    "attempts": 0,
+                    "next_attempt_at": now if status == MessageStatus.DELIVERING else None,
+                    "bounce_of": bounce_of,
+                }
+                for new in news
+            ],
+        )
+        await conn.execute(
+            insert(recipients),
+            [
+                {
+                    "message_id": new.message_id,
+                    "address": address,
+                    "domain": _domain(address),
+                    "status": RecipientStatus.PENDING,
+                    "attempts": 0,
+                    "updated_at": now,
+                }
+                for new in news
+                for address in new.rcpt_tos
+            ],
+        )
+        await conn.execute(
+            insert(events),
+            [
+                _event(
+                    new.message_id,
+                    service,
+                    "received",
+                    f"from=<{new.mail_from}> to={len(new.rcpt_tos)} size={new.size}"
+                    + (f" client={new.client_address}" if new.client_address else ""),
+                )
+                for new in news
+            ],
+        )
 
     # --- reads -------------------------------------------------------------------------------
 
@@ -344,15 +450,15 @@ class Repository:
         async with self.reader.connect() as conn:
             rows = await conn.execute(
                 select(messages.c.id)
-                .where(messages.c.status == MessageStatus.RECEIVED,
-                       messages.c.received_at < cutoff)
+                .where(messages.c.status == MessageStatus.RECEIVED, messages.c.received_at < cutoff)
                 .order_by(messages.c.id)
                 .limit(limit)
             )
             return [row.id for row in rows]
 
-    async def overdue_for_delivery(self, grace: timedelta, limit: int = 500
-                                   ) -> list[tuple[str, int]]:
+    async def overdue_for_delivery(
+        self, grace: timedelta, limit: int = 500
+    ) -> list[tuple[str, int]]:
         """Mail whose next delivery attempt should have happened ``grace`` ago and that no
         worker holds: its request was lost (crash before publish). Returns (id, attempt)."""
         now = db_now()
@@ -376,7 +482,8 @@ class Repository:
                 return None
             record = MessageRecord.model_validate(row._mapping)
             rcpt_rows = await conn.execute(
-                select(recipients).where(recipients.c.message_id == message_id)
+                select(recipients)
+                .where(recipients.c.message_id == message_id)
                 .order_by(recipients.c.id)
             )
             record.recipients = [RecipientRecord.model_validate(r._mapping) for r in rcpt_rows]

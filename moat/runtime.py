@@ -33,7 +33,9 @@ async def wait_for_stop_signal() -> None:
     await stop.wait()
 
 
-def run(service: str, settings: Settings, main: Callable[[Settings], Coroutine[Any, Any, None]]) -> None:
+def run(
+    service: str, settings: Settings, main: Callable[[Settings], Coroutine[Any, Any, None]]
+) -> None:
     """Run a service's ``main`` on uvloop until it returns or a stop signal arrives."""
     setup_logging(service, settings.log_level)
     logging.getLogger(service).info("starting (env=%s)", settings.env)

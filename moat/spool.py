@@ -12,7 +12,6 @@ import asyncio
 import os
 from pathlib import Path
 
-
 INLINE_READ_LIMIT = 256 * 1024
 
 

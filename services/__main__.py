@@ -44,11 +44,18 @@ def main() -> int:
     signal.signal(signal.SIGTERM, stop)
     for name in names:
         # Children ignore the terminal's Ctrl-C; we stop them in order, ingress first.
-        child = subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=os.environ,
-                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+        child = subprocess.Popen(
+            [sys.executable, "-m", f"services.{name}"],
+            env=os.environ,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        )
         children.append((name, child))
-    log.info("Moat is running: SMTP on %s, API on https://%s, domains: %s. Ctrl-C stops it.",
-             settings.smtp.listen, settings.api.listen, ", ".join(settings.domains) or "(none)")
+    log.info(
+        "Moat is running: SMTP on %s, API on https://%s, domains: %s. Ctrl-C stops it.",
+        settings.smtp.listen,
+        settings.api.listen,
+        ", ".join(settings.domains) or "(none)",
+    )
 
     exit_code = 0
     while not stopping:
@@ -58,7 +65,7 @@ def main() -> int:
                 stopping, exit_code = True, 1
         time.sleep(0.2)
 
-    for name, child in reversed(children):
+    for _name, child in reversed(children):
         if child.poll() is None:
             child.terminate()
     deadline = time.monotonic() + 20

@@ -32,7 +32,12 @@ def internet_sink() -> Iterator[Sink]:
 
 @contextmanager
 def running_gateway(
-    backend: str, workdir: Path, relay: Sink, internet: Sink, *, start: bool = True,
+    backend: str,
+    workdir: Path,
+    relay: Sink,
+    internet: Sink,
+    *,
+    start: bool = True,
     **overrides: Any,
 ) -> Iterator[Gateway]:
     with ExitStack() as stack:
@@ -54,8 +59,10 @@ def running_gateway(
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def gateway(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-    relay_sink: Sink, internet_sink: Sink,
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    relay_sink: Sink,
+    internet_sink: Sink,
 ) -> Iterator[Gateway]:
     """A gateway shared by the tests of a module, once per database backend."""
     workdir = tmp_path_factory.mktemp(f"gw-{request.param}")
@@ -70,14 +77,17 @@ def gateway(
 
 @pytest.fixture
 def make_gateway(
-    tmp_path: Path, relay_sink: Sink, internet_sink: Sink,
+    tmp_path: Path,
+    relay_sink: Sink,
+    internet_sink: Sink,
 ) -> Iterator[Callable[..., Any]]:
     """A private gateway for a test that stops, kills or cuts off its services."""
     with ExitStack() as stack:
 
         def make(backend: str = "sqlite", **kwargs: Any) -> Gateway:
             return stack.enter_context(
-                running_gateway(backend, tmp_path, relay_sink, internet_sink, **kwargs))
+                running_gateway(backend, tmp_path, relay_sink, internet_sink, **kwargs)
+            )
 
         yield make
 

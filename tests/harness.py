@@ -77,8 +77,9 @@ class SinkHandler:
         self.plans: dict[str, list[int]] = {}
         self.lock = threading.Lock()
 
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
-                          options: list[str]) -> str:
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
         with self.lock:
             plan = self.plans.get(address.lower())
             code = plan.pop(0) if plan else 250
@@ -92,7 +93,8 @@ class SinkHandler:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         with self.lock:
             self.messages.append(
-                Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+                Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
+            )
         return "250 2.0.0 Ok: sunk"
 
 
@@ -162,8 +164,9 @@ class TcpProxy:
         await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
 
     async def _up(self) -> None:
-        self.server = await asyncio.start_server(self._client, "127.0.0.1", self.port,
-                                                 reuse_address=True)
+        self.server = await asyncio.start_server(
+            self._client, "127.0.0.1", self.port, reuse_address=True
+        )
 
     async def _down(self) -> None:
         if self.server is not None:
@@ -269,8 +272,12 @@ class Gateway:
         for name in names or SERVICES:
             log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
             self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", f"services.{name}"], cwd=ROOT, env=self.env,
-                stdout=log, stderr=subprocess.STDOUT)
+                [sys.executable, "-m", f"services.{name}"],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         if not names or "ingress" in names:
             wait_for(self._smtp_ready, 30, "the SMTP listener")
         if not names or "api" in names:
@@ -315,14 +322,24 @@ class Gateway:
 
     def http(self) -> httpx.Client:
         context = ssl.create_default_context(cafile=self.workdir / "tls" / "api-cert.pem")
-        return httpx.Client(base_url=self.api_url, verify=context, timeout=10,
-                            headers={"Authorization": f"Bearer {self.token}"})
+        return httpx.Client(
+            base_url=self.api_url,
+            verify=context,
+            timeout=10,
+            headers={"Authorization": f"Bearer {self.token}"},
+        )
 
     def smtp(self) -> QueueIdSMTP:
         return QueueIdSMTP("127.0.0.1", self.smtp_port, timeout=30)
 
-    def send(self, mail_from: str, rcpt_tos: list[str], body: str = "Hello.",
-             subject: str = "test", extra_headers: dict[str, str] | None = None) -> str:
+    def send(
+        self,
+        mail_from: str,
+        rcpt_tos: list[str],
+        body: str = "Hello.",
+        subject: str = "test",
+        extra_headers: dict[str, str] | None = None,
+    ) -> str:
         """Send one message; return the queue id from the 250 reply."""
         message = make_message(mail_from, rcpt_tos, body, subject, extra_headers)
         with self.smtp() as client:
@@ -338,11 +355,16 @@ class Gateway:
         result: dict[str, Any] = response.json()
         return result
 
-    def wait_status(self, message_id: str, status: str | set[str], timeout: float = 30) -> dict[str, Any]:
+    def wait_status(
+        self, message_id: str, status: str | set[str], timeout: float = 30
+    ) -> dict[str, Any]:
         wanted = {status} if isinstance(status, str) else status
         return wait_for(
             lambda: (m := self.message(message_id))["status"] in wanted and m,
-            timeout, f"{message_id} to be {'/'.join(sorted(wanted))}", interval=0.1)
+            timeout,
+            f"{message_id} to be {'/'.join(sorted(wanted))}",
+            interval=0.1,
+        )
 
     def statuses(self) -> dict[str, int]:
         async def count() -> dict[str, int]:
@@ -359,8 +381,7 @@ class Gateway:
         figures lag by seconds)."""
 
         async def count() -> int:
-            connection = await aio_pika.connect(
-                f"amqp://guest:guest@127.0.0.1:5672/{self.vhost}")
+            connection = await aio_pika.connect(f"amqp://guest:guest@127.0.0.1:5672/{self.vhost}")
             try:
                 channel = await connection.channel()
                 declared = await channel.declare_queue(queue, passive=True)
@@ -375,8 +396,13 @@ class Gateway:
         return statuses.get("received", 0) + statuses.get("queued", 0)
 
 
-def make_message(mail_from: str, rcpt_tos: list[str], body: str, subject: str,
-                 extra_headers: dict[str, str] | None = None) -> EmailMessage:
+def make_message(
+    mail_from: str,
+    rcpt_tos: list[str],
+    body: str,
+    subject: str,
+    extra_headers: dict[str, str] | None = None,
+) -> EmailMessage:
     message = EmailMessage(policy=SMTP_POLICY)  # CRLF line endings, as on the wire
     message["From"] = mail_from or "MAILER-DAEMON@outside.test"
     message["To"] = ", ".join(rcpt_tos)
@@ -388,25 +414,48 @@ def make_message(mail_from: str, rcpt_tos: list[str], body: str, subject: str,
     return message
 
 
-def gateway_config(workdir: Path, database_url: str, vhost: str, relay: Sink,
-                   smarthost: Sink, broker_port: int = 5672, **overrides: Any) -> dict[str, Any]:
+def gateway_config(
+    workdir: Path,
+    database_url: str,
+    vhost: str,
+    relay: Sink,
+    smarthost: Sink,
+    broker_port: int = 5672,
+    **overrides: Any,
+) -> dict[str, Any]:
     config: dict[str, Any] = {
         "env": "test",
         "log_level": "INFO",
         "database_url": database_url,
         "spool_dir": str(workdir / "spool"),
-        "domains": {"example.test": {"relay": relay.address},
-                    "other.example.test": {"relay": relay.address}},
-        "smtp": {"listen": f"127.0.0.1:{free_port()}", "hostname": "moat.test",
-                 "max_message_size": 200_000, "max_recipients": 10},
+        "domains": {
+            "example.test": {"relay": relay.address},
+            "other.example.test": {"relay": relay.address},
+        },
+        "smtp": {
+            "listen": f"127.0.0.1:{free_port()}",
+            "hostname": "moat.test",
+            "max_message_size": 200_000,
+            "max_recipients": 10,
+        },
         "api": {"listen": f"127.0.0.1:{free_port()}", "self_signed_dir": str(workdir / "tls")},
-        "broker": {"url": f"amqp://guest:guest@127.0.0.1:{broker_port}/{vhost}",
-                   "publish_timeout": 3, "delivery_limit": 3},
+        "broker": {
+            "url": f"amqp://guest:guest@127.0.0.1:{broker_port}/{vhost}",
+            "publish_timeout": 3,
+            "delivery_limit": 3,
+        },
         "ingress": {"sweep_interval": 1, "sweep_grace": 3},
         "scanner": {"prefetch": 8},
-        "delivery": {"retry_schedule": [1, 2], "retry_jitter": 0.1, "max_lifetime": 60,
-                     "smarthost": smarthost.address, "sweep_interval": 1, "sweep_grace": 3,
-                     "connect_timeout": 5, "command_timeout": 10},
+        "delivery": {
+            "retry_schedule": [1, 2],
+            "retry_jitter": 0.1,
+            "max_lifetime": 60,
+            "smarthost": smarthost.address,
+            "sweep_interval": 1,
+            "sweep_grace": 3,
+            "connect_timeout": 5,
+            "command_timeout": 10,
+        },
     }
     for key, value in overrides.items():
         if isinstance(value, dict):

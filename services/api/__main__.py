@@ -23,8 +23,14 @@ async def main(settings: Settings) -> None:
     host, port = split_host_port(settings.api.listen)
     app = create_app(settings, Repository(create_engine(settings.database_url)))
     config = uvicorn.Config(
-        app, host=host, port=port, ssl_certfile=str(cert), ssl_keyfile=str(key),
-        log_level=settings.log_level.lower(), access_log=False, server_header=False,
+        app,
+        host=host,
+        port=port,
+        ssl_certfile=str(cert),
+        ssl_keyfile=str(key),
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        server_header=False,
         proxy_headers=False,
     )
     log.info("HTTPS API on https://%s:%d", host, port)

@@ -32,7 +32,8 @@ def require_admin(
     given = credentials.credentials.encode() if credentials else b""
     if not credentials or not secrets.compare_digest(given, expected):
         raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED, "a valid admin bearer token is required",
+            status.HTTP_401_UNAUTHORIZED,
+            "a valid admin bearer token is required",
             headers={"WWW-Authenticate": "Bearer"},
         )
 

@@ -24,27 +24,31 @@ log = logging.getLogger("delivery")
 
 async def main(settings: Settings) -> None:
     parts = await build(settings)
-    smtp = SmtpClient(settings.smtp.hostname, settings.delivery.connect_timeout,
-                      settings.delivery.command_timeout)
+    smtp = SmtpClient(
+        settings.smtp.hostname, settings.delivery.connect_timeout, settings.delivery.command_timeout
+    )
     consumer = DeliveryConsumer(parts.broker, parts.repository, parts.store, settings, smtp)
 
     async def republish_overdue() -> None:
         grace = timedelta(seconds=settings.delivery.sweep_grace)
         for message_id, attempt in await parts.repository.overdue_for_delivery(grace):
             log.warning("republishing overdue %s (attempt %d)", message_id, attempt)
-            await parts.broker.publish(DELIVER, DeliveryRequest(message_id=message_id,
-                                                                attempt=attempt))
+            await parts.broker.publish(
+                DELIVER, DeliveryRequest(message_id=message_id, attempt=attempt)
+            )
 
     await consumer.start()
     background = [
         asyncio.create_task(
-            every(settings.delivery.sweep_interval, republish_overdue, "overdue sweep")),
+            every(settings.delivery.sweep_interval, republish_overdue, "overdue sweep")
+        ),
         asyncio.create_task(every(smtp.idle_seconds, smtp.expire_idle, "SMTP cache expiry")),
     ]
     log.info("consuming %s with prefetch %d", DELIVER, settings.delivery.prefetch)
     try:
         await runtime.wait_for_stop_signal()
     finally:
+        await consumer.stop()
         for task in background:
             task.cancel()
         await smtp.close()

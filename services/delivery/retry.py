@@ -21,8 +21,10 @@ def jittered(delay: int, settings: DeliverySettings, rng: random.Random | None =
     return delay * (1 - settings.retry_jitter * (rng or random).random())
 
 
-def lifetime_exceeded(received_at: datetime, now: datetime, settings: DeliverySettings,
-                      next_delay: float = 0) -> bool:
+def lifetime_exceeded(
+    received_at: datetime, now: datetime, settings: DeliverySettings, next_delay: float = 0
+) -> bool:
     """True when the next retry would come after the message's maximum lifetime."""
     return now + timedelta(seconds=next_delay) - received_at > timedelta(
-        seconds=settings.max_lifetime)
+        seconds=settings.max_lifetime
+    )

@@ -49,8 +49,14 @@ class _StaleConnection(Exception):
 class SmtpClient:
     """Sends messages to next hops, keeping idle sessions for reuse."""
 
-    def __init__(self, local_hostname: str, connect_timeout: float, command_timeout: float,
-                 idle_seconds: float = 5.0, max_idle_per_route: int = 32) -> None:
+    def __init__(
+        self,
+        local_hostname: str,
+        connect_timeout: float,
+        command_timeout: float,
+        idle_seconds: float = 5.0,
+        max_idle_per_route: int = 32,
+    ) -> None:
         self.local_hostname = local_hostname
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
@@ -58,22 +64,29 @@ class SmtpClient:
         self.max_idle_per_route = max_idle_per_route
         self._idle: dict[tuple[str, int], list[tuple[float, aiosmtplib.SMTP]]] = defaultdict(list)
 
-    async def send(self, route: Route, mail_from: str, rcpt_tos: Sequence[str], data: bytes,
-                   *, smtp_utf8: bool) -> dict[str, Reply]:
+    async def send(
+        self, route: Route, mail_from: str, rcpt_tos: Sequence[str], data: bytes, *, smtp_utf8: bool
+    ) -> dict[str, Reply]:
         """Relay ``data`` to ``route``; a reply per recipient. Never raises for SMTP or network
         trouble: that becomes a reply (code None for no answer)."""
         for _ in range(3):  # a cached session may have been closed by the server meanwhile
             client, reused = await self._session(route)
             try:
-                replies = await self._transaction(client, route, mail_from, rcpt_tos, data,
-                                                  smtp_utf8=smtp_utf8, reused=reused)
+                replies = await self._transaction(
+                    client, route, mail_from, rcpt_tos, data, smtp_utf8=smtp_utf8, reused=reused
+                )
             except _StaleConnection:
                 client.close()
                 continue
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
                 client.close()
-                reason = Reply(None, _one_line(f"conversation with {route.host}:{route.port} "
-                                               f"failed: {type(exc).__name__}: {exc}"))
+                reason = Reply(
+                    None,
+                    _one_line(
+                        f"conversation with {route.host}:{route.port} "
+                        f"failed: {type(exc).__name__}: {exc}"
+                    ),
+                )
                 return {rcpt: reason for rcpt in rcpt_tos}
             except BaseException:
                 client.close()
@@ -92,7 +105,9 @@ class SmtpClient:
                 return client, True
             client.close()
         client = aiosmtplib.SMTP(
-            hostname=route.host, port=route.port, local_hostname=self.local_hostname,
+            hostname=route.host,
+            port=route.port,
+            local_hostname=self.local_hostname,
             timeout=self.command_timeout,
             start_tls=None,  # opportunistic STARTTLS when offered, like Postfix's "may"
             validate_certs=False,
@@ -128,14 +143,23 @@ class SmtpClient:
                 await _quit(client)
             idle.clear()
 
-    async def _transaction(self, client: aiosmtplib.SMTP, route: Route, mail_from: str,
-                           rcpt_tos: Sequence[str], data: bytes, *, smtp_utf8: bool,
-                           reused: bool) -> dict[str, Reply]:
+    async def _transaction(
+        self,
+        client: aiosmtplib.SMTP,
+        route: Route,
+        mail_from: str,
+        rcpt_tos: Sequence[str],
+        data: bytes,
+        *,
+        smtp_utf8: bool,
+        reused: bool,
+    ) -> dict[str, Reply]:
         encoding = "ascii"
         if smtp_utf8:
             if not client.supports_extension("smtputf8"):
-                reply = Reply(553, f"5.6.7 {route.host} does not support SMTPUTF8, "
-                                   "which this message needs")
+                reply = Reply(
+                    553, f"5.6.7 {route.host} does not support SMTPUTF8, which this message needs"
+                )
                 return {rcpt: reply for rcpt in rcpt_tos}
             encoding = "utf-8"
         options = []

@@ -60,8 +60,14 @@ class DeliveryConsumer(Consumer[DeliveryRequest]):
     queue = DELIVER
     body_type = DeliveryRequest
 
-    def __init__(self, broker: Broker, repository: Repository, store: MessageStore,
-                 settings: Settings, smtp: SmtpClient) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        repository: Repository,
+        store: MessageStore,
+        settings: Settings,
+        smtp: SmtpClient,
+    ) -> None:
         super().__init__(broker, settings.delivery.prefetch)
         self.repository = repository
         self.store = store
@@ -95,13 +101,16 @@ class DeliveryConsumer(Consumer[DeliveryRequest]):
         for recipient in pending:
             by_domain[recipient.domain].append(recipient.address)
 
-        async def deliver_domain(domain: str, addresses: list[str]) -> dict[str, tuple[Reply, str | None]]:
+        async def deliver_domain(
+            domain: str, addresses: list[str]
+        ) -> dict[str, tuple[Reply, str | None]]:
             route = resolve_route(domain, self.settings)
             if route is None:
                 reply = Reply(None, NO_ROUTE_REPLY.format(domain=domain))
                 return {address: (reply, None) for address in addresses}
-            replies = await self.smtp.send(route, record.mail_from, addresses, data,
-                                           smtp_utf8=record.smtp_utf8)
+            replies = await self.smtp.send(
+                route, record.mail_from, addresses, data, smtp_utf8=record.smtp_utf8
+            )
             return {address: (reply, route.host) for address, reply in replies.items()}
 
         results: dict[str, tuple[Reply, str | None]] = {}
@@ -117,29 +126,38 @@ class DeliveryConsumer(Consumer[DeliveryRequest]):
         bounced: list[dsn.FailedRecipient] = []
         for recipient in pending:
             reply, host = results[recipient.address]
-            status = classify(reply)
+            outcome = classify(reply)
             text = str(reply)
-            if status == RecipientStatus.DEFERRED and expired:
-                status = RecipientStatus.BOUNCED
+            if outcome == RecipientStatus.DEFERRED and expired:
+                outcome = RecipientStatus.BOUNCED
                 text = f"message lifetime exceeded; last reply: {reply}"
-            if status == RecipientStatus.BOUNCED:
+            if outcome == RecipientStatus.BOUNCED:
                 code = dsn.enhanced_status(reply.code, reply.text)
                 if reply.code is None or not 500 <= reply.code < 600:
                     code = "4.4.7" if expired else code  # RFC 3463: delivery time expired
-                bounced.append(dsn.FailedRecipient(
-                    address=recipient.address, status=_permanent(code), diagnostic=text,
-                    remote_mta=host, last_attempt=now.replace(tzinfo=UTC)))
-            outcomes.append(RecipientOutcome(recipient.id, status, text, host))
+                bounced.append(
+                    dsn.FailedRecipient(
+                        address=recipient.address,
+                        status=_permanent(code),
+                        diagnostic=text,
+                        remote_mta=host,
+                        last_attempt=now.replace(tzinfo=UTC),
+                    )
+                )
+            outcomes.append(RecipientOutcome(recipient.id, outcome, text, host))
 
         by_id = {o.recipient_id: o.status for o in outcomes}
         statuses = [by_id.get(r.id, r.status) for r in record.recipients]
         status = final_status(statuses)
-        next_attempt_at = now + timedelta(seconds=wait) if status == MessageStatus.DEFERRED else None
+        next_attempt_at = (
+            now + timedelta(seconds=wait) if status == MessageStatus.DEFERRED else None
+        )
         summary = ", ".join(f"{o.status}: {o.reply}" for o in outcomes)[:2000]
 
         bounce = await self._spool_dsn(record, raw, bounced, now) if bounced else None
         await self.repository.record_attempt(
-            AttemptResult(record.id, outcomes, status, next_attempt_at, summary, bounce))
+            AttemptResult(record.id, outcomes, status, next_attempt_at, summary, bounce)
+        )
         log.info("%s attempt %d -> %s (%s)", record.id, attempts_made, status, summary[:300])
         if bounce is not None:
             await self.broker.publish(DELIVER, DeliveryRequest(message_id=bounce.message_id))
@@ -150,8 +168,9 @@ class DeliveryConsumer(Consumer[DeliveryRequest]):
                 expiration_ms=int(wait * 1000),
             )
 
-    async def _spool_dsn(self, record: MessageRecord, raw: bytes,
-                         bounced: list[dsn.FailedRecipient], now: datetime) -> NewMessage | None:
+    async def _spool_dsn(
+        self, record: MessageRecord, raw: bytes, bounced: list[dsn.FailedRecipient], now: datetime
+    ) -> NewMessage | None:
         """Write the DSN for these recipients, unless the message is itself a bounce or came
         from the null sender: a bounce never bounces (no loops, no backscatter)."""
         if not record.mail_from or record.bounce_of is not None:
@@ -168,15 +187,21 @@ class DeliveryConsumer(Consumer[DeliveryRequest]):
             original=raw,
         )
         await self.store.write(dsn_id, data)
-        return NewMessage(message_id=dsn_id, mail_from="", rcpt_tos=[record.mail_from],
-                          size=len(data), smtp_utf8=record.smtp_utf8)
+        return NewMessage(
+            message_id=dsn_id,
+            mail_from="",
+            rcpt_tos=[record.mail_from],
+            size=len(data),
+            smtp_utf8=record.smtp_utf8,
+        )
 
     def _headers(self, record: MessageRecord) -> bytes:
         """The verdict summary prepended to mail we deliver (our own DSNs carry none)."""
         if record.verdict is None:
             return b""
-        return (f"X-Moat-Verdict: {record.verdict}\r\n"
-                f"X-Moat-Score: {record.score or 0:.2f}\r\n").encode()
+        return (
+            f"X-Moat-Verdict: {record.verdict}\r\nX-Moat-Score: {record.score or 0:.2f}\r\n"
+        ).encode()
 
 
 def _permanent(code: str) -> str:

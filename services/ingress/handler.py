@@ -12,7 +12,7 @@ import asyncio
 import logging
 import re
 from email.utils import format_datetime
-from typing import Any
+from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -51,7 +51,7 @@ def count_received_headers(data: bytes) -> int:
     return len(_RECEIVED_LINE.findall(header))
 
 
-class MoatSMTP(SMTP):  # type: ignore[misc]
+class MoatSMTP(SMTP):
     """aiosmtpd's protocol, with an enhanced status code (RFC 3463) on every reply."""
 
     _in_ehlo = False
@@ -64,10 +64,11 @@ class MoatSMTP(SMTP):  # type: ignore[misc]
         finally:
             self._in_ehlo = False
 
-    async def push(self, status: str | bytes) -> None:
+    async def push(self, status: AnyStr) -> None:
         if isinstance(status, str) and not self._in_ehlo:
-            status = replies.with_enhanced_code(status)
-        await super().push(status)
+            await super().push(replies.with_enhanced_code(status))
+        else:
+            await super().push(status)
 
 
 class IngressHandler:
@@ -86,7 +87,11 @@ class IngressHandler:
         self.confirmed = confirmed
 
     async def handle_EHLO(
-        self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
         responses: list[str],
     ) -> list[str]:
         session.host_name = hostname
@@ -94,7 +99,11 @@ class IngressHandler:
         return [*responses[:-1], "250-PIPELINING", "250 ENHANCEDSTATUSCODES"]
 
     async def handle_MAIL(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str,
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
         mail_options: list[str],
     ) -> str:
         # aiosmtpd spells the null reverse-path "<>" and needs a truthy mail_from: keep it so
@@ -106,7 +115,11 @@ class IngressHandler:
         return replies.SENDER_OK
 
     async def handle_RCPT(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str,
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
         rcpt_options: list[str],
     ) -> str:
         if not is_mailbox(address):
@@ -154,7 +167,11 @@ class IngressHandler:
         self.confirmed.add(message_id)
         log.info(
             "queued %s from=<%s> to=%d size=%d client=%s",
-            message_id, envelope.mail_from, len(envelope.rcpt_tos), len(raw), client_address,
+            message_id,
+            envelope.mail_from,
+            len(envelope.rcpt_tos),
+            len(raw),
+            client_address,
         )
         return replies.QUEUED.format(message_id=message_id)
 
@@ -216,8 +233,9 @@ class QueuedMarker:
         try:
             await self.repository.mark_queued(batch)
         except Exception:
-            log.exception("could not mark %d messages queued; the sweep will republish them",
-                          len(batch))
+            log.exception(
+                "could not mark %d messages queued; the sweep will republish them", len(batch)
+            )
 
 
 def _reverse_path(envelope: Envelope) -> str:

@@ -32,8 +32,12 @@ class ScanConsumer(Consumer[ScanRequest]):
     body_type = ScanRequest
 
     def __init__(
-        self, broker: Broker, repository: Repository, store: MessageStore,
-        policy: ScannerSettings, checks: tuple[Check, ...] = CHECKS,
+        self,
+        broker: Broker,
+        repository: Repository,
+        store: MessageStore,
+        policy: ScannerSettings,
+        checks: tuple[Check, ...] = CHECKS,
     ) -> None:
         super().__init__(broker, policy.prefetch)
         validate_registry(checks)
@@ -74,8 +78,9 @@ class ScanConsumer(Consumer[ScanRequest]):
         if record.status == MessageStatus.DELIVERING:
             # The verdict was committed but the hand-off to delivery may not have been: repeat
             # it. Delivery ignores a request for an attempt already made.
-            await self.broker.publish(DELIVER, DeliveryRequest(message_id=message_id,
-                                                               attempt=record.attempts))
+            await self.broker.publish(
+                DELIVER, DeliveryRequest(message_id=message_id, attempt=record.attempts)
+            )
         else:
             log.info("%s is %s already; nothing to do", message_id, record.status)
 
@@ -96,11 +101,16 @@ async def main(settings: Settings) -> None:
     parts = await build(settings)
     consumer = ScanConsumer(parts.broker, parts.repository, parts.store, settings.scanner)
     await consumer.start()
-    log.info("consuming %s with prefetch %d; checks: %s", SCAN, settings.scanner.prefetch,
-             ", ".join(check.name for check in consumer.checks))
+    log.info(
+        "consuming %s with prefetch %d; checks: %s",
+        SCAN,
+        settings.scanner.prefetch,
+        ", ".join(check.name for check in consumer.checks),
+    )
     try:
         await runtime.wait_for_stop_signal()
     finally:
+        await consumer.stop()
         await parts.close()
 
 

@@ -9,12 +9,12 @@ async ``check`` lets them wait on a socket or DNS without blocking the event loo
 from __future__ import annotations
 
 import asyncio
-import email
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage, Message
+from email.parser import BytesParser
 from email.policy import default as default_policy
 from typing import Protocol
 
@@ -40,7 +40,8 @@ class ParsedMessage:
 def parse(message_id: str, raw: bytes) -> ParsedMessage:
     """Parse with the modern email policy; never raises on malformed MIME (the parser records
     defects instead), so every message reaches the checks."""
-    message = email.message_from_bytes(raw, policy=default_policy)
+    # typeshed types the default policy for EmailMessage but BytesParser for Message.
+    message = BytesParser(policy=default_policy).parsebytes(raw)  # type: ignore[arg-type]
     assert isinstance(message, EmailMessage)
     parts: list[bytes] = []
     for part in message.walk():
@@ -78,8 +79,15 @@ class EicarCheck:
 
     async def check(self, message: ParsedMessage) -> list[Finding]:
         if _contains(message, EICAR):
-            return [Finding(check=self.name, symbol="EICAR_TEST_FILE", category=Category.VIRUS,
-                            score=100.0, detail="EICAR anti-virus test file")]
+            return [
+                Finding(
+                    check=self.name,
+                    symbol="EICAR_TEST_FILE",
+                    category=Category.VIRUS,
+                    score=100.0,
+                    detail="EICAR anti-virus test file",
+                )
+            ]
         return []
 
 
@@ -90,8 +98,15 @@ class GtubeCheck:
 
     async def check(self, message: ParsedMessage) -> list[Finding]:
         if _contains(message, GTUBE):
-            return [Finding(check=self.name, symbol="GTUBE", category=Category.SPAM,
-                            score=1000.0, detail="GTUBE spam test string")]
+            return [
+                Finding(
+                    check=self.name,
+                    symbol="GTUBE",
+                    category=Category.SPAM,
+                    score=1000.0,
+                    detail="GTUBE spam test string",
+                )
+            ]
         return []
 
 
@@ -119,14 +134,27 @@ async def run_checks(
         except Exception as exc:
             reason = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}"
             log.warning("check %s failed on %s: %r", check.name, message.message_id, exc)
-            findings = [Finding(check=check.name, symbol=f"{check.name.upper()}_FAIL",
-                                category=Category.FAILURE, detail=reason)]
+            findings = [
+                Finding(
+                    check=check.name,
+                    symbol=f"{check.name.upper()}_FAIL",
+                    category=Category.FAILURE,
+                    detail=reason,
+                )
+            ]
         elapsed_ms = (time.perf_counter() - started) * 1000
         if not findings:
-            findings = [Finding(check=check.name, symbol=f"{check.name.upper()}_NONE",
-                                category=Category.INFO, detail="nothing found")]
-        return [finding.model_copy(update={"elapsed_ms": round(elapsed_ms, 3)})
-                for finding in findings]
+            findings = [
+                Finding(
+                    check=check.name,
+                    symbol=f"{check.name.upper()}_NONE",
+                    category=Category.INFO,
+                    detail="nothing found",
+                )
+            ]
+        return [
+            finding.model_copy(update={"elapsed_ms": round(elapsed_ms, 3)}) for finding in findings
+        ]
 
     results = await asyncio.gather(*(one(check) for check in checks))
     return [finding for findings in results for finding in findings]

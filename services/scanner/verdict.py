@@ -28,5 +28,9 @@ def decide(findings: Sequence[Finding], policy: ScannerSettings) -> Verdict:
         name = VerdictName.SPAM
     else:
         name = VerdictName.CLEAN
-    return Verdict(verdict=name, action=Action(policy.actions[name.value]), score=score,
-                   findings=list(findings))
+    return Verdict(
+        verdict=name,
+        action=Action(policy.actions[name.value]),
+        score=score,
+        findings=list(findings),
+    )

@@ -41,8 +41,11 @@ def test_permanent_failure_sends_a_dsn_to_the_sender(
     record = gateway.wait_status(message_id, "bounced")
     assert record["recipients"][0]["reply"].startswith("550 5.1.1")
 
-    [dsn] = wait_for(lambda: [m for m in internet_sink.with_token(token)
-                              if m.rcpt_tos == [sender]], 20, "the DSN")
+    [dsn] = wait_for(
+        lambda: [m for m in internet_sink.with_token(token) if m.rcpt_tos == [sender]],
+        20,
+        "the DSN",
+    )
     assert dsn.mail_from in ("", "<>")  # the null sender, as aiosmtpd spells it
     report = email.message_from_bytes(dsn.data, policy=default_policy)
     assert report.get_content_type() == "multipart/report"
@@ -97,8 +100,11 @@ def test_partial_failure_splits_the_recipients(
     assert by_address == {ok: "delivered", gone: "bounced", later: "delivered"}
     arrived = relay_sink.with_token(token)
     assert sorted(r for m in arrived for r in m.rcpt_tos) == sorted([ok, later])
-    [dsn] = wait_for(lambda: [m for m in internet_sink.with_token(token)
-                              if m.rcpt_tos == [sender]], 20, "the DSN")
+    [dsn] = wait_for(
+        lambda: [m for m in internet_sink.with_token(token) if m.rcpt_tos == [sender]],
+        20,
+        "the DSN",
+    )
     report = email.message_from_bytes(dsn.data, policy=default_policy)
     blocks: list[Message] = list(report.iter_parts())[1].get_payload()  # type: ignore[assignment]
     assert [block["Final-Recipient"] for block in blocks[1:]] == [f"rfc822; {gone}"]

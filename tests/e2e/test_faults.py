@@ -38,6 +38,7 @@ def test_broker_unreachable_during_data_answers_451_and_nothing_is_processed(
         assert b"Error" not in text and b"Traceback" not in text
 
         proxy.up()
+
         # The robust connection comes back by itself; the sender's retry then succeeds.
         def accepted() -> str | None:
             try:
@@ -76,21 +77,29 @@ def test_scanner_killed_with_messages_in_flight_loses_and_duplicates_nothing(
     with gateway.smtp() as client:
         client.ehlo("client.test")
         for i in range(count):
-            message = make_message("alice@outside.test", ["bob@example.test"],
-                                   f"kill {token} {i}", f"kill {i}")
+            message = make_message(
+                "alice@outside.test", ["bob@example.test"], f"kill {token} {i}", f"kill {i}"
+            )
             client.sendmail("alice@outside.test", ["bob@example.test"], message.as_bytes())
     wait_for(lambda: gateway.ready("scan") == count, 10, "all messages waiting in 'scan'")
 
     gateway.start("scanner")
     # Kill it while it holds messages it has not acknowledged: fewer are ready in the queue
     # than are still without a verdict.
-    wait_for(lambda: 0 < gateway.ready("scan") < gateway.unscanned(), 30,
-             "scan messages in flight", interval=0.01)
+    wait_for(
+        lambda: 0 < gateway.ready("scan") < gateway.unscanned(),
+        30,
+        "scan messages in flight",
+        interval=0.01,
+    )
     gateway.stop("scanner", signal.SIGKILL)
     # The broker takes back every unacknowledged message, nothing is lost: every message
     # without a verdict is ready again (and perhaps some that got theirs but no ack).
-    wait_for(lambda: gateway.ready("scan") >= gateway.unscanned() > 0, 10,
-             "the unacknowledged messages back in 'scan'")
+    wait_for(
+        lambda: gateway.ready("scan") >= gateway.unscanned() > 0,
+        10,
+        "the unacknowledged messages back in 'scan'",
+    )
 
     gateway.start("scanner")
     wait_for(lambda: len(relay_sink.with_token(token)) >= count, 60, "every message delivered")
@@ -107,8 +116,10 @@ def test_poison_message_is_dead_lettered_and_the_others_go_through(
 ) -> None:
     gateway = make_gateway("sqlite")
     gateway.stop("scanner")
-    ids = [gateway.send("alice@outside.test", ["bob@example.test"], f"poison {token} {i}")
-           for i in range(5)]
+    ids = [
+        gateway.send("alice@outside.test", ["bob@example.test"], f"poison {token} {i}")
+        for i in range(5)
+    ]
     poison = ids[2]
     spooled = list((gateway.workdir / "spool").rglob(f"{poison}.eml"))
     assert len(spooled) == 1

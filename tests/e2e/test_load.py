@@ -26,10 +26,15 @@ def test_a_thousand_messages_over_twenty_sessions(
         with gateway.smtp() as client:
             client.ehlo(f"client{number}.test")
             for i in range(number, MESSAGES, SESSIONS):
-                message = make_message(f"sender{number}@outside.test", ["bob@example.test"],
-                                       f"load {token} {i}\n" + "lorem ipsum " * 300, f"load {i}")
-                client.sendmail(f"sender{number}@outside.test", ["bob@example.test"],
-                                message.as_bytes())
+                message = make_message(
+                    f"sender{number}@outside.test",
+                    ["bob@example.test"],
+                    f"load {token} {i}\n" + "lorem ipsum " * 300,
+                    f"load {i}",
+                )
+                client.sendmail(
+                    f"sender{number}@outside.test", ["bob@example.test"], message.as_bytes()
+                )
                 ids.append(client.last_queue_id)
         return ids
 
@@ -39,8 +44,12 @@ def test_a_thousand_messages_over_twenty_sessions(
     accepted = time.monotonic() - started
     assert len(set(ids)) == MESSAGES
 
-    wait_for(lambda: gateway.statuses().get("delivered", 0) - before >= MESSAGES, 240,
-             "every message delivered", interval=0.5)
+    wait_for(
+        lambda: gateway.statuses().get("delivered", 0) - before >= MESSAGES,
+        240,
+        "every message delivered",
+        interval=0.5,
+    )
     delivered = time.monotonic() - started
     assert gateway.ready("scan") == gateway.ready("deliver") == 0
     numbered = re.compile(rf"load {token} (\d+)".encode())
@@ -48,5 +57,7 @@ def test_a_thousand_messages_over_twenty_sessions(
     assert len(arrived) == MESSAGES
     duplicated = {number: n for number, n in arrived.items() if n > 1}
     assert not duplicated, f"delivered more than once: {duplicated}"
-    print(f"\n{MESSAGES} messages: accepted in {accepted:.1f}s ({MESSAGES / accepted:.0f}/s), "
-          f"delivered in {delivered:.1f}s ({MESSAGES / delivered:.0f}/s)")
+    print(
+        f"\n{MESSAGES} messages: accepted in {accepted:.1f}s ({MESSAGES / accepted:.0f}/s), "
+        f"delivered in {delivered:.1f}s ({MESSAGES / delivered:.0f}/s)"
+    )

@@ -46,10 +46,14 @@ def test_eicar_in_an_attachment_is_quarantined(
 ) -> None:
     message = EmailMessage(policy=SMTP_POLICY)
     message["From"], message["To"], message["Subject"] = (
-        "alice@outside.test", "bob@example.test", f"invoice {token}")
+        "alice@outside.test",
+        "bob@example.test",
+        f"invoice {token}",
+    )
     message.set_content(f"See attached. {token}")
-    message.add_attachment(EICAR, maintype="application", subtype="octet-stream",
-                           filename="invoice.com")  # base64 on the wire
+    message.add_attachment(
+        EICAR, maintype="application", subtype="octet-stream", filename="invoice.com"
+    )  # base64 on the wire
     assert EICAR not in message.as_bytes()
     with gateway.smtp() as client:
         client.sendmail("alice@outside.test", ["bob@example.test"], message.as_bytes())

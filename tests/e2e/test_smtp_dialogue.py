@@ -36,7 +36,9 @@ def test_oversize_refused_at_mail_and_after_data(gateway: Gateway) -> None:
         client.ehlo("client.test")
         code, text = client.mail("alice@outside.test", ["SIZE=300000"])
         assert (code, text[:6]) == (552, b"5.3.4 ")
-    message = make_message("alice@outside.test", ["bob@example.test"], ("x" * 70 + "\n") * 3500, "big")
+    message = make_message(
+        "alice@outside.test", ["bob@example.test"], ("x" * 70 + "\n") * 3500, "big"
+    )
     with gateway.smtp() as client:  # no SIZE declared: refused after the data
         client.ehlo("client.test")
         client.mail("alice@outside.test")
@@ -46,24 +48,30 @@ def test_oversize_refused_at_mail_and_after_data(gateway: Gateway) -> None:
 
 
 def test_mail_loop_refused(gateway: Gateway) -> None:
-    hops = "".join(f"Received: from hop{i}.test by hop{i + 1}.test; "
-                   "Sun, 29 Nov 2026 04:00:00 +0000\r\n" for i in range(51))
+    hops = "".join(
+        f"Received: from hop{i}.test by hop{i + 1}.test; Sun, 29 Nov 2026 04:00:00 +0000\r\n"
+        for i in range(51)
+    )
     message = make_message("alice@outside.test", ["bob@example.test"], "loop", "loop")
     with gateway.smtp() as client, pytest.raises(smtplib.SMTPDataError) as refused:
         client.ehlo("client.test")
-        client.sendmail("alice@outside.test", ["bob@example.test"],
-                        hops.encode() + message.as_bytes())
+        client.sendmail(
+            "alice@outside.test", ["bob@example.test"], hops.encode() + message.as_bytes()
+        )
     assert (refused.value.smtp_code, refused.value.smtp_error[:6]) == (554, b"5.4.0 ")
 
 
 def test_fifty_received_headers_are_fine(gateway: Gateway) -> None:
-    hops = "".join(f"Received: from hop{i}.test by hop{i + 1}.test; "
-                   "Sun, 29 Nov 2026 04:00:00 +0000\r\n" for i in range(49))
+    hops = "".join(
+        f"Received: from hop{i}.test by hop{i + 1}.test; Sun, 29 Nov 2026 04:00:00 +0000\r\n"
+        for i in range(49)
+    )
     message = make_message("alice@outside.test", ["bob@example.test"], "hops", "hops")
     with gateway.smtp() as client:
         client.ehlo("client.test")
-        client.sendmail("alice@outside.test", ["bob@example.test"],
-                        hops.encode() + message.as_bytes())  # ours makes 50
+        client.sendmail(
+            "alice@outside.test", ["bob@example.test"], hops.encode() + message.as_bytes()
+        )  # ours makes 50
 
 
 def test_too_many_recipients(gateway: Gateway) -> None:

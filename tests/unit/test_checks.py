@@ -27,8 +27,9 @@ def message_with_attachment(payload: bytes, cte: str = "base64") -> bytes:
     message = EmailMessage(policy=SMTP)
     message["From"], message["To"], message["Subject"] = "a@b.test", "c@d.test", "s"
     message.set_content("see attached")
-    message.add_attachment(payload, maintype="application", subtype="zip", filename="x.zip",
-                           cte=cte)
+    message.add_attachment(
+        payload, maintype="application", subtype="zip", filename="x.zip", cte=cte
+    )
     return message.as_bytes()
 
 
@@ -57,14 +58,18 @@ def test_gtube_in_the_body() -> None:
 
 def test_base64_split_across_lines_is_decoded() -> None:
     encoded = base64.encodebytes(b"x" * 50 + EICAR)  # 76-column lines
-    raw = (b"From: a@b.test\r\nMIME-Version: 1.0\r\nContent-Type: application/octet-stream\r\n"
-           b"Content-Transfer-Encoding: base64\r\n\r\n" + encoded.replace(b"\n", b"\r\n"))
+    raw = (
+        b"From: a@b.test\r\nMIME-Version: 1.0\r\nContent-Type: application/octet-stream\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + encoded.replace(b"\n", b"\r\n")
+    )
     assert symbols(asyncio.run(EicarCheck().check(parse("m1", raw)))) == {"EICAR_TEST_FILE"}
 
 
 def test_malformed_mime_still_parses() -> None:
-    raw = (b"Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\n"
-           b"Content-Transfer-Encoding: base64\r\n\r\n!!!not base64!!!\r\n")  # no closing
+    raw = (
+        b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
+        b"Content-Transfer-Encoding: base64\r\n\r\n!!!not base64!!!\r\n"
+    )  # no closing
     parsed = parse("m1", raw)
     assert isinstance(parsed, ParsedMessage)
     assert asyncio.run(EicarCheck().check(parsed)) == []

@@ -19,8 +19,10 @@ from services.delivery.worker import final_status
 
 def test_yaml_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "moat.yaml"
-    config.write_text("domains:\n  Example.TEST.:\n    relay: 127.0.0.1:2526\n"
-                      "smtp:\n  listen: 127.0.0.1:2600\n  max_recipients: 7\n")
+    config.write_text(
+        "domains:\n  Example.TEST.:\n    relay: 127.0.0.1:2526\n"
+        "smtp:\n  listen: 127.0.0.1:2600\n  max_recipients: 7\n"
+    )
     monkeypatch.setenv("MOAT_CONFIG", str(config))
     monkeypatch.setenv("MOAT_SMTP__LISTEN", "0.0.0.0:25")
     settings = Settings()
@@ -67,7 +69,14 @@ def test_split_host_port() -> None:
 def test_retry_schedule_doubles_then_holds() -> None:
     settings = DeliverySettings()
     assert [retry_delay(n, settings) for n in range(1, 8)] == [
-        300, 600, 1200, 2400, 3600, 3600, 3600]
+        300,
+        600,
+        1200,
+        2400,
+        3600,
+        3600,
+        3600,
+    ]
 
 
 def test_jitter_only_shortens_within_bounds() -> None:
@@ -84,19 +93,30 @@ def test_lifetime() -> None:
     assert lifetime_exceeded(received, received + timedelta(minutes=55), settings, 600)
 
 
-@pytest.mark.parametrize(("code", "status"), [
-    (250, RecipientStatus.DELIVERED), (251, RecipientStatus.DELIVERED),
-    (421, RecipientStatus.DEFERRED), (451, RecipientStatus.DEFERRED),
-    (550, RecipientStatus.BOUNCED), (554, RecipientStatus.BOUNCED),
-    (None, RecipientStatus.DEFERRED), (354, RecipientStatus.DEFERRED),
-])
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        (250, RecipientStatus.DELIVERED),
+        (251, RecipientStatus.DELIVERED),
+        (421, RecipientStatus.DEFERRED),
+        (451, RecipientStatus.DEFERRED),
+        (550, RecipientStatus.BOUNCED),
+        (554, RecipientStatus.BOUNCED),
+        (None, RecipientStatus.DEFERRED),
+        (354, RecipientStatus.DEFERRED),
+    ],
+)
 def test_classify(code: int | None, status: RecipientStatus) -> None:
     assert classify(Reply(code, "x")) == status
 
 
 def test_final_status() -> None:
-    d, b, p, f = (RecipientStatus.DELIVERED, RecipientStatus.BOUNCED,
-                  RecipientStatus.PENDING, RecipientStatus.DEFERRED)
+    d, b, p, f = (
+        RecipientStatus.DELIVERED,
+        RecipientStatus.BOUNCED,
+        RecipientStatus.PENDING,
+        RecipientStatus.DEFERRED,
+    )
     assert final_status([d, d]) == MessageStatus.DELIVERED
     assert final_status([b]) == MessageStatus.BOUNCED
     assert final_status([d, b]) == MessageStatus.PARTIALLY_DELIVERED

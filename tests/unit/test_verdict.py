@@ -19,8 +19,11 @@ def finding(category: Category, score: float = 0.0, symbol: str = "X") -> Findin
 
 def test_no_findings_is_clean_and_delivered() -> None:
     verdict = decide([], POLICY)
-    assert (verdict.verdict, verdict.action, verdict.score) == (VerdictName.CLEAN,
-                                                                Action.DELIVER, 0.0)
+    assert (verdict.verdict, verdict.action, verdict.score) == (
+        VerdictName.CLEAN,
+        Action.DELIVER,
+        0.0,
+    )
 
 
 def test_info_findings_never_score() -> None:
@@ -28,9 +31,10 @@ def test_info_findings_never_score() -> None:
     assert verdict.verdict == VerdictName.CLEAN and verdict.score == 0.0
 
 
-@pytest.mark.parametrize(("score", "expected"), [(4.99, VerdictName.CLEAN),
-                                                 (5.0, VerdictName.SPAM),
-                                                 (1000.0, VerdictName.SPAM)])
+@pytest.mark.parametrize(
+    ("score", "expected"),
+    [(4.99, VerdictName.CLEAN), (5.0, VerdictName.SPAM), (1000.0, VerdictName.SPAM)],
+)
 def test_spam_is_a_score_at_or_over_the_threshold(score: float, expected: VerdictName) -> None:
     assert decide([finding(Category.SPAM, score)], POLICY).verdict == expected
 
@@ -50,8 +54,9 @@ def test_a_virus_is_a_virus_whatever_the_score() -> None:
     assert verdict.verdict == VerdictName.VIRUS and verdict.action == Action.QUARANTINE
 
 
-@pytest.mark.parametrize("categories", list(itertools.permutations(
-    [Category.VIRUS, Category.POLICY, Category.SPAM])))
+@pytest.mark.parametrize(
+    "categories", list(itertools.permutations([Category.VIRUS, Category.POLICY, Category.SPAM]))
+)
 def test_precedence_virus_then_policy_then_spam(categories: tuple[Category, ...]) -> None:
     findings = [finding(category, 10.0) for category in categories]
     assert decide(findings, POLICY).verdict == VerdictName.VIRUS
@@ -61,13 +66,16 @@ def test_precedence_virus_then_policy_then_spam(categories: tuple[Category, ...]
 
 def test_a_failed_check_means_no_verdict() -> None:
     with pytest.raises(Undecidable, match="CLAMAV_FAIL"):
-        decide([finding(Category.VIRUS, 100.0), finding(Category.FAILURE, symbol="CLAMAV_FAIL")],
-               POLICY)
+        decide(
+            [finding(Category.VIRUS, 100.0), finding(Category.FAILURE, symbol="CLAMAV_FAIL")],
+            POLICY,
+        )
 
 
 def test_actions_come_from_the_policy() -> None:
-    lenient = ScannerSettings(actions={"clean": "deliver", "spam": "deliver",
-                                       "virus": "quarantine", "policy": "deliver"})
+    lenient = ScannerSettings(
+        actions={"clean": "deliver", "spam": "deliver", "virus": "quarantine", "policy": "deliver"}
+    )
     assert decide([finding(Category.SPAM, 50.0)], lenient).action == Action.DELIVER
     assert decide([finding(Category.POLICY)], lenient).action == Action.DELIVER
     assert decide([finding(Category.VIRUS)], lenient).action == Action.QUARANTINE

@@ -19,7 +19,9 @@ async def get_message(message_id: str, repository: RepositoryDep) -> MessagePubl
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no message {message_id!r}")
     verdict = None
     if record.verdict is not None:
-        verdict = VerdictPublic(verdict=record.verdict, score=record.score or 0.0,
-                                findings=record.findings or [])
+        verdict = VerdictPublic(
+            verdict=record.verdict, score=record.score or 0.0, findings=record.findings or []
+        )
     return MessagePublic.model_validate(
-        {**record.model_dump(exclude={"verdict", "score", "findings"}), "verdict": verdict})
+        {**record.model_dump(exclude={"verdict", "score", "findings"}), "verdict": verdict}
+    )
