@@ -125,6 +125,7 @@ class Repository:
                 "attempt": self._bulk_attempt,
                 "release": self._bulk_release,
                 "status": self._bulk_status,
+                "retry": self._bulk_retry,
             },
         )
 
@@ -180,6 +181,13 @@ class Repository:
         await self.writes.submit(
             "status", (message_id, MessageStatus.FAILED, service, "failed", reason)
         )
+
+    async def retry_failed(self, message_id: str) -> MessageStatus | None:
+        """Admin: put a failed message back where it failed: scanning if it has no verdict
+        (status ``received``, so the ingress sweep publishes it should we not), else delivery
+        (``delivering``, which the delivery sweep covers). None if it is not ``failed``."""
+        result: MessageStatus | None = await self.writes.submit("retry", message_id)
+        return result
 
     # --- bulk handlers: one call per kind and batch --------------------------------------------
 
@@ -369,6 +377,35 @@ class Repository:
                 insert(events).values(_event(message_id, service, event_name, reason))
             )
         return [None] * len(items)
+
+    async def _bulk_retry(
+        self, conn: AsyncConnection, ids: list[str]
+    ) -> list[MessageStatus | None]:
+        failed = await self._lock(conn, ids, messages.c.status == MessageStatus.FAILED)
+        now = db_now()
+        results: list[MessageStatus | None] = []
+        for message_id in ids:
+            row = failed.pop(message_id, None)
+            if row is None:
+                results.append(None)
+                continue
+            status = MessageStatus.RECEIVED if row.verdict is None else MessageStatus.DELIVERING
+            await conn.execute(
+                update(messages)
+                .where(messages.c.id == message_id)
+                .values(
+                    status=status,
+                    reason=None,
+                    lease_until=None,
+                    next_attempt_at=now,
+                    updated_at=now,
+                )
+            )
+            await conn.execute(
+                insert(events).values(_event(message_id, "api", "retried", f"back to {status}"))
+            )
+            results.append(status)
+        return results
 
     async def _lock(
         self, conn: AsyncConnection, ids: list[str], *conditions: Any

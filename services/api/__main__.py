@@ -7,8 +7,7 @@ import logging
 import uvicorn
 
 from moat import runtime
-from moat.db import create_engine
-from moat.repository import Repository
+from moat.services import build
 from moat.settings import Settings, load_settings, split_host_port
 from moat.tls import ensure_self_signed
 from services.api.app import create_app
@@ -21,7 +20,8 @@ async def main(settings: Settings) -> None:
     if cert is None or key is None:
         cert, key = ensure_self_signed(settings.api.self_signed_dir, settings.smtp.hostname)
     host, port = split_host_port(settings.api.listen)
-    app = create_app(settings, Repository(create_engine(settings.database_url)))
+    parts = await build(settings, connect_broker=False)
+    app = create_app(settings, parts.repository, parts.broker)
     config = uvicorn.Config(
         app,
         host=host,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from moat import __version__
+from moat.broker import Broker
 from moat.repository import Repository
 from moat.settings import Settings
 from services.api.models import Health
@@ -33,15 +35,20 @@ def problem(status: int, detail: str, headers: dict[str, str] | None = None) -> 
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
-def create_app(settings: Settings, repository: Repository) -> FastAPI:
+def create_app(settings: Settings, repository: Repository, broker: Broker) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Reads need no broker: serve them at once and connect in the background.
+        connecting = asyncio.create_task(broker.connect())
         yield
+        connecting.cancel()
+        await broker.close()
         await repository.close()
 
     app = FastAPI(title="Moat", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.repository = repository
+    app.state.broker = broker
 
     @app.exception_handler(StarletteHTTPException)
     async def http_problem(request: Request, exc: StarletteHTTPException) -> JSONResponse:

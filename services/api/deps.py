@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from moat.broker import Broker
 from moat.repository import Repository
 from moat.settings import Settings
 
@@ -17,6 +18,11 @@ _bearer = HTTPBearer(auto_error=False)
 def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
+
+
+def get_broker(request: Request) -> Broker:
+    broker: Broker = request.app.state.broker
+    return broker
 
 
 def get_repository(request: Request) -> Repository:
@@ -39,4 +45,5 @@ def require_admin(
 
 
 RepositoryDep = Annotated[Repository, Depends(get_repository)]
+BrokerDep = Annotated[Broker, Depends(get_broker)]
 AdminDep = Depends(require_admin)

@@ -121,9 +121,9 @@ def test_poison_message_is_dead_lettered_and_the_others_go_through(
         for i in range(5)
     ]
     poison = ids[2]
-    spooled = list((gateway.workdir / "spool").rglob(f"{poison}.eml"))
-    assert len(spooled) == 1
-    spooled[0].unlink()  # the message can never be scanned now
+    [spooled] = list((gateway.workdir / "spool").rglob(f"{poison}.eml"))
+    original = spooled.read_bytes()
+    spooled.unlink()  # the message can never be scanned now
 
     gateway.start("scanner")
     for message_id in ids:
@@ -133,3 +133,14 @@ def test_poison_message_is_dead_lettered_and_the_others_go_through(
     assert "spool file missing" in record["reason"]
     wait_for(lambda: gateway.ready("dead") == 1, 20, "the poison message in 'dead'")
     assert len(relay_sink.with_token(token)) == 4
+
+    # An administrator repairs the cause and retries it; only a failed message can be.
+    with gateway.http() as http:
+        assert http.post(f"/v1/messages/{ids[0]}/retry").status_code == 409
+        assert http.post("/v1/messages/01ARZ3NDEKTSV4RRFFQ69G5FAV/retry").status_code == 404
+        spooled.write_bytes(original)
+        retried = http.post(f"/v1/messages/{poison}/retry")
+    assert retried.status_code == 202, retried.text
+    record = gateway.wait_status(poison, "delivered")
+    assert "retried" in [event["event"] for event in record["events"]]
+    assert len(relay_sink.with_token(token)) == 5
