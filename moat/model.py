@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from ulid import ULID
 
 
@@ -71,6 +71,7 @@ class Finding(BaseModel):
     score: float = 0.0
     detail: str = ""
     elapsed_ms: float = 0.0
+    probability: float | None = None  # a classifier's estimate that the message is spam
 
 
 class VerdictName(StrEnum):
@@ -95,10 +96,23 @@ class Verdict(BaseModel):
 # --- Queue bodies: small versioned JSON, never the mail itself. -------------------------------
 
 
+class MessageEnvelope(BaseModel):
+    """The SMTP envelope: who sent a message from where, to whom."""
+
+    model_config = ConfigDict(frozen=True)
+
+    mail_from: str = ""  # "" is the null sender
+    rcpt_tos: tuple[str, ...] = ()
+    client_address: str = ""  # the connecting client's IP address
+    helo: str = ""
+
+
 class ScanRequest(BaseModel):
     v: Literal[1] = 1
     kind: Literal["scan"] = "scan"
     message_id: str
+    # Carried so the scanner needs no database read; a republished request may lack it.
+    envelope: MessageEnvelope | None = None
 
 
 class DeliveryRequest(BaseModel):

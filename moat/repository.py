@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from moat.batch import BatchWriter
 from moat.db import READ_ONLY, db_now, events, messages, recipients
-from moat.model import Finding, MessageStatus, RecipientStatus, Verdict
+from moat.model import Finding, MessageEnvelope, MessageStatus, RecipientStatus, Verdict
 
 SCANNABLE = (MessageStatus.RECEIVED, MessageStatus.QUEUED)
 DELIVERABLE = (MessageStatus.DELIVERING, MessageStatus.DEFERRED)
@@ -95,6 +95,15 @@ class NewMessage:
     client_address: str = ""
     helo: str = ""
     smtp_utf8: bool = False
+
+    @property
+    def envelope(self) -> MessageEnvelope:
+        return MessageEnvelope(
+            mail_from=self.mail_from,
+            rcpt_tos=tuple(self.rcpt_tos),
+            client_address=self.client_address,
+            helo=self.helo,
+        )
 
 
 def _domain(address: str) -> str:

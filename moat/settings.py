@@ -13,7 +13,14 @@ import socket
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -38,6 +45,9 @@ class DomainSettings(BaseModel):
     """A domain we protect: we accept its mail and relay it to its own mail server."""
 
     relay: str = Field(description="host:port of the organisation's mail server for this domain")
+    # Overrides of the global ``scanner`` section for mail to this domain, same keys and shape
+    # (e.g. ``{spam_threshold: 8}``); merged over the global values at start-up.
+    scanner: dict[str, Any] = {}
 
     @field_validator("relay")
     @classmethod
@@ -129,11 +139,23 @@ class Settings(BaseSettings):
     ingress: IngressSettings = IngressSettings()
     scanner: ScannerSettings = ScannerSettings()
     delivery: DeliverySettings = DeliverySettings()
+    _policies: dict[str, ScannerSettings] = PrivateAttr(default_factory=dict)
 
     @field_validator("domains")
     @classmethod
     def _lowercase_domains(cls, value: dict[str, DomainSettings]) -> dict[str, DomainSettings]:
         return {name.lower().rstrip("."): domain for name, domain in value.items()}
+
+    @model_validator(mode="after")
+    def _domain_policies(self) -> Settings:
+        """Build each domain's scanner policy once, so a bad override fails at start-up."""
+        base = self.scanner.model_dump()
+        self._policies = {
+            name: ScannerSettings.model_validate(_deep_merge(base, domain.scanner))
+            for name, domain in self.domains.items()
+            if domain.scanner
+        }
+        return self
 
     @model_validator(mode="after")
     def _no_placeholder_secret_outside_dev(self) -> Settings:
@@ -163,6 +185,22 @@ class Settings(BaseSettings):
 
     def relay_for(self, domain: str) -> DomainSettings | None:
         return self.domains.get(domain.lower().rstrip("."))
+
+    def scanner_policy(self, domain: str | None) -> ScannerSettings:
+        """The scanner policy for mail to ``domain``: the global one unless it overrides."""
+        if domain is None:
+            return self.scanner
+        return self._policies.get(domain.lower().rstrip("."), self.scanner)
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def load_settings(**overrides: Any) -> Settings:

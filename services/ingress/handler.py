@@ -147,19 +147,20 @@ class IngressHandler:
         try:
             await self.store.write(message_id, raw)
             stored = True
-            await self.repository.record_received(
-                NewMessage(
-                    message_id=message_id,
-                    mail_from=_reverse_path(envelope),
-                    rcpt_tos=list(envelope.rcpt_tos),
-                    size=len(raw),
-                    client_address=client_address,
-                    helo=session.host_name or "",
-                    smtp_utf8=bool(envelope.smtp_utf8),
-                )
+            new = NewMessage(
+                message_id=message_id,
+                mail_from=_reverse_path(envelope),
+                rcpt_tos=list(envelope.rcpt_tos),
+                size=len(raw),
+                client_address=client_address,
+                helo=session.host_name or "",
+                smtp_utf8=bool(envelope.smtp_utf8),
             )
+            await self.repository.record_received(new)
             recorded = True
-            await self.broker.publish(SCAN, ScanRequest(message_id=message_id))
+            await self.broker.publish(
+                SCAN, ScanRequest(message_id=message_id, envelope=new.envelope)
+            )
         except Exception as exc:
             log.error("message from %s not accepted (%s): %s", session.peer, message_id, exc)
             await self._undo(message_id, stored=stored, recorded=recorded, reason=str(exc))

@@ -10,13 +10,14 @@ from email.policy import SMTP
 import pytest
 
 from moat.model import Category, Finding
+from moat.settings import Settings
 from services.scanner.checks import (
-    CHECKS,
     EICAR,
     GTUBE,
     EicarCheck,
     GtubeCheck,
     ParsedMessage,
+    build_checks,
     parse,
     run_checks,
     validate_registry,
@@ -103,6 +104,6 @@ def test_a_check_that_fails_or_overruns_yields_a_failure_finding() -> None:
 
 
 def test_duplicate_check_names_fail_at_start_up() -> None:
-    validate_registry(CHECKS)
+    validate_registry(build_checks(Settings()))
     with pytest.raises(ValueError, match="eicar"):
         validate_registry([EicarCheck(), EicarCheck()])

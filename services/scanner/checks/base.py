@@ -1,9 +1,10 @@
-"""Scanner checks: small named units that each look at a message and return findings.
+"""What every check shares: the message as checks see it, the ``Check`` interface, and the
+runner that turns a check's failure or timeout into a finding.
 
-A check never decides a verdict and never mutates shared state; it reports what it saw. Adding
-a check means writing a class here (or in a module of its own) and adding it to ``CHECKS``.
-Engines still to come (ClamAV, a statistical classifier, SPF/DKIM/DMARC) are checks too: an
-async ``check`` lets them wait on a socket or DNS without blocking the event loop.
+A check is a small named unit: ``async check(message) -> list[Finding]``. It never decides a
+verdict and never mutates shared state; it reports what it saw, each finding with a score.
+Async lets engines wait on a socket (clamd) or DNS without blocking the event loop; CPU-heavy
+work belongs in ``asyncio.to_thread``.
 """
 
 from __future__ import annotations
@@ -12,43 +13,88 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
 from email.policy import default as default_policy
 from typing import Protocol
 
 from moat.model import Category, Finding
+from moat.model import MessageEnvelope as Envelope
+from moat.settings import ScannerSettings
 
 log = logging.getLogger(__name__)
 
-EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
-GTUBE = rb"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+
+@dataclass(frozen=True)
+class Part:
+    """One leaf MIME part, its payload decoded once (base64 and quoted-printable undone)."""
+
+    content_type: str
+    filename: str | None
+    payload: bytes
+    part: Message
 
 
 @dataclass(frozen=True)
 class ParsedMessage:
-    """A message as the checks see it: raw bytes, the parsed tree, and every leaf part's
-    payload decoded once (base64 and quoted-printable undone)."""
+    """A message as the checks see it. ``policy`` is the scanner policy in force for it: the
+    global one with the overrides of the protected domain ``domain`` (its first recipient's)."""
 
     message_id: str
     raw: bytes
     message: EmailMessage
-    decoded_parts: tuple[bytes, ...]
+    parts: tuple[Part, ...]
+    envelope: Envelope = field(default_factory=Envelope)
+    policy: ScannerSettings = field(default_factory=ScannerSettings)
+    domain: str | None = None
+
+    @property
+    def decoded_parts(self) -> tuple[bytes, ...]:
+        return tuple(part.payload for part in self.parts)
 
 
-def parse(message_id: str, raw: bytes) -> ParsedMessage:
+def parse(
+    message_id: str,
+    raw: bytes,
+    envelope: Envelope | None = None,
+    policy: ScannerSettings | None = None,
+    domain: str | None = None,
+) -> ParsedMessage:
     """Parse with the modern email policy; never raises on malformed MIME (the parser records
     defects instead), so every message reaches the checks."""
     # typeshed types the default policy for EmailMessage but BytesParser for Message.
     message = BytesParser(policy=default_policy).parsebytes(raw)  # type: ignore[arg-type]
     assert isinstance(message, EmailMessage)
-    parts: list[bytes] = []
+    parts: list[Part] = []
     for part in message.walk():
         if part.is_multipart():
             continue
-        parts.append(_decoded_payload(part))
-    return ParsedMessage(message_id, raw, message, tuple(parts))
+        parts.append(Part(_content_type(part), _filename(part), _decoded_payload(part), part))
+    return ParsedMessage(
+        message_id,
+        raw,
+        message,
+        tuple(parts),
+        envelope or Envelope(),
+        policy or ScannerSettings(),
+        domain,
+    )
+
+
+def _content_type(part: Message) -> str:
+    try:
+        return part.get_content_type()
+    except Exception:  # a header so broken the parser's defaults fail too
+        return "application/octet-stream"
+
+
+def _filename(part: Message) -> str | None:
+    try:
+        name = part.get_filename()
+    except Exception:
+        return None
+    return str(name) if name else None
 
 
 def _decoded_payload(part: Message) -> bytes:
@@ -66,51 +112,6 @@ class Check(Protocol):
     name: str
 
     async def check(self, message: ParsedMessage) -> list[Finding]: ...
-
-
-def _contains(message: ParsedMessage, needle: bytes) -> bool:
-    return needle in message.raw or any(needle in part for part in message.decoded_parts)
-
-
-class EicarCheck:
-    """The EICAR anti-virus test file, in the body or any attachment after decoding."""
-
-    name = "eicar"
-
-    async def check(self, message: ParsedMessage) -> list[Finding]:
-        if _contains(message, EICAR):
-            return [
-                Finding(
-                    check=self.name,
-                    symbol="EICAR_TEST_FILE",
-                    category=Category.VIRUS,
-                    score=100.0,
-                    detail="EICAR anti-virus test file",
-                )
-            ]
-        return []
-
-
-class GtubeCheck:
-    """GTUBE, the generic test for unsolicited bulk email."""
-
-    name = "gtube"
-
-    async def check(self, message: ParsedMessage) -> list[Finding]:
-        if _contains(message, GTUBE):
-            return [
-                Finding(
-                    check=self.name,
-                    symbol="GTUBE",
-                    category=Category.SPAM,
-                    score=1000.0,
-                    detail="GTUBE spam test string",
-                )
-            ]
-        return []
-
-
-CHECKS: tuple[Check, ...] = (EicarCheck(), GtubeCheck())
 
 
 def validate_registry(checks: Sequence[Check]) -> None:

@@ -1,0 +1,70 @@
+"""Offline commands, like ``spamassassin -t`` and ``sa-learn``:
+
+python -m services.scanner check FILE...     classify message files, one JSON line each
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from moat.model import Category, MessageEnvelope
+from moat.settings import Settings
+from services.scanner.scanning import Scanner
+from services.scanner.verdict import Undecidable
+
+
+async def check_files(settings: Settings, files: list[Path], rcpt: str | None) -> int:
+    """Print one JSON object per file; 0 when every file was classified."""
+    scanner = Scanner(settings)
+    envelope = MessageEnvelope(rcpt_tos=(rcpt,) if rcpt else ())
+    status = 0
+    for path in files:
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            print(json.dumps({"file": str(path), "error": str(exc)}), flush=True)
+            status = 1
+            continue
+        result = await scanner.scan(path.name, raw, envelope)
+        findings = [f.model_dump(mode="json") for f in result.findings]
+        line: dict[str, object] = {"file": str(path)}
+        try:
+            verdict = scanner.judge(result)
+            line |= {"verdict": verdict.verdict, "action": verdict.action, "score": verdict.score}
+        except Undecidable as exc:
+            # An engine could not be reached: show it, with what the rest found.
+            score = sum(f.score for f in result.findings if f.category != Category.INFO)
+            line |= {
+                "verdict": None,
+                "action": None,
+                "score": round(score, 3),
+                "undecided": str(exc),
+            }
+        line["spam_probability"] = next(
+            (f.get("probability") for f in findings if f.get("probability") is not None), None
+        )
+        line["findings"] = findings
+        print(json.dumps(line), flush=True)
+    return status
+
+
+def main(settings: Settings, argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.scanner")
+    commands = parser.add_subparsers(dest="command", required=True)
+    check = commands.add_parser("check", help="classify message files; one JSON line per file")
+    check.add_argument("files", nargs="+", type=Path)
+    check.add_argument("--rcpt", help="recipient address whose domain policy applies")
+    args = parser.parse_args(argv)
+    if args.command == "check":
+        return asyncio.run(check_files(settings, args.files, args.rcpt))
+    return 2
+
+
+if __name__ == "__main__":
+    from moat.settings import load_settings
+
+    sys.exit(main(load_settings(), sys.argv[1:]))
