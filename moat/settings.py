@@ -79,6 +79,39 @@ class BrokerSettings(BaseModel):
     delivery_limit: int = 5
 
 
+class DnsSettings(BaseModel):
+    """The resolver the checks use (SPF, DKIM, DMARC, blocklists)."""
+
+    nameservers: list[str] = []  # empty: the system's (/etc/resolv.conf)
+    port: int = 53
+    timeout: float = 2.0  # seconds per lookup; a blocklist that is slow is skipped
+    cache_seconds: float = 300.0
+    cache_size: int = 10_000
+
+
+# --- scanner engines: each engine's settings in its own section of ``scanner`` ----------------
+
+
+class ClamAVSettings(BaseModel):
+    """ClamAV (clamd) — filled in by the ClamAV check."""
+
+
+class AttachmentSettings(BaseModel):
+    """Attachment, archive and MIME-structure policy — filled in by the attachments check."""
+
+
+class ClassifierSettings(BaseModel):
+    """The statistical spam classifier — filled in by the classifier."""
+
+
+class AuthSettings(BaseModel):
+    """SPF, DKIM and DMARC — filled in by the sender-authentication check."""
+
+
+class RulesSettings(BaseModel):
+    """Header heuristics, DNS blocklists and their weights — filled in by the rules checks."""
+
+
 class ScannerSettings(BaseModel):
     prefetch: int = 16
     check_timeout: float = 20.0
@@ -90,6 +123,11 @@ class ScannerSettings(BaseModel):
         "virus": "quarantine",
         "policy": "quarantine",
     }
+    clamav: ClamAVSettings = ClamAVSettings()
+    attachments: AttachmentSettings = AttachmentSettings()
+    classifier: ClassifierSettings = ClassifierSettings()
+    auth: AuthSettings = AuthSettings()
+    rules: RulesSettings = RulesSettings()
 
 
 class DeliverySettings(BaseModel):
@@ -139,6 +177,7 @@ class Settings(BaseSettings):
     ingress: IngressSettings = IngressSettings()
     scanner: ScannerSettings = ScannerSettings()
     delivery: DeliverySettings = DeliverySettings()
+    dns: DnsSettings = DnsSettings()
     _policies: dict[str, ScannerSettings] = PrivateAttr(default_factory=dict)
 
     @field_validator("domains")

@@ -25,6 +25,11 @@ def build_checks(settings: Settings) -> tuple[Check, ...]:
     checks: tuple[Check, ...] = (
         EicarCheck(),
         GtubeCheck(),
+        # [clamav]
+        # [attachments]
+        # [classifier]
+        # [auth]
+        # [rules]
     )
     validate_registry(checks)
     return checks
