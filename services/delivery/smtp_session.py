@@ -165,7 +165,7 @@ class SmtpClient:
         options = []
         if client.supports_extension("size"):
             options.append(f"SIZE={len(data)}")
-        if client.supports_extension("8bitmime") and any(b > 127 for b in data[:65536]):
+        if client.supports_extension("8bitmime") and not data.isascii():
             options.append("BODY=8BITMIME")
         if smtp_utf8:
             options.append("SMTPUTF8")

@@ -44,6 +44,9 @@ from services.delivery.smtp_session import Reply, SmtpClient, classify
 
 log = logging.getLogger("delivery")
 
+# The scanner's sender-authentication check reports the RFC 8601 result under this symbol.
+AUTH_RESULTS_SYMBOL = "AUTH_RESULTS"
+
 
 def final_status(statuses: Sequence[RecipientStatus]) -> MessageStatus:
     """The message's state from its recipients' states."""
@@ -196,12 +199,23 @@ class DeliveryConsumer(Consumer[DeliveryRequest]):
         )
 
     def _headers(self, record: MessageRecord) -> bytes:
-        """The verdict summary prepended to mail we deliver (our own DSNs carry none)."""
+        """What we prepend to mail we deliver: the verdict summary and, when the scanner
+        authenticated the sender, ``Authentication-Results`` (RFC 8601). Our own DSNs carry
+        none. Ingress removed any such fields a sender forged."""
         if record.verdict is None:
             return b""
-        return (
-            f"X-Moat-Verdict: {record.verdict}\r\nX-Moat-Score: {record.score or 0:.2f}\r\n"
-        ).encode()
+        lines = [
+            f"X-Moat-Verdict: {record.verdict}",
+            f"X-Moat-Score: {record.score or 0:.2f}",
+        ]
+        for finding in record.findings or []:
+            if finding.symbol == AUTH_RESULTS_SYMBOL and finding.detail:
+                methods = " ".join(finding.detail.split()).split("; ")  # no CR/LF, one per line
+                lines.append(
+                    f"Authentication-Results: {self.settings.smtp.hostname};\r\n\t"
+                    + ";\r\n\t".join(methods)
+                )
+        return ("\r\n".join(lines) + "\r\n").encode("utf-8", "replace")
 
 
 def _permanent(code: str) -> str:

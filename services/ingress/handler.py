@@ -44,6 +44,34 @@ def is_mailbox(address: str) -> bool:
     return quoted or not _NOT_IN_MAILBOX.search(local)
 
 
+def strip_forged_headers(data: bytes, authserv_id: str) -> bytes:
+    """Remove what only we may write: ``X-Moat-*`` fields, and ``Authentication-Results``
+    fields naming our authserv-id (RFC 8601 section 5). Senders forge both to look vetted."""
+    end = _HEADER_END.search(data)
+    header_end = end.start() if end else len(data)
+    # Each field with its continuation lines, line endings kept.
+    fields = re.split(rb"(?<=\n)(?=[^ \t])", data[:header_end])
+    ours = authserv_id.lower().encode()
+    kept = [field for field in fields if not _is_ours(field, ours)]
+    if len(kept) == len(fields):
+        return data
+    header = b"".join(kept)
+    if header.endswith(b"\n"):  # the dropped field was the last: the body's CRLF ends this one
+        header = header[:-2] if header.endswith(b"\r\n") else header[:-1]
+    return header + data[header_end:]
+
+
+def _is_ours(field: bytes, authserv_id: bytes) -> bool:
+    name, _, value = field.partition(b":")
+    name = name.strip().lower()
+    if name.startswith(b"x-moat-"):
+        return True
+    return (
+        name == b"authentication-results"
+        and value.strip().split(b";", 1)[0].strip().lower() == authserv_id
+    )
+
+
 def count_received_headers(data: bytes) -> int:
     """How many ``Received:`` fields the message's header section has."""
     end = _HEADER_END.search(data)
@@ -141,6 +169,7 @@ class IngressHandler:
             return replies.LOOP_DETECTED
 
         message_id = new_message_id()
+        data = strip_forged_headers(data, self.settings.smtp.hostname)
         raw = self._received_header(session, envelope, message_id) + data
         client_address = str(session.peer[0]) if session.peer else ""
         stored = recorded = False

@@ -18,13 +18,24 @@ pytestmark = pytest.mark.e2e
 def test_clean_mail_arrives_once_with_our_headers(
     gateway: Gateway, relay_sink: Sink, token: str
 ) -> None:
-    message_id = gateway.send("alice@outside.test", ["bob@example.test"], f"Hello {token}")
+    forged = {
+        "X-Moat-Verdict": "clean",
+        "X-Moat-Score": "-100",
+        "Authentication-Results": "moat.test; dkim=pass header.d=bank.test",
+    }
+    message_id = gateway.send(
+        "alice@outside.test", ["bob@example.test"], f"Hello {token}", extra_headers=forged
+    )
     record = gateway.wait_status(message_id, "delivered")
 
     [arrived] = wait_for(lambda: relay_sink.with_token(token), 10, "the mail at the sink")
     assert arrived.rcpt_tos == ["bob@example.test"]
     assert arrived.mail_from == "alice@outside.test"
     assert arrived.data.startswith(b"X-Moat-Verdict: clean\r\nX-Moat-Score: 0.00\r\n")
+    # What a sender forged of ours is gone; only our own verdict fields remain.
+    assert arrived.data.count(b"X-Moat-Verdict:") == 1
+    assert b"X-Moat-Score: -100" not in arrived.data
+    assert b"bank.test" not in arrived.data
     parsed = email.message_from_bytes(arrived.data, policy=default_policy)
     received = parsed["Received"]
     assert "from client.test ([127.0.0.1])" in received

@@ -63,3 +63,25 @@ def test_count_received_headers_counts_only_the_header_section() -> None:
     )
     assert count_received_headers(data) == 2
     assert count_received_headers(b"Received: x\nReceived: y\n\nbody") == 2
+
+
+def test_forged_verdict_and_authentication_headers_are_stripped() -> None:
+    from services.ingress.handler import strip_forged_headers
+
+    data = (
+        b"X-Moat-Verdict: clean\r\n"
+        b"Subject: hi\r\n"
+        b"Authentication-Results: moat.test; dkim=pass\r\n  header.d=bank.test\r\n"
+        b"Authentication-Results: other.test; spf=fail\r\n"
+        b"X-Moat-Score: -100\r\n"
+        b"\r\n"
+        b"X-Moat-Verdict: in the body stays\r\n"
+    )
+    assert strip_forged_headers(data, "MOAT.test") == (
+        b"Subject: hi\r\n"
+        b"Authentication-Results: other.test; spf=fail\r\n"
+        b"\r\n"
+        b"X-Moat-Verdict: in the body stays\r\n"
+    )
+    clean = b"Subject: hi\r\n\r\nbody\r\n"
+    assert strip_forged_headers(clean, "moat.test") is clean
