@@ -1,0 +1,1567 @@
+#!/usr/bin/env python3
+"""SMTP throughput bench: Moat against Postfix and against the bare ceiling.
+
+Run from the repository root::
+
+    .venv/bin/python bench/smtp_bench.py [--messages N] [--concurrency C] [--sizes 5k,50k]
+                                         [--skip-moat] [--database sqlite|postgresql]
+
+For every message size it measures, on the same generated messages, with Postfix's
+``smtp-sink`` as the receiving server on a loopback port:
+
+* ``smtp-source -> sink`` and ``driver -> sink``: the ceiling (no MTA in between);
+* ``driver -> postfix -> sink``: a private Postfix instance relaying to the sink;
+* ``driver -> moat -> sink``: Moat (``python -m services``) relaying to the sink.
+
+"driver" is this script's own asyncio SMTP client (aiosmtplib). Each delivery is counted at the
+sink from ``smtp-sink -d`` dump files: one file per mail transaction, complete once it holds the
+message's last line (``bench-end <id>``); its mtime is when the sink got the final byte.
+bench/README.md has the details and the caveats. Timings never fail the run: the exit status
+is non-zero only when something could not run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import json
+import math
+import os
+import pwd
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+SBIN = Path("/usr/sbin")
+SMTP_SINK = SBIN / "smtp-sink"
+SMTP_SOURCE = SBIN / "smtp-source"
+POSTFIX = SBIN / "postfix"
+TIMEOUT_BIN = shutil.which("timeout")
+
+SENDER_DOMAIN = "sender.test"
+RCPT = "bob@example.test"
+PROTECTED_DOMAIN = "example.test"
+END_MARK = re.compile(rb"bench-end ([A-Za-z0-9._-]+)")
+
+
+class BenchError(Exception):
+    """A step of the bench could not run (as opposed to a slow result)."""
+
+
+def log(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Processes: every child gets a new session (its own process group), dies with us where the
+# kernel allows (PR_SET_PDEATHSIG), and runs under coreutils ``timeout`` as a last bound.
+# --------------------------------------------------------------------------------------------
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_stopping = False
+
+
+def install_stop_handlers() -> None:
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN if _stopping else _raise_interrupt)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    """First SIGINT/SIGTERM/SIGHUP: unwind (every finally stops what it started); later ones
+    are ignored so that the clean-up itself is not cut short."""
+    global _stopping
+    _stopping = True
+    install_stop_handlers()
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def spawn(
+    argv: list[str],
+    *,
+    log_path: Path,
+    limit: float,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in its own session, output to ``log_path``, killed after ``limit`` s."""
+    if TIMEOUT_BIN:
+        argv = [TIMEOUT_BIN, "-k", "20", f"{int(limit)}s", *argv]
+    with open(log_path, "ab") as out:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,  # safe: this process runs no threads
+        )
+
+
+_STOPPED: list[subprocess.Popen[bytes]] = []
+
+
+def stop_group(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """SIGTERM the child (``timeout`` forwards it), then SIGKILL its whole process group.
+    Once per child: a second call must not signal a group id the system may have reused."""
+    if any(done is proc for done in _STOPPED):
+        return
+    _STOPPED.append(proc)
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(grace)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
+
+
+def run_cmd(argv: list[str], timeout: float, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, check=False, **kwargs
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"{' '.join(argv[:3])} ... timed out after {timeout:.0f}s") from exc
+    except OSError as exc:
+        raise BenchError(f"{argv[0]}: {exc}") from exc
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_smtp_banner(
+    port: int, timeout: float, alive: Callable[[], bool] | None = None
+) -> None:
+    """Wait until 127.0.0.1:port answers with a 220 greeting."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if alive is not None and not alive():
+            raise BenchError(f"the server for port {port} exited before it answered")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+                sock.settimeout(5)
+                greeting = sock.recv(512)
+                if greeting.startswith(b"220"):
+                    with contextlib.suppress(OSError):
+                        sock.sendall(b"QUIT\r\n")
+                        sock.recv(512)
+                    return
+                last = greeting[:80].decode(errors="replace")
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.2)
+    raise BenchError(f"no SMTP greeting on 127.0.0.1:{port} within {timeout:.0f}s ({last})")
+
+
+def tail(path: Path, lines: int = 25) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join("    " + line for line in text[-lines:])
+
+
+# --------------------------------------------------------------------------------------------
+# Postfix tools
+# --------------------------------------------------------------------------------------------
+
+
+def have_postfix_tools() -> bool:
+    return all(p.exists() for p in (SMTP_SINK, SMTP_SOURCE, POSTFIX))
+
+
+def ensure_postfix(workdir: Path) -> str | None:
+    """Install Debian's postfix if its tools are missing; return why not, or None when OK."""
+    if have_postfix_tools():
+        return None
+    if os.geteuid() != 0:
+        return "postfix is not installed and we are not root to apt-get install it"
+    if not shutil.which("apt-get"):
+        return "postfix is not installed and there is no apt-get"
+    log("installing Debian's postfix (for smtp-sink, smtp-source and the reference MTA)")
+    install_log = workdir / "apt-postfix.log"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        run_cmd(
+            ["debconf-set-selections"],
+            60,
+            input="postfix postfix/main_mailer_type select No configuration\n",
+        )
+        update = run_cmd(["apt-get", "update"], 300, env=env)
+        install = run_cmd(["apt-get", "install", "-y", "postfix"], 600, env=env)
+    except BenchError as exc:
+        return f"could not install postfix: {exc}"
+    install_log.write_text(update.stdout + update.stderr + install.stdout + install.stderr)
+    if install.returncode != 0 or not have_postfix_tools():
+        last = (install.stderr or install.stdout).strip().splitlines()[-3:]
+        return f"apt-get install postfix failed (rc={install.returncode}): {' | '.join(last)}"
+    log("postfix installed")
+    return None
+
+
+def sink_user() -> str:
+    for name in ("postfix", "nobody"):
+        with contextlib.suppress(KeyError):
+            pwd.getpwnam(name)
+            return name
+    raise BenchError("neither user 'postfix' nor 'nobody' exists for smtp-sink -u")
+
+
+def chown_to(path: Path, user: str) -> None:
+    entry = pwd.getpwnam(user)
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+# --------------------------------------------------------------------------------------------
+# Messages
+# --------------------------------------------------------------------------------------------
+
+_VOCABULARY = (
+    "the project team meeting agenda review quarterly report budget forecast customer "
+    "account update schedule delivery timeline proposal contract invoice attached draft "
+    "final version please find below regarding our discussion yesterday afternoon we "
+    "would like to confirm next steps for the migration of the billing system to the new "
+    "platform and the training sessions planned for staff in the northern office "
+    "including warehouse logistics support engineering finance marketing sales legal "
+    "compliance audit results figures numbers targets growth margin costs savings risks "
+    "issues actions owners deadlines milestones dependencies resources capacity hiring "
+    "onboarding feedback survey workshop slides notes minutes summary conclusion thanks "
+    "again for your help with this let me know if you have any questions or concerns "
+    "happy to set up a call on monday or tuesday morning if that suits you better"
+)
+_WORDS = tuple(_VOCABULARY.split())
+_FIRST = ("Alice", "Bruno", "Chloe", "Dmitri", "Elena", "Farid", "Grace", "Hiro", "Ines", "Jonas")
+_LAST = ("Martin", "Okafor", "Lindqvist", "Novak", "Ferreira", "Tanaka", "Schmidt", "Moreau")
+_TOPICS = (
+    "Quarterly report", "Project timeline", "Invoice", "Meeting notes", "Contract draft",
+    "Training sessions", "Budget forecast", "Migration plan", "Audit results", "Staff survey",
+)
+_BASE_DATE = datetime(2025, 3, 3, 8, 0, 0, tzinfo=UTC)
+
+
+def _sentence(rng: random.Random) -> str:
+    text = " ".join(rng.choices(_WORDS, k=rng.randint(6, 18)))
+    return text[0].upper() + text[1:] + rng.choice((".", ".", ".", "?", "!"))
+
+
+def _wrap(text: str, width: int = 72) -> list[str]:
+    lines: list[str] = []
+    current: list[str] = []
+    length = -1
+    for word in text.split():
+        if current and length + 1 + len(word) > width:
+            lines.append(" ".join(current))
+            current, length = [word], len(word)
+        else:
+            current.append(word)
+            length += 1 + len(word)
+    if current:
+        lines.append(" ".join(current))
+    return lines
+
+
+def make_message(tag: str, index: int, size: int) -> bytes:
+    """A deterministic plain-text business mail of ``size`` bytes (CRLF line ends), whose last
+    line is ``bench-end <tag>-<index>``."""
+    rng = random.Random(f"moat-bench:{tag}:{size}:{index}")
+    bench_id = f"{tag}-{index}"
+    first, last = rng.choice(_FIRST), rng.choice(_LAST)
+    sender = f"{first.lower()}.{last.lower()}@{SENDER_DOMAIN}"
+    when = _BASE_DATE + timedelta(minutes=index, seconds=rng.randint(0, 59))
+    topic = rng.choice(_TOPICS)
+    headers = [
+        f"Received: from mail.{SENDER_DOMAIN} (mail.{SENDER_DOMAIN} [192.0.2.{index % 250 + 1}])",
+        f"\tby mx1.{SENDER_DOMAIN} with ESMTPS id {rng.getrandbits(48):012x}",
+        f"\tfor <{RCPT}>; {format_datetime(when)}",
+        f'From: "{first} {last}" <{sender}>',
+        f'To: "Bob Example" <{RCPT}>',
+        f"Subject: {topic} - follow-up {index}",
+        f"Date: {format_datetime(when)}",
+        f"Message-ID: <{bench_id}.{rng.getrandbits(32):08x}@{SENDER_DOMAIN}>",
+        "MIME-Version: 1.0",
+        "Content-Type: text/plain; charset=us-ascii",
+        "Content-Transfer-Encoding: 7bit",
+        f"X-Bench-Id: {bench_id}",
+        "",
+        "Hi Bob,",
+        "",
+    ]
+    closing = [
+        "",
+        "Best regards,",
+        first,
+        "-- ",
+        f"{first} {last}",
+        "Sender Test Ltd.",
+        f"bench-end {bench_id}",
+    ]
+    fixed = sum(len(line) + 2 for line in headers + closing)
+    body: list[str] = []
+    used = fixed
+    while True:
+        paragraph = " ".join(_sentence(rng) for _ in range(rng.randint(2, 6)))
+        lines = _wrap(paragraph)
+        if rng.random() < 0.05:
+            lines.append("...and more to follow.")  # a line that needs dot-stuffing
+        lines.append("")
+        added = sum(len(line) + 2 for line in lines)
+        if used + added > size:
+            break
+        body.extend(lines)
+        used += added
+    # Top up with wrapped filler lines, the last one cut to land on the exact size.
+    room = size - used
+    for line in _wrap(" ".join(_sentence(rng) for _ in range(40))):
+        if room < 3:
+            break
+        piece = line[: room - 2]
+        if piece.endswith(" "):
+            piece = piece[:-1] + "."
+        body.append(piece)
+        room -= len(piece) + 2
+    text = "\r\n".join(headers + body + closing) + "\r\n"
+    return text.encode("ascii")
+
+
+def parse_size(text: str) -> int:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmM]?)[bB]?\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"bad size {text!r} (e.g. 5k, 50k, 1m, 2048)")
+    number = float(match.group(1))
+    unit = {"": 1, "k": 1024, "m": 1024 * 1024}[match.group(2).lower()]
+    size = int(number * unit)
+    if size < 1024:
+        raise argparse.ArgumentTypeError(f"size {text!r} is below 1k, too small for headers")
+    return size
+
+
+# --------------------------------------------------------------------------------------------
+# The sink: smtp-sink -d (or a fallback aiosmtpd sink), counted from its dump files
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Deliveries:
+    files: int = 0  # complete transactions (dump files holding a bench-end line)
+    incomplete: int = 0  # dump files still being written (or not ours)
+    first_seen: dict[str, float] = field(default_factory=dict)  # bench id -> earliest mtime
+    duplicates: int = 0
+
+
+class Sink:
+    """One receiving SMTP server with its own dump directory."""
+
+    def __init__(self, workdir: Path, name: str, limit: float, fallback: bool) -> None:
+        self.name = name
+        self.dir = workdir / f"sink-{name}"
+        self.dir.mkdir(parents=True)
+        self.log_path = workdir / f"sink-{name}.log"
+        self.port = free_port()
+        self.kind = "aiosmtpd-sink" if fallback else "smtp-sink"
+        if fallback:
+            argv = [sys.executable, str(Path(__file__).resolve()), "--internal-sink",
+                    str(self.dir), str(self.port)]
+        else:
+            user = sink_user()
+            chown_to(self.dir, user)
+            argv = [str(SMTP_SINK), "-u", user, "-h", "sink.example.test",
+                    "-d", f"{self.dir}/m.", f"127.0.0.1:{self.port}", "1024"]
+        self.proc = spawn(argv, log_path=self.log_path, limit=limit)
+        self._seen: dict[str, tuple[str, float]] = {}
+        try:
+            wait_smtp_banner(self.port, 20, alive=lambda: self.proc.poll() is None)
+        except BenchError:
+            self.stop()
+            raise BenchError(f"{self.kind} did not start:\n{tail(self.log_path)}") from None
+
+    def count_files(self) -> int:
+        with os.scandir(self.dir) as entries:
+            return sum(1 for e in entries if not e.name.startswith("."))
+
+    def scan(self) -> Deliveries:
+        """Read each new dump file once it is complete; return what has arrived so far."""
+        result = Deliveries()
+        with os.scandir(self.dir) as entries:
+            names = [e.name for e in entries if not e.name.startswith(".")]
+        for name in names:
+            if name in self._seen:
+                continue
+            path = self.dir / name
+            try:
+                with open(path, "rb") as handle:
+                    stat = os.fstat(handle.fileno())
+                    handle.seek(max(0, stat.st_size - 2048))
+                    found = END_MARK.findall(handle.read())
+            except OSError:
+                continue
+            if found:
+                self._seen[name] = (found[-1].decode(), stat.st_mtime)
+        for bench_id, mtime in self._seen.values():
+            result.files += 1
+            earlier = result.first_seen.get(bench_id)
+            if earlier is None:
+                result.first_seen[bench_id] = mtime
+            else:
+                result.duplicates += 1
+                result.first_seen[bench_id] = min(earlier, mtime)
+        result.incomplete = len(names) - len(self._seen)
+        return result
+
+    def wait_for(
+        self, ids: set[str], timeout: float, alive: Callable[[], bool] | None = None
+    ) -> tuple[Deliveries, bool]:
+        """Wait until every id in ``ids`` has arrived (True) or ``timeout`` passes (False)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.count_files() >= len(ids):
+                got = self.scan()
+                if ids.issubset(got.first_seen):
+                    return got, True
+            if time.monotonic() >= deadline or (alive is not None and not alive()):
+                return self.scan(), False
+            time.sleep(0.1)
+
+    def wait_files(self, count: int, timeout: float) -> Deliveries:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.count_files() >= count and self.scan().files >= count:
+                break
+            time.sleep(0.05)
+        return self.scan()
+
+    def stop(self) -> None:
+        stop_group(self.proc, grace=5)
+
+    def clear(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def run_internal_sink(directory: str, port: int) -> None:
+    """Fallback sink when smtp-sink is unavailable: aiosmtpd, one file per message, written
+    under a dot-name and renamed once complete."""
+    from aiosmtpd.smtp import SMTP as AioSMTP
+
+    target = Path(directory)
+    counter = iter(range(1, 10**9))
+
+    class Handler:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            number = next(counter)
+            tmp = target / f".tmp.{number}"
+            tmp.write_bytes(envelope.original_content or envelope.content)
+            tmp.rename(target / f"m.{number}")
+            return "250 2.0.0 Ok"
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: AioSMTP(Handler(), hostname="sink.example.test", data_size_limit=None),
+            "127.0.0.1", port,
+        )
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with server:
+            await stop.wait()
+
+    asyncio.run(main())
+
+
+# --------------------------------------------------------------------------------------------
+# The driver: N messages over C sessions, each session reusing its connection
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DriveResult:
+    sent: int = 0
+    accepted: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)  # seconds, end of DATA -> 250
+    accepted_at: dict[str, float] = field(default_factory=dict)  # bench id -> wall time of 250
+    start_wall: float = 0.0
+    seconds: float = 0.0  # first connect -> last 250
+    last_reply: float = 0.0  # perf_counter of the last 250
+    connections: int = 0
+    timed_out: bool = False
+    interrupted: bool = False
+
+
+def _timed_protocol_class() -> type:
+    """aiosmtplib's protocol, stamping when the message's final dot is handed to the transport
+    and when the next reply's first bytes arrive: the 250 latency, free of the time our own
+    event loop takes to resume the waiting session."""
+    import aiosmtplib.smtp
+    from aiosmtplib.protocol import SMTPProtocol
+
+    class _Timed(SMTPProtocol):
+        data_end_at = 0.0
+        reply_at = 0.0
+        reply_wall = 0.0
+        _armed = False
+
+        def write(self, data: bytes) -> None:
+            super().write(data)
+            if data.endswith(b"\r\n.\r\n"):
+                self.data_end_at = time.perf_counter()
+                self._armed = True
+
+        def data_received(self, data: bytes) -> None:
+            if self._armed:
+                self.reply_at = time.perf_counter()
+                self.reply_wall = time.time()
+                self._armed = False
+            super().data_received(data)
+
+    aiosmtplib.smtp.SMTPProtocol = _Timed  # type: ignore[attr-defined]  # what connect() makes
+    return _Timed
+
+
+TimedProtocol: Any = None
+
+
+async def _drive(
+    port: int,
+    batch: list[tuple[str, bytes]],
+    concurrency: int,
+    per_connection: int,
+    command_timeout: float,
+    total_timeout: float,
+) -> DriveResult:
+    global TimedProtocol
+    import aiosmtplib
+
+    if TimedProtocol is None:
+        TimedProtocol = _timed_protocol_class()
+    result = DriveResult()
+    queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+    for item in batch:
+        queue.put_nowait(item)
+
+    def bump(table: dict[str, int], key: str) -> None:
+        table[key] = table.get(key, 0) + 1
+
+    async def connect() -> aiosmtplib.SMTP:
+        client = aiosmtplib.SMTP(
+            hostname="127.0.0.1", port=port, timeout=command_timeout,
+            local_hostname="client.sender.test", start_tls=False, use_tls=False,
+        )
+        await client.connect()
+        await client.ehlo()
+        result.connections += 1
+        return client
+
+    async def session() -> None:
+        client: aiosmtplib.SMTP | None = None
+        used = 0
+        reconnects = 0
+        try:
+            while not queue.empty():
+                bench_id, payload = queue.get_nowait()
+                if client is None or (per_connection and used >= per_connection):
+                    if client is not None:
+                        with contextlib.suppress(Exception):
+                            await client.quit()
+                    try:
+                        client = await connect()
+                    except (aiosmtplib.SMTPException, OSError) as exc:
+                        client = None
+                        bump(result.errors, f"connect: {type(exc).__name__}")
+                        reconnects += 1
+                        if reconnects > 5:
+                            return
+                        await asyncio.sleep(0.5)
+                        continue
+                    used = 0
+                used += 1
+                result.sent += 1
+                try:
+                    sender = f"{bench_id.lower()}@{SENDER_DOMAIN}"
+                    await client.mail(sender)
+                    await client.rcpt(RCPT)
+                    await client.data(payload)
+                    protocol = client.protocol
+                    assert isinstance(protocol, TimedProtocol)
+                    result.latencies.append(protocol.reply_at - protocol.data_end_at)
+                    result.accepted_at[bench_id] = protocol.reply_wall
+                    result.last_reply = max(result.last_reply, protocol.reply_at)
+                    result.accepted += 1
+                except aiosmtplib.SMTPResponseException as exc:
+                    bump(result.rejected, f"{exc.code} {exc.message[:60]}")
+                    with contextlib.suppress(Exception):
+                        await client.rset()
+                except (aiosmtplib.SMTPException, OSError) as exc:
+                    bump(result.errors, type(exc).__name__)
+                    with contextlib.suppress(Exception):
+                        client.close()
+                    client = None
+                    reconnects += 1
+                    if reconnects > 5:
+                        return
+        finally:
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(client.quit(), 5)
+
+    result.start_wall = time.time()
+    started = time.perf_counter()
+    tasks = [asyncio.create_task(session()) for _ in range(max(1, concurrency))]
+
+    # A stop signal while the loop runs cancels the sessions; drive() then raises
+    # KeyboardInterrupt outside the loop, so every finally still runs.
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_signal() -> None:
+        result.interrupted = True
+        stop.set()
+
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, on_signal)
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait([*tasks, stopper], timeout=total_timeout,
+                           return_when=asyncio.FIRST_COMPLETED)
+        while not stop.is_set() and not all(task.done() for task in tasks):
+            left = total_timeout - (time.perf_counter() - started)
+            if left <= 0:
+                break
+            await asyncio.wait([*[t for t in tasks if not t.done()], stopper], timeout=left,
+                               return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+        pending = [task for task in tasks if not task.done()]
+        if pending and not result.interrupted:
+            result.timed_out = True
+        for task in [*pending, stopper]:
+            task.cancel()
+        await asyncio.gather(*pending, stopper, return_exceptions=True)
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            bump(result.errors, f"session: {task.exception()!r}"[:80])
+    # first connect -> the last 250 (the sessions' QUITs after it do not count)
+    result.seconds = (result.last_reply or time.perf_counter()) - started
+    return result
+
+
+def drive(
+    port: int,
+    batch: list[tuple[str, bytes]],
+    concurrency: int,
+    per_connection: int = 0,
+    command_timeout: float = 60.0,
+    total_timeout: float = 600.0,
+) -> DriveResult:
+    try:
+        import uvloop
+
+        run: Callable[[Any], DriveResult] = uvloop.run
+    except ImportError:
+        run = asyncio.run
+    try:
+        result = run(
+            _drive(port, batch, concurrency, per_connection, command_timeout, total_timeout)
+        )
+    finally:
+        install_stop_handlers()  # the loop reset them on its way out
+    if result.interrupted:
+        _raise_interrupt(signal.SIGINT, None)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Reference MTA: a private Postfix instance
+# --------------------------------------------------------------------------------------------
+
+_MASTER_CF = """\
+127.0.0.1:{port} inet n - n - - smtpd
+pickup     unix  n - n 60 1 pickup
+cleanup    unix  n - n -  0 cleanup
+qmgr       unix  n - n 300 1 qmgr
+rewrite    unix  - - n -  - trivial-rewrite
+bounce     unix  - - n -  0 bounce
+defer      unix  - - n -  0 bounce
+trace      unix  - - n -  0 bounce
+verify     unix  - - n -  1 verify
+flush      unix  n - n 1000? 0 flush
+proxymap   unix  - - n -  - proxymap
+proxywrite unix  - - n -  1 proxymap
+smtp       unix  - - n -  - smtp
+relay      unix  - - n -  - smtp
+showq      unix  n - n -  - showq
+error      unix  - - n -  - error
+retry      unix  - - n -  - error
+discard    unix  - - n -  - discard
+local      unix  - n n -  - local
+anvil      unix  - - n -  1 anvil
+scache     unix  - - n -  1 scache
+postlog    unix-dgram n - n - 1 postlogd
+"""
+
+
+class PostfixInstance:
+    """Postfix with its own config, queue and data directories; never the system instance."""
+
+    def __init__(self, workdir: Path, sink_port: int, concurrency: int) -> None:
+        self.base = workdir / "postfix"
+        self.etc = self.base / "etc"
+        self.queue = self.base / "queue"
+        self.data = self.base / "data"
+        for path in (self.etc, self.queue, self.data):
+            path.mkdir(parents=True)
+        chown_to(self.data, "postfix")
+        self.log_path = self.base / "postfix.log"
+        self.port = free_port()
+        self.started = False
+        main_cf = {
+            "compatibility_level": "3.6",
+            "queue_directory": str(self.queue),
+            "data_directory": str(self.data),
+            "mail_owner": "postfix",
+            "setgid_group": "postdrop",
+            "syslog_name": "moat-bench-postfix",
+            "maillog_file": str(self.log_path),
+            "maillog_file_prefixes": str(self.base),
+            "myhostname": "postfix.bench.test",
+            "mydomain": "bench.test",
+            "myorigin": "$myhostname",
+            "mydestination": "",
+            "inet_interfaces": "127.0.0.1",
+            "inet_protocols": "ipv4",
+            "mynetworks": "127.0.0.0/8",
+            "relay_domains": PROTECTED_DOMAIN,
+            "relayhost": f"[127.0.0.1]:{sink_port}",
+            "disable_dns_lookups": "yes",
+            "smtp_host_lookup": "native",
+            "alias_maps": "",
+            "alias_database": "",
+            "local_recipient_maps": "",
+            "biff": "no",
+            "default_process_limit": str(max(100, concurrency + 10)),
+            "smtpd_client_connection_count_limit": str(max(50, concurrency + 10)),
+        }
+        (self.etc / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in main_cf.items()))
+        (self.etc / "master.cf").write_text(_MASTER_CF.format(port=self.port))
+
+    def _postfix(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return run_cmd([str(POSTFIX), "-c", str(self.etc), *args], timeout)
+
+    def start(self) -> None:
+        self.started = True
+        done = self._postfix("start")
+        if done.returncode != 0:
+            raise BenchError(f"postfix start failed (rc={done.returncode}):\n{tail(self.log_path)}")
+        wait_smtp_banner(self.port, 30)
+
+    def running(self) -> bool:
+        return self._postfix("status", timeout=30).returncode == 0
+
+    def master_pid(self) -> int | None:
+        with contextlib.suppress(OSError, ValueError):
+            return int((self.queue / "pid" / "master.pid").read_text().split()[0])
+        return None
+
+    def process_group(self) -> int | None:
+        pid = self.master_pid()
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if pid:
+                return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[2])
+        return None
+
+    def stop(self) -> None:
+        if not self.started:
+            return
+        self.started = False
+        pid = self.master_pid()
+        with contextlib.suppress(BenchError):
+            self._postfix("stop", timeout=60)
+        deadline = time.monotonic() + 15
+        with contextlib.suppress(BenchError):
+            while time.monotonic() < deadline and self.running():
+                time.sleep(0.5)
+            if self.running():
+                log("postfix did not stop; aborting it")
+                self._postfix("abort", timeout=30)
+        if pid and _alive(pid) and _comm(pid) == "master":
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(match: Callable[[str, list[str]], bool]) -> float:
+    """CPU seconds (user + system, with reaped children) of the processes ``match`` picks
+    by name (comm) and the fields of /proc/PID/stat after it (state, ppid, pgrp, ...)."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            head, tail = (entry / "stat").read_text().rsplit(")", 1)
+        except (OSError, ValueError):
+            continue
+        fields = tail.split()
+        if match(head.split("(", 1)[-1], fields):
+            total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return total / _CLK_TCK
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    return _cpu_seconds(lambda _name, fields: int(fields[2]) == pgid)
+
+
+def shared_cpu_seconds() -> dict[str, float]:
+    """CPU seconds of the shared services Moat uses (whoever else uses them too)."""
+    return {
+        "rabbitmq": _cpu_seconds(lambda name, _f: name == "beam.smp"),
+        "postgres": _cpu_seconds(lambda name, _f: name == "postgres"),
+    }
+
+
+class CpuWatch:
+    """The machine's CPU during one row, less what the bench's own processes used: what
+    everybody else took from the measurement."""
+
+    def __init__(self, groups: list[int], shared: bool) -> None:
+        self.groups = groups
+        self.shared = shared
+        self.started = time.monotonic()
+        self.total, self.idle = _cpu_times()
+        self.ours = self._ours()
+
+    def _ours(self) -> float:
+        own = os.times()
+        seconds = own.user + own.system + own.children_user + own.children_system
+        seconds += sum(group_cpu_seconds(group) for group in self.groups)
+        if self.shared:
+            seconds += sum(shared_cpu_seconds().values())
+        # kernel threads (journal, writeback, workqueues) do the fsyncs and I/O of whatever
+        # runs; count them as part of the measurement, not as someone else's load
+        seconds += _cpu_seconds(lambda _name, fields: fields[1] == "2")
+        return seconds
+
+    def others_share(self) -> float | None:
+        """Share of all CPUs (0..1) used by other processes since the start."""
+        try:
+            total, idle = _cpu_times()
+        except (OSError, ValueError, IndexError):
+            return None
+        busy = ((total - self.total) - (idle - self.idle)) / _CLK_TCK
+        elapsed = time.monotonic() - self.started
+        if elapsed <= 0:
+            return None
+        return max(0.0, busy - (self._ours() - self.ours)) / (elapsed * (os.cpu_count() or 1))
+
+
+def _comm(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    return ""
+
+
+def _alive(pid: int) -> bool:
+    """True if ``pid`` runs and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+# --------------------------------------------------------------------------------------------
+# Moat
+# --------------------------------------------------------------------------------------------
+
+
+class MoatInstance:
+    """``python -m moat.migrate`` then ``python -m services``, from a temp config."""
+
+    def __init__(
+        self, workdir: Path, name: str, sink_port: int, database: str, pg_admin_url: str,
+        limit: float,
+    ) -> None:
+        self.base = workdir / f"moat-{name}"
+        self.base.mkdir(parents=True)
+        self.log_path = self.base / "moat.log"
+        self.smtp_port = free_port()
+        self.api_port = free_port()
+        self.limit = limit
+        self.extra_args: list[str] = []
+        self.proc: subprocess.Popen[bytes] | None = None
+        token = f"{os.getpid()}_{int(time.time())}_{name}".replace("-", "_").lower()
+        self.vhost = f"moat-bench-{token}"
+        self.vhost_made = False
+        self.pg_admin_url = pg_admin_url
+        self.pg_db: str | None = None
+        if database == "postgresql":
+            self.pg_db = f"moat_bench_{token}"
+            self.database_url = _pg_url(pg_admin_url, self.pg_db, "postgresql+asyncpg")
+        else:
+            self.database_url = f"sqlite+aiosqlite:///{self.base}/moat.db"
+        self.config = self.base / "moat.yaml"
+        self.config.write_text(
+            "env: dev\n"
+            f'database_url: "{self.database_url}"\n'
+            f"spool_dir: {self.base}/spool\n"
+            "domains:\n"
+            f"  {PROTECTED_DOMAIN}:\n"
+            f"    relay: 127.0.0.1:{sink_port}\n"
+            f"smtp: {{listen: 127.0.0.1:{self.smtp_port}}}\n"
+            f"api: {{listen: 127.0.0.1:{self.api_port}}}\n"
+            f'broker: {{url: "amqp://guest:guest@127.0.0.1:5672/{self.vhost}"}}\n'
+        )
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MOAT_")}
+        env["MOAT_CONFIG"] = str(self.config)
+        env["PYTHONUNBUFFERED"] = "1"
+        # Run from the temp dir (relative defaults such as var/tls land there, not in the
+        # repository); the repository goes on the path instead.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        return env
+
+    def start(self) -> None:
+        rabbitmqctl = shutil.which("rabbitmqctl")
+        if not rabbitmqctl:
+            raise BenchError("rabbitmqctl not found: cannot create a RabbitMQ vhost")
+        made = run_cmd([rabbitmqctl, "add_vhost", self.vhost], 90)
+        if made.returncode != 0:
+            raise BenchError(f"rabbitmqctl add_vhost failed: {made.stderr.strip()[-300:]}")
+        self.vhost_made = True
+        perms = run_cmd(
+            [rabbitmqctl, "set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*"], 90
+        )
+        if perms.returncode != 0:
+            raise BenchError(f"rabbitmqctl set_permissions failed: {perms.stderr.strip()[-300:]}")
+        if self.pg_db:
+            _pg_exec(self.pg_admin_url, f'CREATE DATABASE "{self.pg_db}"')
+        migrate = run_cmd(
+            [sys.executable, "-m", "moat.migrate"], 180, env=self.env(), cwd=self.base
+        )
+        if migrate.returncode != 0:
+            out = (migrate.stdout + migrate.stderr).strip().splitlines()[-15:]
+            raise BenchError("python -m moat.migrate failed:\n    " + "\n    ".join(out))
+        self.proc = spawn(
+            [sys.executable, "-m", "services", *self.extra_args], log_path=self.log_path,
+            limit=self.limit, env=self.env(), cwd=self.base,
+        )
+        try:
+            wait_smtp_banner(self.smtp_port, 90, alive=self.alive)
+        except BenchError as exc:
+            raise BenchError(f"Moat did not start: {exc}\n{tail(self.log_path)}") from None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_group(self.proc, grace=30)
+            self.proc = None
+        rabbitmqctl = shutil.which("rabbitmqctl")
+        if self.vhost_made and rabbitmqctl:
+            with contextlib.suppress(BenchError):
+                run_cmd([rabbitmqctl, "delete_vhost", self.vhost], 90)
+            self.vhost_made = False
+        if self.pg_db:
+            with contextlib.suppress(BenchError):
+                _pg_exec(self.pg_admin_url, f'DROP DATABASE IF EXISTS "{self.pg_db}" WITH (FORCE)')
+            self.pg_db = None
+
+
+def _pg_url(admin_url: str, database: str, scheme: str) -> str:
+    rest = admin_url.split("://", 1)[1]
+    server = rest.rsplit("/", 1)[0] if "/" in rest else rest
+    return f"{scheme}://{server}/{database}"
+
+
+def _pg_exec(admin_url: str, sql: str) -> None:
+    async def run() -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(admin_url, timeout=30)
+        try:
+            await conn.execute(sql, timeout=60)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(run(), 90))
+    except Exception as exc:
+        raise BenchError(f"PostgreSQL: {sql!r} failed: {exc!r}") from exc
+
+
+# --------------------------------------------------------------------------------------------
+# Measurements
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    name: str
+    kind: str  # source | ceiling | postfix | moat
+    ran: bool = False
+    note: str = ""
+    sent: int = 0
+    accepted: int = 0
+    accept_s: float | None = None
+    accepted_rate: float | None = None
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    p90_ms: float | None = None  # JSON only
+    max_ms: float | None = None  # JSON only
+    delivered: int = 0
+    duplicates: int = 0
+    e2e_s: float | None = None
+    e2e_rate: float | None = None
+    complete: bool = False
+    queue_p50_s: float | None = None  # 250 at the target -> last byte at the sink
+    queue_p99_s: float | None = None
+    cpu_ms_per_msg: float | None = None  # CPU of the MTA's processes / delivered messages
+    shared_cpu_ms_per_msg: dict[str, float] = field(default_factory=dict)  # RabbitMQ, PostgreSQL
+    others_cpu: float | None = None  # share of the CPUs other processes used during the row
+
+
+def percentile(values: list[float], fraction: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(fraction * len(ordered)))
+    return ordered[rank - 1]
+
+
+@dataclass
+class Config:
+    messages: int
+    concurrency: int
+    warmup: int
+    per_connection: int
+    phase_timeout: float
+    delivery_timeout: float
+    fallback_sink: bool
+    wait_idle: float = 0.0
+    repeats: int = 3  # runs of each ceiling row; the median is reported
+
+
+def wait_idle(cfg: Config) -> None:
+    """With --wait-idle S: wait (at most S seconds) until the CPUs are under 15% busy."""
+    if cfg.wait_idle <= 0:
+        return
+    deadline = time.monotonic() + cfg.wait_idle
+    busy = cpu_busy(1.0)
+    if busy < 0.15:
+        return
+    log(f"CPUs {busy:.0%} busy: waiting up to {cfg.wait_idle:.0f}s for them to go quiet")
+    while time.monotonic() < deadline:
+        busy = cpu_busy(2.0)
+        if busy < 0.15:
+            return
+    log(f"still {busy:.0%} busy; going on")
+
+
+def run_through(
+    name: str, kind: str, port: int, sink: Sink, cfg: Config, batch: list[tuple[str, bytes]],
+    alive: Callable[[], bool] | None = None, cpu_group: int | None = None,
+) -> Row:
+    row = Row(name=name, kind=kind)
+    wait_idle(cfg)
+    log(f"{name}: sending {len(batch)} messages over {cfg.concurrency} sessions")
+    cpu_before = group_cpu_seconds(cpu_group) if cpu_group else 0.0
+    shared_before = shared_cpu_seconds() if kind == "moat" else {}
+    watch = CpuWatch([sink.proc.pid, *([cpu_group] if cpu_group else [])], kind == "moat")
+    result = drive(port, batch, cfg.concurrency, cfg.per_connection,
+                   total_timeout=cfg.phase_timeout)
+    row.ran = True
+    row.sent, row.accepted = result.sent, result.accepted
+    row.accept_s = result.seconds
+    row.accepted_rate = result.accepted / result.seconds if result.seconds > 0 else None
+    if result.latencies:
+        row.p50_ms = 1000 * (percentile(result.latencies, 0.50) or 0)
+        row.p99_ms = 1000 * (percentile(result.latencies, 0.99) or 0)
+        row.p90_ms = 1000 * (percentile(result.latencies, 0.90) or 0)
+        row.max_ms = 1000 * max(result.latencies)
+    notes = []
+    if result.timed_out:
+        notes.append(f"driver stopped after {cfg.phase_timeout:.0f}s")
+    if len(batch) - result.sent:
+        notes.append(f"{len(batch) - result.sent} not sent")
+    for table, label in ((result.rejected, "rejected"), (result.errors, "errors")):
+        if table:
+            notes.append(f"{label}: " + ", ".join(f"{k} x{v}" for k, v in table.items()))
+    accepted_ids = set(result.accepted_at)
+    got, complete = sink.wait_for(accepted_ids, cfg.delivery_timeout, alive=alive)
+    row.others_cpu = watch.others_share()
+    arrived = {i: t for i, t in got.first_seen.items() if i in accepted_ids}
+    row.delivered = len(arrived)
+    if cpu_group and arrived:
+        spent = group_cpu_seconds(cpu_group) - cpu_before
+        row.cpu_ms_per_msg = 1000 * spent / len(arrived)
+        for service, before in shared_before.items():
+            used = 1000 * (shared_cpu_seconds()[service] - before) / len(arrived)
+            row.shared_cpu_ms_per_msg[service] = round(used, 2)
+    row.duplicates = got.duplicates
+    row.complete = complete and bool(accepted_ids)
+    if arrived:
+        row.e2e_s = max(arrived.values()) - result.start_wall
+        row.e2e_rate = len(arrived) / row.e2e_s if row.e2e_s > 0 else None
+        if kind in ("postfix", "moat"):
+            # file mtimes tick with the kernel's coarse clock: clamp the few ms below zero
+            waits = [max(0.0, arrived[i] - result.accepted_at[i]) for i in arrived]
+            row.queue_p50_s = percentile(waits, 0.50)
+            row.queue_p99_s = percentile(waits, 0.99)
+    if not complete:
+        notes.append(
+            f"only {row.delivered}/{len(accepted_ids)} accepted messages reached the sink "
+            f"within {cfg.delivery_timeout:.0f}s"
+        )
+    if got.duplicates:
+        notes.append(f"{got.duplicates} duplicate deliveries")
+    if row.shared_cpu_ms_per_msg:
+        notes.append("CPU ms/msg outside Moat's processes, in the shared services: " + ", ".join(
+            f"{k} {v:.2f}" for k, v in row.shared_cpu_ms_per_msg.items()))
+    row.note = "; ".join(notes)
+    log(f"{name}: accepted {row.accepted}/{len(batch)}, delivered {row.delivered}")
+    return row
+
+
+def warm_up(
+    name: str, port: int, sink: Sink, cfg: Config, size: int, timeout: float,
+    alive: Callable[[], bool] | None = None,
+) -> str | None:
+    """Send a few messages first (process start-up, caches, connections); None when all
+    arrived, else what went wrong."""
+    if cfg.warmup <= 0:
+        return None
+    batch = [(f"warm{size}-{i}", make_message(f"warm{size}", i, size)) for i in range(cfg.warmup)]
+    result = drive(port, batch, min(cfg.concurrency, cfg.warmup), cfg.per_connection,
+                   total_timeout=min(cfg.phase_timeout, timeout))
+    if not result.accepted:
+        problems = {**result.rejected, **result.errors}
+        return f"{name} accepted none of {len(batch)} warm-up messages ({problems})"
+    _, complete = sink.wait_for(set(result.accepted_at), timeout, alive=alive)
+    if not complete:
+        return f"{name}: warm-up messages did not all reach the sink within {timeout:.0f}s"
+    return None
+
+
+def bench_size(
+    size: int, cfg: Config, workdir: Path, args: argparse.Namespace, stack: contextlib.ExitStack,
+    problems: list[str],
+) -> list[Row]:
+    tag = f"m{size}"
+    log(f"=== {format_size(size)}: generating {cfg.messages} messages")
+    batch = [(f"{tag}-{i}", make_message(tag, i, size)) for i in range(cfg.messages)]
+    limit = cfg.phase_timeout + cfg.delivery_timeout + 600
+    rows: list[Row] = []
+    sink_kind = "aiosmtpd-sink" if cfg.fallback_sink else "sink"
+
+    # a. ceiling: smtp-source -> smtp-sink (short runs: the median of a few)
+    row = Row(name="smtp-source -> sink", kind="source")
+    if cfg.fallback_sink:
+        row.note = "skipped: postfix tools unavailable"
+    else:
+        try:
+            row = median_of(
+                [source_to_sink(size, cfg, workdir, limit, n) for n in range(cfg.repeats)]
+            )
+        except BenchError as exc:
+            row.note = f"could not run: {exc}"
+            problems.append(f"{format_size(size)} {row.name}: {exc}")
+    rows.append(row)
+
+    # a'. ceiling: our driver -> smtp-sink (the median of a few as well)
+    row = Row(name=f"driver -> {sink_kind}", kind="ceiling")
+    try:
+        runs = []
+        for n in range(cfg.repeats):
+            sink = Sink(workdir, f"{tag}-driver{n}", limit, cfg.fallback_sink)
+            try:
+                if cfg.warmup and n == 0:
+                    warm_up(row.name, sink.port, sink, cfg, size, 60)
+                runs.append(run_through(row.name, "ceiling", sink.port, sink, cfg, batch))
+            finally:
+                sink.stop()
+                sink.clear()
+        row = median_of(runs)
+    except BenchError as exc:
+        row.note = f"could not run: {exc}"
+        problems.append(f"{format_size(size)} {row.name}: {exc}")
+    rows.append(row)
+
+    # b. Postfix relaying to the sink
+    row = Row(name=f"driver -> postfix -> {sink_kind}", kind="postfix")
+    if cfg.fallback_sink:
+        row.note = "skipped: postfix unavailable"
+    else:
+        try:
+            row = through_postfix(row.name, size, cfg, workdir, batch, limit, stack)
+        except BenchError as exc:
+            row.note = f"could not run: {exc}"
+            problems.append(f"{format_size(size)} {row.name}: {exc}")
+    rows.append(row)
+
+    # c. Moat relaying to the sink
+    row = Row(name=f"driver -> moat -> {sink_kind}", kind="moat")
+    if args.skip_moat:
+        row.note = "skipped (--skip-moat)"
+    else:
+        try:
+            row = through_moat(row.name, size, cfg, workdir, batch, limit, args, stack)
+        except BenchError as exc:
+            row.note = f"could not run: {exc}"
+            problems.append(f"{format_size(size)} {row.name}: {exc}")
+    rows.append(row)
+    return rows
+
+
+def median_of(runs: list[Row]) -> Row:
+    """The run with the median end-to-end rate; the note gives the spread."""
+    if len(runs) == 1:
+        return runs[0]
+    ordered = sorted(runs, key=lambda r: r.e2e_rate or 0.0)
+    row = ordered[(len(ordered) - 1) // 2]
+    rates = [r.accepted_rate or 0.0 for r in runs]
+    spread = (f"median of {len(runs)} runs by e2e/s; accepted/s ranged "
+              f"{min(rates):,.0f}-{max(rates):,.0f}")
+    row.note = "; ".join(filter(None, [spread, row.note]))
+    return row
+
+
+def source_to_sink(size: int, cfg: Config, workdir: Path, limit: float, run: int = 0) -> Row:
+    row = Row(name="smtp-source -> sink", kind="source")
+    tag = f"src{size}"
+    message_file = workdir / f"{tag}.eml"
+    # smtp-source -F sends one file for every message, appending CRLF to each line.
+    message_file.write_bytes(make_message(tag, 0, size).replace(b"\r\n", b"\n"))
+    sink = Sink(workdir, f"{tag}-{run}", limit, fallback=False)
+    try:
+        argv = [str(SMTP_SOURCE), "-s", str(cfg.concurrency), "-m", str(cfg.messages), "-d",
+                "-M", "client.sender.test", "-f", f"bench@{SENDER_DOMAIN}", "-t", RCPT,
+                "-F", str(message_file), f"127.0.0.1:{sink.port}"]
+        wait_idle(cfg)
+        log(f"{row.name}: smtp-source -s {cfg.concurrency} -m {cfg.messages} -d")
+        watch = CpuWatch([sink.proc.pid], shared=False)
+        start_wall = time.time()
+        started = time.perf_counter()
+        done = run_cmd(argv, cfg.phase_timeout)
+        seconds = time.perf_counter() - started
+        row.ran = True
+        if done.returncode != 0:
+            row.note = f"smtp-source rc={done.returncode}: {(done.stderr or done.stdout)[-200:]}"
+        got = sink.wait_files(cfg.messages, cfg.delivery_timeout)
+        row.others_cpu = watch.others_share()
+        row.sent = cfg.messages
+        row.accepted = got.files if done.returncode != 0 else cfg.messages
+        row.accept_s = seconds
+        row.accepted_rate = row.accepted / seconds
+        row.delivered = got.files
+        row.complete = got.files >= cfg.messages
+        if got.first_seen:
+            # every file carries the same id; its mtime is the earliest. Use the newest file.
+            newest = max(os.stat(p).st_mtime for p in sink.dir.iterdir())
+            row.e2e_s = newest - start_wall
+            row.e2e_rate = got.files / row.e2e_s if row.e2e_s > 0 else None
+        if not row.complete:
+            row.note = (row.note + "; " if row.note else "") + (
+                f"only {got.files}/{cfg.messages} at the sink"
+            )
+        log(f"{row.name}: {got.files} at the sink in {seconds:.2f}s")
+    finally:
+        sink.stop()
+        sink.clear()
+    return row
+
+
+def through_postfix(
+    name: str, size: int, cfg: Config, workdir: Path, batch: list[tuple[str, bytes]], limit: float,
+    stack: contextlib.ExitStack,
+) -> Row:
+    sink = Sink(workdir, f"m{size}-postfix", limit, fallback=False)
+    stack.callback(sink.clear)
+    stack.callback(sink.stop)
+    postfix = PostfixInstance(workdir / f"pf{size}", sink.port, cfg.concurrency)
+    stack.callback(postfix.stop)
+    try:
+        log(f"{name}: starting a private Postfix on 127.0.0.1:{postfix.port}")
+        postfix.start()
+        problem = warm_up(name, postfix.port, sink, cfg, size, 120)
+        row = run_through(name, "postfix", postfix.port, sink, cfg, batch,
+                          cpu_group=postfix.process_group())
+        if problem:
+            row.note = "; ".join(filter(None, [problem, row.note]))
+        return row
+    except BenchError as exc:
+        raise BenchError(f"{exc}\n{tail(postfix.log_path)}") from None
+    finally:
+        postfix.stop()
+        sink.stop()
+        sink.clear()
+
+
+def through_moat(
+    name: str, size: int, cfg: Config, workdir: Path, batch: list[tuple[str, bytes]], limit: float,
+    args: argparse.Namespace, stack: contextlib.ExitStack,
+) -> Row:
+    sink = Sink(workdir, f"m{size}-moat", limit, cfg.fallback_sink)
+    stack.callback(sink.clear)
+    stack.callback(sink.stop)
+    moat = MoatInstance(workdir, f"{size}", sink.port, args.database, args.pg_admin_url, limit)
+    moat.extra_args = list(args.moat_arg)
+    stack.callback(moat.stop)
+    try:
+        log(f"{name}: starting Moat ({args.database}) with SMTP on 127.0.0.1:{moat.smtp_port}")
+        moat.start()
+        problem = warm_up(name, moat.smtp_port, sink, cfg, size, 180, alive=moat.alive)
+        if problem and not moat.alive():
+            raise BenchError(f"{problem}; Moat exited:\n{tail(moat.log_path)}")
+        row = run_through(name, "moat", moat.smtp_port, sink, cfg, batch, alive=moat.alive,
+                          cpu_group=moat.proc.pid if moat.proc else None)
+        if not moat.alive():
+            row.note = "; ".join(filter(None, [row.note, "Moat exited during the run"]))
+        if problem:
+            row.note = "; ".join(filter(None, [problem, row.note]))
+        if not row.complete:
+            log(f"{name}: not everything arrived; Moat's log ends with:\n{tail(moat.log_path)}")
+        return row
+    finally:
+        moat.stop()
+        sink.stop()
+        sink.clear()
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+def format_size(size: int) -> str:
+    if size % (1024 * 1024) == 0:
+        return f"{size // (1024 * 1024)} MiB"
+    if size % 1024 == 0:
+        return f"{size // 1024} KiB"
+    return f"{size} B"
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if a is None or not b:
+        return "n/a"
+    return f"{a / b:.2f}x"
+
+
+def report(size: int, cfg: Config, rows: list[Row], busy: float) -> str:
+    out = [
+        "",
+        f"Message size {format_size(size)} ({size} bytes), N={cfg.messages}, "
+        f"C={cfg.concurrency} sessions, warm-up {cfg.warmup}; CPUs {busy:.0%} busy just before",
+        "",
+    ]
+    header = (f"{'path':<32} {'accepted/s':>10} {'e2e/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+              f"{'delivered':>11} {'queue p50/p99 s':>16} {'CPU ms/msg':>10} {'others':>6}")
+    out += [header, "-" * len(header)]
+    for row in rows:
+        if not row.ran:
+            out.append(f"{row.name:<32} {row.note}")
+            continue
+        delivered = f"{row.delivered}/{row.accepted}" + ("" if row.complete else "!")
+        queue = ("-" if row.queue_p50_s is None
+                 else f"{row.queue_p50_s:.3f}/{row.queue_p99_s or 0:.3f}")
+        out.append(
+            f"{row.name:<32} {_num(row.accepted_rate):>10} {_num(row.e2e_rate):>9} "
+            f"{_num(row.p50_ms, 2):>8} {_num(row.p99_ms, 2):>8} {delivered:>11} {queue:>16} "
+            f"{_num(row.cpu_ms_per_msg, 2):>10} "
+            f"{'-' if row.others_cpu is None else f'{row.others_cpu:.0%}':>6}"
+        )
+    notes = [(row.name, row.note) for row in rows if row.ran and row.note]
+    for name, note in notes:
+        out.append(f"  note ({name}): {note}")
+    kinds = {row.kind: row for row in rows}
+    moat, postfix = kinds.get("moat"), kinds.get("postfix")
+    ceiling, source = kinds.get("ceiling"), kinds.get("source")
+    if moat and moat.ran:
+        out.append("")
+        for label, ref in (("Postfix relay", postfix), ("ceiling (driver -> sink)", ceiling),
+                           ("ceiling (smtp-source -> sink)", source)):
+            if ref and ref.ran:
+                out.append(
+                    f"  Moat / {label:<30} end-to-end {_ratio(moat.e2e_rate, ref.e2e_rate):>7}"
+                    f"   accepted {_ratio(moat.accepted_rate, ref.accepted_rate):>7}"
+                )
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="SMTP throughput bench: Moat vs a Postfix relay vs the smtp-sink ceiling."
+    )
+    parser.add_argument("--messages", "-n", type=int, default=1000, help="messages per run")
+    parser.add_argument("--concurrency", "-c", type=int, default=20, help="SMTP sessions")
+    parser.add_argument("--sizes", default="5k,50k", help="comma-separated sizes (5k,50k,1m)")
+    parser.add_argument("--skip-moat", action="store_true", help="measure the references only")
+    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite",
+                        help="Moat's database (default sqlite)")
+    parser.add_argument("--pg-admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
+                        help="where to CREATE/DROP the bench database for --database postgresql")
+    parser.add_argument("--warmup", type=int, default=40,
+                        help="warm-up messages before each measured run (not counted)")
+    parser.add_argument("--per-connection", type=int, default=0,
+                        help="messages per connection before reconnecting (0 = keep it open, "
+                             "like smtp-source -d)")
+    parser.add_argument("--phase-timeout", type=float, default=600,
+                        help="seconds the driver may take for one run")
+    parser.add_argument("--delivery-timeout", type=float, default=300,
+                        help="seconds to wait, after sending, for the sink to get everything")
+    parser.add_argument("--ceiling-runs", type=int, default=3, metavar="K",
+                        help="run each ceiling row K times and report the median (they are "
+                             "short, so single runs are noisy)")
+    parser.add_argument("--wait-idle", type=float, default=0, metavar="S",
+                        help="before each measured run, wait up to S seconds for the CPUs "
+                             "to be under 15%% busy (shared machines; default: no wait)")
+    parser.add_argument("--moat-arg", action="append", default=[], metavar="ARG",
+                        help="extra argument for python -m services (repeatable), "
+                             "e.g. --moat-arg=--scanners=2")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs)")
+    args = parser.parse_args(argv)
+    try:
+        args.size_list = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
+    except argparse.ArgumentTypeError as exc:
+        parser.error(str(exc))
+    if not args.size_list:
+        parser.error("--sizes is empty")
+    if args.messages < 1 or args.concurrency < 1 or args.ceiling_runs < 1:
+        parser.error("--messages, --concurrency and --ceiling-runs must be at least 1")
+    return args
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) == 3 and argv[0] == "--internal-sink":
+        run_internal_sink(argv[1], int(argv[2]))
+        return 0
+    args = parse_args(argv)
+    install_stop_handlers()
+    problems: list[str] = []
+    results: dict[str, Any] = {}
+    reports: list[str] = []
+    busy = cpu_busy(2.0)
+    if busy > 0.2:
+        log(f"WARNING: the CPUs are {busy:.0%} busy before the bench starts: something else "
+            "is running, and the figures will be lower and noisier than they should be")
+    workdir = Path(tempfile.mkdtemp(prefix="moat-bench-"))
+    os.chmod(workdir, 0o755)  # smtp-sink and Postfix run as 'postfix' and must traverse it
+    try:
+        with contextlib.ExitStack() as stack:
+            missing = ensure_postfix(workdir)
+            if missing:
+                log(f"WARNING: {missing}; skipping smtp-source/smtp-sink/Postfix references")
+                problems.append(missing)
+            cfg = Config(
+                messages=args.messages, concurrency=args.concurrency, warmup=args.warmup,
+                per_connection=args.per_connection, phase_timeout=args.phase_timeout,
+                delivery_timeout=args.delivery_timeout, fallback_sink=missing is not None,
+                wait_idle=args.wait_idle, repeats=args.ceiling_runs,
+            )
+            for size in args.size_list:
+                busy_before = cpu_busy(1.0)
+                rows = bench_size(size, cfg, workdir, args, stack, problems)
+                results[str(size)] = {"cpu_busy_before": busy_before,
+                                      "rows": [asdict(r) for r in rows]}
+                text = report(size, cfg, rows, busy_before)
+                reports.append(text)
+                print(text, flush=True)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        log("interrupted; everything started has been stopped")
+        return 130
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if args.keep_tmp:
+            log(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print()
+    print(machine_line())
+    if args.json:
+        args.json.write_text(json.dumps(
+            {"messages": args.messages, "concurrency": args.concurrency,
+             "warmup": args.warmup, "database": args.database, "machine": machine_line(),
+             "sizes": results, "problems": problems}, indent=2))
+    if problems:
+        print("\nCould not run:", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cpu_times() -> tuple[int, int]:
+    # user nice system idle iowait irq softirq steal (guest time is already in user)
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields), idle
+
+
+def cpu_busy(seconds: float = 1.0) -> float:
+    """Share of all CPUs busy over the next ``seconds`` (0..1), from /proc/stat."""
+    try:
+        total0, idle0 = _cpu_times()
+        time.sleep(seconds)
+        total1, idle1 = _cpu_times()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return 1.0 - (idle1 - idle0) / max(1, total1 - total0)
+
+
+def machine_line() -> str:
+    cpu = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"machine: {os.cpu_count()} CPUs ({cpu}), Python {sys.version.split()[0]}"
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
