@@ -15,13 +15,46 @@ steps are retried one by one, so a bad step fails alone.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from moat.db import create_sqlite_sync_engine
+
+T = TypeVar("T")
 
 # A bulk handler does every step of one kind in the batch: items in, one result per item out.
-BulkHandler = Callable[[AsyncConnection, list[Any]], Awaitable[list[Any]]]
+# Handlers are plain (synchronous) SQLAlchemy code: see ``Transactions``.
+BulkHandler = Callable[[Connection, list[Any]], list[Any]]
+
+
+class Transactions:
+    """Runs a plain function in a database transaction. On PostgreSQL that is the async
+    engine (``run_sync``: asyncpg underneath); on SQLite the function runs in a worker thread on
+    a pysqlite connection, one hop per transaction instead of several per statement."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._sqlite = (
+            create_sqlite_sync_engine(engine) if engine.url.get_backend_name() == "sqlite" else None
+        )
+
+    async def run(self, work: Callable[[Connection], T]) -> T:
+        if self._sqlite is not None:
+            return await asyncio.to_thread(self._run_sqlite, work)
+        async with self.engine.begin() as conn:
+            return await conn.run_sync(work)
+
+    def _run_sqlite(self, work: Callable[[Connection], T]) -> T:
+        assert self._sqlite is not None
+        with self._sqlite.begin() as conn:
+            return work(conn)
+
+    def close(self) -> None:
+        if self._sqlite is not None:
+            self._sqlite.dispose()
 
 
 class BatchWriter:
@@ -29,6 +62,7 @@ class BatchWriter:
         self, engine: AsyncEngine, handlers: Mapping[str, BulkHandler], max_items: int = 256
     ) -> None:
         self.engine = engine
+        self.transactions = Transactions(engine)
         self.handlers = handlers
         self.max_items = max_items
         self._pending: list[tuple[str, Any, asyncio.Future[Any]]] = []
@@ -70,13 +104,19 @@ class BatchWriter:
         by_kind: dict[str, list[int]] = {}
         for index, (kind, _, _) in enumerate(batch):
             by_kind.setdefault(kind, []).append(index)
-        results: list[Any] = [None] * len(batch)
-        async with self.engine.begin() as conn:
+
+        def work(conn: Connection) -> list[Any]:
+            results: list[Any] = [None] * len(batch)
             for kind, indexes in by_kind.items():
-                outcome = await self.handlers[kind](conn, [batch[i][1] for i in indexes])
+                outcome = self.handlers[kind](conn, [batch[i][1] for i in indexes])
                 for index, result in zip(indexes, outcome, strict=True):
                     results[index] = result
-        return results
+            return results
+
+        return await self.transactions.run(work)
+
+    def close(self) -> None:
+        self.transactions.close()
 
 
 def _settle(

@@ -25,7 +25,8 @@ from sqlalchemy import (
     Text,
     event,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy import create_engine as create_sync_engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 metadata = MetaData()
@@ -96,8 +97,24 @@ def create_engine(url: str) -> AsyncEngine:
 
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(url, connect_args={"timeout": 30})
+    configure_sqlite(engine.sync_engine)
+    return engine
 
-    @event.listens_for(engine.sync_engine, "connect")
+
+def create_sqlite_sync_engine(engine: AsyncEngine) -> Engine:
+    """A plain (pysqlite) engine on the same SQLite file as ``engine``, for work done in one
+    worker thread: a whole batch costs one hop to the thread, where aiosqlite costs several
+    per statement."""
+    sync = create_sync_engine(
+        engine.url.set(drivername="sqlite"),
+        connect_args={"timeout": 30, "check_same_thread": False},
+    )
+    configure_sqlite(sync)
+    return sync
+
+
+def configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
         cursor = dbapi_connection.cursor()
@@ -107,10 +124,8 @@ def create_engine(url: str) -> AsyncEngine:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _begin(connection: Any) -> None:
         # Reads (WAL: they never block writers) start deferred; writes take the lock at once.
         reading = connection.get_execution_options().get(READ_ONLY, False)
         connection.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")
-
-    return engine

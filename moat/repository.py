@@ -15,7 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy import bindparam, func, insert, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from moat.batch import BatchWriter
 from moat.db import READ_ONLY, db_now, events, messages, recipients
@@ -139,6 +140,7 @@ class Repository:
         )
 
     async def close(self) -> None:
+        self.writes.close()
         await self.engine.dispose()
 
     # --- the steps ---------------------------------------------------------------------------
@@ -200,25 +202,23 @@ class Repository:
 
     # --- bulk handlers: one call per kind and batch --------------------------------------------
 
-    async def _bulk_received(self, conn: AsyncConnection, news: list[NewMessage]) -> list[None]:
-        await self._insert_messages(conn, news, MessageStatus.RECEIVED, "ingress")
+    def _bulk_received(self, conn: Connection, news: list[NewMessage]) -> list[None]:
+        self._insert_messages(conn, news, MessageStatus.RECEIVED, "ingress")
         return [None] * len(news)
 
-    async def _bulk_queued(self, conn: AsyncConnection, batches: list[list[str]]) -> list[None]:
+    def _bulk_queued(self, conn: Connection, batches: list[list[str]]) -> list[None]:
         ids = [message_id for batch in batches for message_id in batch]
-        await conn.execute(
+        conn.execute(
             update(messages)
             .where(messages.c.id.in_(ids), messages.c.status == MessageStatus.RECEIVED)
             .values(status=MessageStatus.QUEUED, updated_at=db_now())
         )
         return [None] * len(batches)
 
-    async def _bulk_verdict(
-        self, conn: AsyncConnection, items: list[tuple[str, Verdict, MessageStatus]]
+    def _bulk_verdict(
+        self, conn: Connection, items: list[tuple[str, Verdict, MessageStatus]]
     ) -> list[bool]:
-        scannable = await self._lock(
-            conn, [item[0] for item in items], messages.c.status.in_(SCANNABLE)
-        )
+        scannable = self._lock(conn, [item[0] for item in items], messages.c.status.in_(SCANNABLE))
         now = db_now()
         results, rows, history = [], [], []
         for message_id, verdict, status in items:
@@ -246,7 +246,7 @@ class Repository:
                 )
             )
         if rows:
-            await conn.execute(
+            conn.execute(
                 update(messages)
                 .where(messages.c.id == bindparam("b_id"))
                 .values(
@@ -259,14 +259,14 @@ class Repository:
                 ),
                 rows,
             )
-            await conn.execute(insert(events), history)
+            conn.execute(insert(events), history)
         return results
 
-    async def _bulk_claim(
-        self, conn: AsyncConnection, items: list[tuple[str, int, timedelta]]
+    def _bulk_claim(
+        self, conn: Connection, items: list[tuple[str, int, timedelta]]
     ) -> list[MessageRecord | None]:
         now = db_now()
-        candidates = await self._lock(
+        candidates = self._lock(
             conn,
             [item[0] for item in items],
             messages.c.status.in_(DELIVERABLE),
@@ -281,13 +281,13 @@ class Repository:
             claimed[message_id] = MessageRecord.model_validate(row._mapping)
             leases.append({"b_id": message_id, "b_lease": now + lease})
         if leases:
-            await conn.execute(
+            conn.execute(
                 update(messages)
                 .where(messages.c.id == bindparam("b_id"))
                 .values(lease_until=bindparam("b_lease")),
                 leases,
             )
-            rcpt_rows = await conn.execute(
+            rcpt_rows = conn.execute(
                 select(recipients)
                 .where(recipients.c.message_id.in_(list(claimed)))
                 .order_by(recipients.c.id)
@@ -301,7 +301,7 @@ class Repository:
             results.append(claimed.pop(message_id, None))
         return results
 
-    async def _bulk_attempt(self, conn: AsyncConnection, items: list[AttemptResult]) -> list[None]:
+    def _bulk_attempt(self, conn: Connection, items: list[AttemptResult]) -> list[None]:
         now = db_now()
         outcome_rows = [
             {
@@ -315,7 +315,7 @@ class Repository:
             for o in item.outcomes
         ]
         if outcome_rows:
-            await conn.execute(
+            conn.execute(
                 update(recipients)
                 .where(recipients.c.id == bindparam("b_id"))
                 .values(
@@ -327,7 +327,7 @@ class Repository:
                 ),
                 outcome_rows,
             )
-        await conn.execute(
+        conn.execute(
             update(messages)
             .where(messages.c.id == bindparam("b_id"))
             .values(
@@ -356,41 +356,37 @@ class Repository:
             for item in bounces
             if item.bounce
         ]
-        await conn.execute(insert(events), history)
+        conn.execute(insert(events), history)
         for item in bounces:
             assert item.bounce is not None
-            await self._insert_messages(
+            self._insert_messages(
                 conn, [item.bounce], MessageStatus.DELIVERING, "delivery", bounce_of=item.message_id
             )
         return [None] * len(items)
 
-    async def _bulk_release(self, conn: AsyncConnection, ids: list[str]) -> list[None]:
-        await conn.execute(update(messages).where(messages.c.id.in_(ids)).values(lease_until=None))
+    def _bulk_release(self, conn: Connection, ids: list[str]) -> list[None]:
+        conn.execute(update(messages).where(messages.c.id.in_(ids)).values(lease_until=None))
         return [None] * len(ids)
 
-    async def _bulk_status(
-        self, conn: AsyncConnection, items: list[tuple[str, MessageStatus, str, str, str]]
+    def _bulk_status(
+        self, conn: Connection, items: list[tuple[str, MessageStatus, str, str, str]]
     ) -> list[None]:
         """Rare terminal changes (rejected, failed), with their reason."""
-        existing = await self._lock(conn, [item[0] for item in items])
+        existing = self._lock(conn, [item[0] for item in items])
         now = db_now()
         for message_id, status, service, event_name, reason in items:
             if message_id not in existing:
                 continue  # no such message: nothing to record it on
-            await conn.execute(
+            conn.execute(
                 update(messages)
                 .where(messages.c.id == message_id)
                 .values(status=status, reason=reason, lease_until=None, updated_at=now)
             )
-            await conn.execute(
-                insert(events).values(_event(message_id, service, event_name, reason))
-            )
+            conn.execute(insert(events).values(_event(message_id, service, event_name, reason)))
         return [None] * len(items)
 
-    async def _bulk_retry(
-        self, conn: AsyncConnection, ids: list[str]
-    ) -> list[MessageStatus | None]:
-        failed = await self._lock(conn, ids, messages.c.status == MessageStatus.FAILED)
+    def _bulk_retry(self, conn: Connection, ids: list[str]) -> list[MessageStatus | None]:
+        failed = self._lock(conn, ids, messages.c.status == MessageStatus.FAILED)
         now = db_now()
         results: list[MessageStatus | None] = []
         for message_id in ids:
@@ -399,7 +395,7 @@ class Repository:
                 results.append(None)
                 continue
             status = MessageStatus.RECEIVED if row.verdict is None else MessageStatus.DELIVERING
-            await conn.execute(
+            conn.execute(
                 update(messages)
                 .where(messages.c.id == message_id)
                 .values(
@@ -410,19 +406,17 @@ class Repository:
                     updated_at=now,
                 )
             )
-            await conn.execute(
+            conn.execute(
                 insert(events).values(_event(message_id, "api", "retried", f"back to {status}"))
             )
             results.append(status)
         return results
 
-    async def _lock(
-        self, conn: AsyncConnection, ids: list[str], *conditions: Any
-    ) -> dict[str, Any]:
+    def _lock(self, conn: Connection, ids: list[str], *conditions: Any) -> dict[str, Any]:
         """The rows among ``ids`` that meet ``conditions``, locked until the commit (SQLite's
         BEGIN IMMEDIATE locks the whole database; PostgreSQL locks the rows, in id order so
         that two batches cannot deadlock)."""
-        rows = await conn.execute(
+        rows = conn.execute(
             select(messages)
             .where(messages.c.id.in_(sorted(set(ids))), *conditions)
             .order_by(messages.c.id)
@@ -430,16 +424,16 @@ class Repository:
         )
         return {row.id: row for row in rows}
 
-    async def _insert_messages(
+    def _insert_messages(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         news: list[NewMessage],
         status: MessageStatus,
         service: str,
         bounce_of: str | None = None,
     ) -> None:
         now = db_now()
-        await conn.execute(
+        conn.execute(
             insert(messages),
             [
                 {
@@ -459,7 +453,7 @@ class Repository:
                 for new in news
             ],
         )
-        await conn.execute(
+        conn.execute(
             insert(recipients),
             [
                 {
@@ -474,7 +468,7 @@ class Repository:
                 for address in new.rcpt_tos
             ],
         )
-        await conn.execute(
+        conn.execute(
             insert(events),
             [
                 _event(

@@ -5,6 +5,7 @@ RabbitMQ vhost and a fresh database per gateway. Tests wait on conditions, never
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import os
 import signal
 import smtplib
@@ -408,6 +409,7 @@ def make_message(
     message["To"] = ", ".join(rcpt_tos)
     message["Subject"] = subject
     message["Message-ID"] = f"<{uuid.uuid4().hex}@outside.test>"
+    message["Date"] = email.utils.formatdate(localtime=False)
     for name, value in (extra_headers or {}).items():
         message[name] = value
     message.set_content(body)
