@@ -159,9 +159,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_smtp_banner(
-    port: int, timeout: float, alive: Callable[[], bool] | None = None
-) -> None:
+def wait_smtp_banner(port: int, timeout: float, alive: Callable[[], bool] | None = None) -> None:
     """Wait until 127.0.0.1:port answers with a 220 greeting."""
     deadline = time.monotonic() + timeout
     last = "no answer"
@@ -264,8 +262,16 @@ _WORDS = tuple(_VOCABULARY.split())
 _FIRST = ("Alice", "Bruno", "Chloe", "Dmitri", "Elena", "Farid", "Grace", "Hiro", "Ines", "Jonas")
 _LAST = ("Martin", "Okafor", "Lindqvist", "Novak", "Ferreira", "Tanaka", "Schmidt", "Moreau")
 _TOPICS = (
-    "Quarterly report", "Project timeline", "Invoice", "Meeting notes", "Contract draft",
-    "Training sessions", "Budget forecast", "Migration plan", "Audit results", "Staff survey",
+    "Quarterly report",
+    "Project timeline",
+    "Invoice",
+    "Meeting notes",
+    "Contract draft",
+    "Training sessions",
+    "Budget forecast",
+    "Migration plan",
+    "Audit results",
+    "Staff survey",
 )
 _BASE_DATE = datetime(2025, 3, 3, 8, 0, 0, tzinfo=UTC)
 
@@ -390,13 +396,27 @@ class Sink:
         self.port = free_port()
         self.kind = "aiosmtpd-sink" if fallback else "smtp-sink"
         if fallback:
-            argv = [sys.executable, str(Path(__file__).resolve()), "--internal-sink",
-                    str(self.dir), str(self.port)]
+            argv = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--internal-sink",
+                str(self.dir),
+                str(self.port),
+            ]
         else:
             user = sink_user()
             chown_to(self.dir, user)
-            argv = [str(SMTP_SINK), "-u", user, "-h", "sink.example.test",
-                    "-d", f"{self.dir}/m.", f"127.0.0.1:{self.port}", "1024"]
+            argv = [
+                str(SMTP_SINK),
+                "-u",
+                user,
+                "-h",
+                "sink.example.test",
+                "-d",
+                f"{self.dir}/m.",
+                f"127.0.0.1:{self.port}",
+                "1024",
+            ]
         self.proc = spawn(argv, log_path=self.log_path, limit=limit)
         self._seen: dict[str, tuple[str, float]] = {}
         try:
@@ -487,7 +507,8 @@ def run_internal_sink(directory: str, port: int) -> None:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
             lambda: AioSMTP(Handler(), hostname="sink.example.test", data_size_limit=None),
-            "127.0.0.1", port,
+            "127.0.0.1",
+            port,
         )
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -575,8 +596,12 @@ async def _drive(
 
     async def connect() -> aiosmtplib.SMTP:
         client = aiosmtplib.SMTP(
-            hostname="127.0.0.1", port=port, timeout=command_timeout,
-            local_hostname="client.sender.test", start_tls=False, use_tls=False,
+            hostname="127.0.0.1",
+            port=port,
+            timeout=command_timeout,
+            local_hostname="client.sender.test",
+            start_tls=False,
+            use_tls=False,
         )
         await client.connect()
         await client.ehlo()
@@ -652,14 +677,18 @@ async def _drive(
         loop.add_signal_handler(sig, on_signal)
     stopper = asyncio.create_task(stop.wait())
     try:
-        await asyncio.wait([*tasks, stopper], timeout=total_timeout,
-                           return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            [*tasks, stopper], timeout=total_timeout, return_when=asyncio.FIRST_COMPLETED
+        )
         while not stop.is_set() and not all(task.done() for task in tasks):
             left = total_timeout - (time.perf_counter() - started)
             if left <= 0:
                 break
-            await asyncio.wait([*[t for t in tasks if not t.done()], stopper], timeout=left,
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                [*[t for t in tasks if not t.done()], stopper],
+                timeout=left,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
     finally:
         for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)
@@ -911,7 +940,12 @@ class MoatInstance:
     """``python -m moat.migrate`` then ``python -m services``, from a temp config."""
 
     def __init__(
-        self, workdir: Path, name: str, sink_port: int, database: str, pg_admin_url: str,
+        self,
+        workdir: Path,
+        name: str,
+        sink_port: int,
+        database: str,
+        pg_admin_url: str,
         limit: float,
     ) -> None:
         self.base = workdir / f"moat-{name}"
@@ -976,8 +1010,11 @@ class MoatInstance:
             out = (migrate.stdout + migrate.stderr).strip().splitlines()[-15:]
             raise BenchError("python -m moat.migrate failed:\n    " + "\n    ".join(out))
         self.proc = spawn(
-            [sys.executable, "-m", "services", *self.extra_args], log_path=self.log_path,
-            limit=self.limit, env=self.env(), cwd=self.base,
+            [sys.executable, "-m", "services", *self.extra_args],
+            log_path=self.log_path,
+            limit=self.limit,
+            env=self.env(),
+            cwd=self.base,
         )
         try:
             wait_smtp_banner(self.smtp_port, 90, alive=self.alive)
@@ -1093,8 +1130,14 @@ def wait_idle(cfg: Config) -> None:
 
 
 def run_through(
-    name: str, kind: str, port: int, sink: Sink, cfg: Config, batch: list[tuple[str, bytes]],
-    alive: Callable[[], bool] | None = None, cpu_group: int | None = None,
+    name: str,
+    kind: str,
+    port: int,
+    sink: Sink,
+    cfg: Config,
+    batch: list[tuple[str, bytes]],
+    alive: Callable[[], bool] | None = None,
+    cpu_group: int | None = None,
 ) -> Row:
     row = Row(name=name, kind=kind)
     wait_idle(cfg)
@@ -1102,8 +1145,9 @@ def run_through(
     cpu_before = group_cpu_seconds(cpu_group) if cpu_group else 0.0
     shared_before = shared_cpu_seconds() if kind == "moat" else {}
     watch = CpuWatch([sink.proc.pid, *([cpu_group] if cpu_group else [])], kind == "moat")
-    result = drive(port, batch, cfg.concurrency, cfg.per_connection,
-                   total_timeout=cfg.phase_timeout)
+    result = drive(
+        port, batch, cfg.concurrency, cfg.per_connection, total_timeout=cfg.phase_timeout
+    )
     row.ran = True
     row.sent, row.accepted = result.sent, result.accepted
     row.accept_s = result.seconds
@@ -1150,15 +1194,22 @@ def run_through(
     if got.duplicates:
         notes.append(f"{got.duplicates} duplicate deliveries")
     if row.shared_cpu_ms_per_msg:
-        notes.append("CPU ms/msg outside Moat's processes, in the shared services: " + ", ".join(
-            f"{k} {v:.2f}" for k, v in row.shared_cpu_ms_per_msg.items()))
+        notes.append(
+            "CPU ms/msg outside Moat's processes, in the shared services: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in row.shared_cpu_ms_per_msg.items())
+        )
     row.note = "; ".join(notes)
     log(f"{name}: accepted {row.accepted}/{len(batch)}, delivered {row.delivered}")
     return row
 
 
 def warm_up(
-    name: str, port: int, sink: Sink, cfg: Config, size: int, timeout: float,
+    name: str,
+    port: int,
+    sink: Sink,
+    cfg: Config,
+    size: int,
+    timeout: float,
     alive: Callable[[], bool] | None = None,
 ) -> str | None:
     """Send a few messages first (process start-up, caches, connections); None when all
@@ -1166,8 +1217,13 @@ def warm_up(
     if cfg.warmup <= 0:
         return None
     batch = [(f"warm{size}-{i}", make_message(f"warm{size}", i, size)) for i in range(cfg.warmup)]
-    result = drive(port, batch, min(cfg.concurrency, cfg.warmup), cfg.per_connection,
-                   total_timeout=min(cfg.phase_timeout, timeout))
+    result = drive(
+        port,
+        batch,
+        min(cfg.concurrency, cfg.warmup),
+        cfg.per_connection,
+        total_timeout=min(cfg.phase_timeout, timeout),
+    )
     if not result.accepted:
         problems = {**result.rejected, **result.errors}
         return f"{name} accepted none of {len(batch)} warm-up messages ({problems})"
@@ -1178,7 +1234,11 @@ def warm_up(
 
 
 def bench_size(
-    size: int, cfg: Config, workdir: Path, args: argparse.Namespace, stack: contextlib.ExitStack,
+    size: int,
+    cfg: Config,
+    workdir: Path,
+    args: argparse.Namespace,
+    stack: contextlib.ExitStack,
     problems: list[str],
 ) -> list[Row]:
     tag = f"m{size}"
@@ -1254,8 +1314,10 @@ def median_of(runs: list[Row]) -> Row:
     ordered = sorted(runs, key=lambda r: r.e2e_rate or 0.0)
     row = ordered[(len(ordered) - 1) // 2]
     rates = [r.accepted_rate or 0.0 for r in runs]
-    spread = (f"median of {len(runs)} runs by e2e/s; accepted/s ranged "
-              f"{min(rates):,.0f}-{max(rates):,.0f}")
+    spread = (
+        f"median of {len(runs)} runs by e2e/s; accepted/s ranged "
+        f"{min(rates):,.0f}-{max(rates):,.0f}"
+    )
     row.note = "; ".join(filter(None, [spread, row.note]))
     return row
 
@@ -1268,9 +1330,23 @@ def source_to_sink(size: int, cfg: Config, workdir: Path, limit: float, run: int
     message_file.write_bytes(make_message(tag, 0, size).replace(b"\r\n", b"\n"))
     sink = Sink(workdir, f"{tag}-{run}", limit, fallback=False)
     try:
-        argv = [str(SMTP_SOURCE), "-s", str(cfg.concurrency), "-m", str(cfg.messages), "-d",
-                "-M", "client.sender.test", "-f", f"bench@{SENDER_DOMAIN}", "-t", RCPT,
-                "-F", str(message_file), f"127.0.0.1:{sink.port}"]
+        argv = [
+            str(SMTP_SOURCE),
+            "-s",
+            str(cfg.concurrency),
+            "-m",
+            str(cfg.messages),
+            "-d",
+            "-M",
+            "client.sender.test",
+            "-f",
+            f"bench@{SENDER_DOMAIN}",
+            "-t",
+            RCPT,
+            "-F",
+            str(message_file),
+            f"127.0.0.1:{sink.port}",
+        ]
         wait_idle(cfg)
         log(f"{row.name}: smtp-source -s {cfg.concurrency} -m {cfg.messages} -d")
         watch = CpuWatch([sink.proc.pid], shared=False)
@@ -1306,7 +1382,12 @@ def source_to_sink(size: int, cfg: Config, workdir: Path, limit: float, run: int
 
 
 def through_postfix(
-    name: str, size: int, cfg: Config, workdir: Path, batch: list[tuple[str, bytes]], limit: float,
+    name: str,
+    size: int,
+    cfg: Config,
+    workdir: Path,
+    batch: list[tuple[str, bytes]],
+    limit: float,
     stack: contextlib.ExitStack,
 ) -> Row:
     sink = Sink(workdir, f"m{size}-postfix", limit, fallback=False)
@@ -1318,8 +1399,9 @@ def through_postfix(
         log(f"{name}: starting a private Postfix on 127.0.0.1:{postfix.port}")
         postfix.start()
         problem = warm_up(name, postfix.port, sink, cfg, size, 120)
-        row = run_through(name, "postfix", postfix.port, sink, cfg, batch,
-                          cpu_group=postfix.process_group())
+        row = run_through(
+            name, "postfix", postfix.port, sink, cfg, batch, cpu_group=postfix.process_group()
+        )
         if problem:
             row.note = "; ".join(filter(None, [problem, row.note]))
         return row
@@ -1332,8 +1414,14 @@ def through_postfix(
 
 
 def through_moat(
-    name: str, size: int, cfg: Config, workdir: Path, batch: list[tuple[str, bytes]], limit: float,
-    args: argparse.Namespace, stack: contextlib.ExitStack,
+    name: str,
+    size: int,
+    cfg: Config,
+    workdir: Path,
+    batch: list[tuple[str, bytes]],
+    limit: float,
+    args: argparse.Namespace,
+    stack: contextlib.ExitStack,
 ) -> Row:
     sink = Sink(workdir, f"m{size}-moat", limit, cfg.fallback_sink)
     stack.callback(sink.clear)
@@ -1347,8 +1435,16 @@ def through_moat(
         problem = warm_up(name, moat.smtp_port, sink, cfg, size, 180, alive=moat.alive)
         if problem and not moat.alive():
             raise BenchError(f"{problem}; Moat exited:\n{tail(moat.log_path)}")
-        row = run_through(name, "moat", moat.smtp_port, sink, cfg, batch, alive=moat.alive,
-                          cpu_group=moat.proc.pid if moat.proc else None)
+        row = run_through(
+            name,
+            "moat",
+            moat.smtp_port,
+            sink,
+            cfg,
+            batch,
+            alive=moat.alive,
+            cpu_group=moat.proc.pid if moat.proc else None,
+        )
         if not moat.alive():
             row.note = "; ".join(filter(None, [row.note, "Moat exited during the run"]))
         if problem:
@@ -1392,16 +1488,19 @@ def report(size: int, cfg: Config, rows: list[Row], busy: float) -> str:
         f"C={cfg.concurrency} sessions, warm-up {cfg.warmup}; CPUs {busy:.0%} busy just before",
         "",
     ]
-    header = (f"{'path':<32} {'accepted/s':>10} {'e2e/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-              f"{'delivered':>11} {'queue p50/p99 s':>16} {'CPU ms/msg':>10} {'others':>6}")
+    header = (
+        f"{'path':<32} {'accepted/s':>10} {'e2e/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'delivered':>11} {'queue p50/p99 s':>16} {'CPU ms/msg':>10} {'others':>6}"
+    )
     out += [header, "-" * len(header)]
     for row in rows:
         if not row.ran:
             out.append(f"{row.name:<32} {row.note}")
             continue
         delivered = f"{row.delivered}/{row.accepted}" + ("" if row.complete else "!")
-        queue = ("-" if row.queue_p50_s is None
-                 else f"{row.queue_p50_s:.3f}/{row.queue_p99_s or 0:.3f}")
+        queue = (
+            "-" if row.queue_p50_s is None else f"{row.queue_p50_s:.3f}/{row.queue_p99_s or 0:.3f}"
+        )
         out.append(
             f"{row.name:<32} {_num(row.accepted_rate):>10} {_num(row.e2e_rate):>9} "
             f"{_num(row.p50_ms, 2):>8} {_num(row.p99_ms, 2):>8} {delivered:>11} {queue:>16} "
@@ -1416,8 +1515,11 @@ def report(size: int, cfg: Config, rows: list[Row], busy: float) -> str:
     ceiling, source = kinds.get("ceiling"), kinds.get("source")
     if moat and moat.ran:
         out.append("")
-        for label, ref in (("Postfix relay", postfix), ("ceiling (driver -> sink)", ceiling),
-                           ("ceiling (smtp-source -> sink)", source)):
+        for label, ref in (
+            ("Postfix relay", postfix),
+            ("ceiling (driver -> sink)", ceiling),
+            ("ceiling (smtp-source -> sink)", source),
+        ):
             if ref and ref.ran:
                 out.append(
                     f"  Moat / {label:<30} end-to-end {_ratio(moat.e2e_rate, ref.e2e_rate):>7}"
@@ -1439,28 +1541,61 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--concurrency", "-c", type=int, default=20, help="SMTP sessions")
     parser.add_argument("--sizes", default="5k,50k", help="comma-separated sizes (5k,50k,1m)")
     parser.add_argument("--skip-moat", action="store_true", help="measure the references only")
-    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite",
-                        help="Moat's database (default sqlite)")
-    parser.add_argument("--pg-admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
-                        help="where to CREATE/DROP the bench database for --database postgresql")
-    parser.add_argument("--warmup", type=int, default=40,
-                        help="warm-up messages before each measured run (not counted)")
-    parser.add_argument("--per-connection", type=int, default=0,
-                        help="messages per connection before reconnecting (0 = keep it open, "
-                             "like smtp-source -d)")
-    parser.add_argument("--phase-timeout", type=float, default=600,
-                        help="seconds the driver may take for one run")
-    parser.add_argument("--delivery-timeout", type=float, default=300,
-                        help="seconds to wait, after sending, for the sink to get everything")
-    parser.add_argument("--ceiling-runs", type=int, default=3, metavar="K",
-                        help="run each ceiling row K times and report the median (they are "
-                             "short, so single runs are noisy)")
-    parser.add_argument("--wait-idle", type=float, default=0, metavar="S",
-                        help="before each measured run, wait up to S seconds for the CPUs "
-                             "to be under 15%% busy (shared machines; default: no wait)")
-    parser.add_argument("--moat-arg", action="append", default=[], metavar="ARG",
-                        help="extra argument for python -m services (repeatable), "
-                             "e.g. --moat-arg=--scanners=2")
+    parser.add_argument(
+        "--database",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="Moat's database (default sqlite)",
+    )
+    parser.add_argument(
+        "--pg-admin-url",
+        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        help="where to CREATE/DROP the bench database for --database postgresql",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=40,
+        help="warm-up messages before each measured run (not counted)",
+    )
+    parser.add_argument(
+        "--per-connection",
+        type=int,
+        default=0,
+        help="messages per connection before reconnecting (0 = keep it open, like smtp-source -d)",
+    )
+    parser.add_argument(
+        "--phase-timeout", type=float, default=600, help="seconds the driver may take for one run"
+    )
+    parser.add_argument(
+        "--delivery-timeout",
+        type=float,
+        default=300,
+        help="seconds to wait, after sending, for the sink to get everything",
+    )
+    parser.add_argument(
+        "--ceiling-runs",
+        type=int,
+        default=3,
+        metavar="K",
+        help="run each ceiling row K times and report the median (they are "
+        "short, so single runs are noisy)",
+    )
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0,
+        metavar="S",
+        help="before each measured run, wait up to S seconds for the CPUs "
+        "to be under 15%% busy (shared machines; default: no wait)",
+    )
+    parser.add_argument(
+        "--moat-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for python -m services (repeatable), e.g. --moat-arg=--scanners=2",
+    )
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs)")
     args = parser.parse_args(argv)
@@ -1486,8 +1621,10 @@ def main(argv: list[str]) -> int:
     reports: list[str] = []
     busy = cpu_busy(2.0)
     if busy > 0.2:
-        log(f"WARNING: the CPUs are {busy:.0%} busy before the bench starts: something else "
-            "is running, and the figures will be lower and noisier than they should be")
+        log(
+            f"WARNING: the CPUs are {busy:.0%} busy before the bench starts: something else "
+            "is running, and the figures will be lower and noisier than they should be"
+        )
     workdir = Path(tempfile.mkdtemp(prefix="moat-bench-"))
     os.chmod(workdir, 0o755)  # smtp-sink and Postfix run as 'postfix' and must traverse it
     try:
@@ -1497,16 +1634,23 @@ def main(argv: list[str]) -> int:
                 log(f"WARNING: {missing}; skipping smtp-source/smtp-sink/Postfix references")
                 problems.append(missing)
             cfg = Config(
-                messages=args.messages, concurrency=args.concurrency, warmup=args.warmup,
-                per_connection=args.per_connection, phase_timeout=args.phase_timeout,
-                delivery_timeout=args.delivery_timeout, fallback_sink=missing is not None,
-                wait_idle=args.wait_idle, repeats=args.ceiling_runs,
+                messages=args.messages,
+                concurrency=args.concurrency,
+                warmup=args.warmup,
+                per_connection=args.per_connection,
+                phase_timeout=args.phase_timeout,
+                delivery_timeout=args.delivery_timeout,
+                fallback_sink=missing is not None,
+                wait_idle=args.wait_idle,
+                repeats=args.ceiling_runs,
             )
             for size in args.size_list:
                 busy_before = cpu_busy(1.0)
                 rows = bench_size(size, cfg, workdir, args, stack, problems)
-                results[str(size)] = {"cpu_busy_before": busy_before,
-                                      "rows": [asdict(r) for r in rows]}
+                results[str(size)] = {
+                    "cpu_busy_before": busy_before,
+                    "rows": [asdict(r) for r in rows],
+                }
                 text = report(size, cfg, rows, busy_before)
                 reports.append(text)
                 print(text, flush=True)
@@ -1523,10 +1667,20 @@ def main(argv: list[str]) -> int:
     print()
     print(machine_line())
     if args.json:
-        args.json.write_text(json.dumps(
-            {"messages": args.messages, "concurrency": args.concurrency,
-             "warmup": args.warmup, "database": args.database, "machine": machine_line(),
-             "sizes": results, "problems": problems}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "messages": args.messages,
+                    "concurrency": args.concurrency,
+                    "warmup": args.warmup,
+                    "database": args.database,
+                    "machine": machine_line(),
+                    "sizes": results,
+                    "problems": problems,
+                },
+                indent=2,
+            )
+        )
     if problems:
         print("\nCould not run:", file=sys.stderr)
         for problem in problems:
