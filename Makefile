@@ -34,6 +34,7 @@ run: install
 test: install
 	@scripts/ensure-rabbitmq.sh
 	@scripts/ensure-postgres.sh
+	@scripts/ensure-clamav.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install
@@ -54,3 +55,15 @@ bench: install
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+
+# The spam classifier: train the shipped model on the SpamAssassin corpus (deterministic;
+# prints cross-validation and held-out figures), and evaluate it online, TREC style, on a corpus
+# (EVAL_ARGS, e.g. --ham DIR --spam DIR, or --index FILE; see docs/classifier.md).
+CORPUS ?= ../shared/corpus
+
+train: install
+	$(PY) -m services.scanner.classifier.training --corpus $(CORPUS)/spamassassin $(TRAIN_ARGS)
+
+evaluate: install
+	$(PY) -m services.scanner.classifier.evaluation $(or $(EVAL_ARGS),--phishing $(CORPUS)/phishing_pot/phishing-sample2500.tar.gz)
+.PHONY: evaluate

@@ -129,3 +129,38 @@ def configure_sqlite(engine: Engine) -> None:
         # Reads (WAL: they never block writers) start deferred; writes take the lock at once.
         reading = connection.get_execution_options().get(READ_ONLY, False)
         connection.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")
+
+
+# --- the spam classifier's learned feedback (services/scanner/classifier/store.py) -------------
+
+# One row: the generation, bumped by every learning step; replicas poll it.
+classifier_state = Table(
+    "classifier_state",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),  # always 1
+    Column("generation", Integer, nullable=False, default=0),
+    Column("updated_at", DateTime, nullable=False),
+)
+
+# Learned weight deltas over the shipped model, per hashed feature; ``generation`` is the
+# generation that last changed the row, so a replica fetches only what changed since its poll.
+classifier_deltas = Table(
+    "classifier_deltas",
+    metadata,
+    Column("feature", Integer, primary_key=True, autoincrement=False),
+    Column("delta", Float, nullable=False),
+    Column("generation", Integer, nullable=False, index=True),
+)
+
+# Every message learned, by digest: learning the same message again with the same label is a
+# no-op; with the other label it is learned again (a correction).
+classifier_learned = Table(
+    "classifier_learned",
+    metadata,
+    Column("digest", String(64), primary_key=True),
+    Column("label", String(4), nullable=False),  # spam | ham
+    Column("generation", Integer, nullable=False),
+    Column("learned_at", DateTime, nullable=False),
+    Column("source", String(16), nullable=False),  # cli | api
+    Column("message_id", String(26)),  # the spooled message, when learned through the API
+)

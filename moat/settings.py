@@ -93,23 +93,271 @@ class DnsSettings(BaseModel):
 
 
 class ClamAVSettings(BaseModel):
-    """ClamAV (clamd) — filled in by the ClamAV check."""
+    """ClamAV: the raw message and each attachment streamed to clamd (INSTREAM)."""
+
+    # Off by default: with clamd missing, an enabled check would hold all mail (fail_closed).
+    enabled: bool = False
+    # clamd's LocalSocket (Debian's clamav-daemon); used unless ``tcp`` is set.
+    socket: Path = Path("/var/run/clamav/clamd.ctl")
+    # host:port of clamd's TCPSocket; when set it is used instead of ``socket``.
+    tcp: str | None = None
+    # Seconds to connect to clamd.
+    connect_timeout: float = Field(default=2.0, gt=0)
+    # Seconds for one scan (stream one part and read clamd's answer); keep under check_timeout.
+    scan_timeout: float = Field(default=15.0, gt=0)
+    # Scans in flight to clamd from one scanner process (keep under clamd's MaxThreads).
+    max_connections: int = Field(default=4, ge=1)
+    # clamd's StreamMaxLength (Debian: 25M); bigger parts are not sent: CLAMAV_TOO_BIG (info).
+    max_stream_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
+    # clamd down or slow: true = the check fails and the message waits for a retry; false =
+    # an info finding CLAMAV_UNAVAILABLE and the mail goes on UNSCANNED for viruses.
+    fail_closed: bool = True
+    # Score of a CLAMAV_VIRUS finding (a virus finding forces the virus verdict anyway).
+    virus_score: float = 100.0
+
+    @field_validator("tcp")
+    @classmethod
+    def _valid_tcp(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_host_port(value)
+        return value
 
 
 class AttachmentSettings(BaseModel):
-    """Attachment, archive and MIME-structure policy — filled in by the attachments check."""
+    """Attachment, archive and MIME-structure policy (docs/checks/attachments.md)."""
+
+    # Classes of TRUE content type (magic bytes, whatever the name says) that are blocked.
+    blocked_types: list[Literal["executable", "script", "macro", "disk_image"]] = [
+        "executable",
+        "script",
+        "macro",
+        "disk_image",
+    ]
+    # File-name extensions blocked whatever the content (lower case, without the dot).
+    blocked_extensions: list[str] = [
+        *("exe", "dll", "com", "scr", "pif", "cpl", "msi", "msp", "msc", "jar", "gadget"),
+        *("js", "jse", "vbs", "vbe", "wsf", "wsh", "wsc", "hta", "ps1", "psm1", "bat", "cmd"),
+        *("lnk", "reg", "inf", "scf", "chm", "application", "appref-ms", "url", "library-ms"),
+        *("iso", "img", "vhd", "vhdx", "dmg"),
+        *("docm", "dotm", "xlsm", "xltm", "xlam", "pptm", "potm", "ppsm", "ppam", "sldm"),
+    ]
+    # Report a name claiming an inert type (pdf, jpg, docx...) over dangerous or archive content.
+    type_mismatch: bool = True
+    # Archive levels opened one inside another (a .tar.gz is two); deeper: ARCHIVE_LIMIT.
+    max_depth: int = Field(default=6, ge=1)
+    # Archive members looked at per message; one archive declaring more is an ARCHIVE_BOMB.
+    max_entries: int = Field(default=1000, ge=1)
+    # Bytes decompressed per message at most; more (declared or real): ARCHIVE_LIMIT.
+    max_total_uncompressed: int = Field(default=100 * 1024 * 1024, ge=1)
+    # Uncompressed/compressed ratio over which a large member or archive is an ARCHIVE_BOMB.
+    max_ratio: float = Field(default=100.0, gt=1)
+    # The ratio rule applies from this many uncompressed bytes (small files compress well).
+    bomb_min_size: int = Field(default=1024 * 1024, ge=0)
+    # An encrypted archive, member or Office file: "policy" (quarantine) or "info" (allow).
+    encrypted_archive_action: Literal["policy", "info"] = "policy"
+    # An archive recognised but not opened (7z, rar, cab, ace, arj, lzh, zstd).
+    opaque_archive_action: Literal["policy", "info"] = "info"
+    # An archive that cannot be read (truncated, malformed, unsupported compression method).
+    corrupt_archive_action: Literal["policy", "info"] = "policy"
+    # MIME nesting depth (multiparts and attached messages); deeper: MIME_UNSCANNABLE.
+    max_mime_depth: int = Field(default=20, ge=1)
+    # MIME parts per message, containers included; more: MIME_UNSCANNABLE.
+    max_mime_parts: int = Field(default=500, ge=1)
+    # Bytes of headers over all parts of a message; more: MIME_UNSCANNABLE.
+    max_header_bytes: int = Field(default=512 * 1024, ge=1)
+    # Score of each symbol when it is a policy finding (policy forces the verdict anyway).
+    scores: dict[str, float] = {
+        "ATTACHMENT_EXECUTABLE": 10.0,
+        "ATTACHMENT_SCRIPT": 10.0,
+        "ATTACHMENT_MACRO": 10.0,
+        "ATTACHMENT_DISK_IMAGE": 10.0,
+        "ATTACHMENT_BLOCKED_EXTENSION": 10.0,
+        "ATTACHMENT_TYPE_MISMATCH": 10.0,
+        "ARCHIVE_BOMB": 10.0,
+        "ARCHIVE_LIMIT": 10.0,
+        "ARCHIVE_ENCRYPTED": 10.0,
+        "ARCHIVE_OPAQUE": 10.0,
+        "ARCHIVE_CORRUPT": 10.0,
+        "MIME_UNSCANNABLE": 10.0,
+    }
 
 
 class ClassifierSettings(BaseModel):
-    """The statistical spam classifier — filled in by the classifier."""
+    """The statistical spam classifier (docs/checks/classifier.md). The model, the polling and
+    the learning keys are read from the global section; domains may override the rest."""
+
+    enabled: bool = True  # false: the check reports nothing for this domain's mail
+    model_path: Path | None = None  # None: the model shipped in services/scanner/classifier/model/
+    poll_interval: float = 30.0  # seconds between looks for learned feedback; 0: never look
+    spam_probability: float = 0.9  # at or above: BAYES_SPAM
+    ham_probability: float = 0.2  # at or below: BAYES_HAM; in between: BAYES_UNSURE (score 0)
+    spam_score_min: float = 2.5  # BAYES_SPAM's score at spam_probability...
+    spam_score_max: float = 6.0  # ...rising linearly to this at probability 1
+    ham_score: float = -1.0  # BAYES_HAM's score at probability 0, rising linearly to 0
+    max_text_bytes: int = 200_000  # text of a message tokenised at most (the rest is ignored)
+    learn_rate: float = 0.02  # gradient step size when learning one message from feedback
+    learn_max_steps: int = 8  # steps at most per learned message...
+    learn_margin: float = 3.0  # ...until its logit is this far on the right side of 0
+
+    @model_validator(mode="after")
+    def _ordered_thresholds(self) -> ClassifierSettings:
+        if not 0.0 <= self.ham_probability < self.spam_probability <= 1.0:
+            raise ValueError("need 0 <= ham_probability < spam_probability <= 1")
+        return self
 
 
 class AuthSettings(BaseModel):
-    """SPF, DKIM and DMARC — filled in by the sender-authentication check."""
+    """SPF, DKIM and DMARC: sender authentication (docs/checks/auth.md). A score of 0 makes
+    its finding informational; a negative one rewards authenticated mail."""
+
+    enabled: bool = True  # false: no lookups and no findings for this (domain's) mail
+    spf: bool = True  # SPF: the client IP against the envelope sender's domain (HELO if null)
+    dkim: bool = True  # verify the DKIM signatures
+    dmarc: bool = True  # the From domain's DMARC policy, from the SPF and DKIM results
+    spf_timeout: float = Field(10.0, gt=0)  # seconds for one SPF evaluation; then temperror
+    max_signatures: int = Field(8, ge=0)  # DKIM signatures verified, topmost first; rest ignored
+    min_key_bits: int = Field(1024, ge=512)  # a shorter RSA key makes a signature permerror
+    spf_pass_score: float = 0.0  # SPF_PASS
+    spf_fail_score: float = 2.0  # SPF_FAIL: the domain says this client may not send for it
+    spf_softfail_score: float = 1.0  # SPF_SOFTFAIL (~all)
+    spf_neutral_score: float = 0.0  # SPF_NEUTRAL (?all)
+    spf_permerror_score: float = 0.5  # SPF_PERMERROR: the domain's SPF record is broken
+    dkim_pass_score: float = 0.0  # DKIM_VALID: at least one signature verified
+    dkim_invalid_score: float = 1.0  # DKIM_INVALID: signed, but no signature verified
+    dmarc_pass_score: float = 0.0  # DMARC_PASS
+    dmarc_fail_score: float = 1.0  # DMARC_FAIL: failed where the domain asks nothing (p=none)
+    dmarc_quarantine_score: float = 5.0  # DMARC_QUARANTINE: failed under p=quarantine
+    # DMARC_REJECT (failed under p=reject): "policy" forces the policy verdict (quarantine);
+    # "spam" only adds dmarc_reject_score to the spam score.
+    dmarc_reject: Literal["policy", "spam"] = "policy"
+    dmarc_reject_score: float = 10.0  # DMARC_REJECT's score
+    own_domain_score: float = 3.0  # FROM_OWN_DOMAIN_UNAUTH: From one of our domains, no DMARC pass
+
+
+class BlocklistZone(BaseModel):
+    """One DNS blocklist (DNSBL for client IPs, URI blocklist for link domains)."""
+
+    zone: str  # the list's DNS zone, e.g. zen.spamhaus.org
+    symbol: str = ""  # the finding's symbol; empty: RBL_/URIBL_ and the zone (RBL_ZEN_SPAMHAUS_ORG)
+    weight: float = 3.0  # score of a listing whose answer is not in ``codes``
+    codes: dict[str, float] = {}  # answer (e.g. 127.0.0.4) → score; 0 ignores that answer
+    bitmask: bool = False  # ``codes`` are bits of the answer's last octet (SURBL multi)
+
+    @field_validator("zone")
+    @classmethod
+    def _bare_zone(cls, value: str) -> str:
+        zone = value.strip().lower().strip(".")
+        if not zone or " " in zone:
+            raise ValueError(f"not a DNS zone: {value!r}")
+        return zone
+
+    @field_validator("codes")
+    @classmethod
+    def _loopback_codes(cls, value: dict[str, float]) -> dict[str, float]:
+        import ipaddress  # only here: the rest of the settings need no address parsing
+
+        for code in value:
+            try:
+                address = ipaddress.IPv4Address(code.strip())
+            except ValueError:
+                raise ValueError(f"blocklist code {code!r} is not an IPv4 address") from None
+            if not address.is_loopback:
+                raise ValueError(f"blocklist code {code!r} is not in 127.0.0.0/8")
+        return {code.strip(): weight for code, weight in value.items()}
+
+
+# Header and content heuristics of the rules check, with their scores (``scores`` below).
+RULE_SCORES: dict[str, float] = {
+    "MISSING_DATE": 1.0,  # no Date header
+    "INVALID_DATE": 1.0,  # a Date that does not parse
+    "DATE_IN_FUTURE": 1.5,  # Date later than the message's arrival by ``date_future_hours``
+    "DATE_IN_PAST": 0.5,  # Date earlier than its arrival by ``date_past_days``
+    "MISSING_MESSAGE_ID": 1.0,  # no Message-ID header
+    "INVALID_MESSAGE_ID": 1.5,  # a Message-ID that is not <left@right>
+    "FROM_REPLYTO_MISMATCH": 1.0,  # Reply-To in another registrable domain than From
+    "DISPLAY_NAME_SPOOF": 3.0,  # a protected domain in From's display name, sent from elsewhere
+    "HTML_ONLY": 1.0,  # HTML without a text/plain alternative
+    "HTML_HIDDEN_TEXT": 1.5,  # invisible text in HTML (display:none, tiny, same colour as bg)
+    "URL_SHORTENER": 1.0,  # links through a URL shortener (``url_shorteners``)
+    "URL_IP_LITERAL": 2.0,  # links to an IP address instead of a name
+    "LOOKALIKE_DOMAIN": 3.0,  # a domain within a small edit distance of a protected one
+    "HOMOGRAPH_DOMAIN": 4.0,  # a domain that renders like a protected one (confusables, 0→o)
+}
 
 
 class RulesSettings(BaseModel):
-    """Header heuristics, DNS blocklists and their weights — filled in by the rules checks."""
+    """Header heuristics, DNS blocklists and their weights (services/scanner/checks/headers.py,
+    reputation.py; docs/checks/rules.md)."""
+
+    # Score of each heuristic's symbol (keys of RULE_SCORES); 0 turns a heuristic off.
+    scores: dict[str, float] = dict(RULE_SCORES)
+    # A Date this many hours after the message's arrival is "in the future".
+    date_future_hours: float = Field(default=6.0, gt=0, le=24 * 365)
+    # A Date this many days before the message's arrival is "in the past".
+    date_past_days: float = Field(default=14.0, gt=0, le=3650)
+    # Hidden HTML text counts once it has this many non-blank characters...
+    hidden_text_min_chars: int = Field(default=20, ge=1)
+    # ...and is at least this share of the HTML's text.
+    hidden_text_min_ratio: float = Field(default=0.05, ge=0, le=1)
+    # CSS font sizes at or below this many pixels are unreadable (hidden).
+    tiny_font_px: float = Field(default=3.0, ge=0)
+    # Text and background colours whose channels all differ by at most this are "the same".
+    same_colour_distance: int = Field(default=24, ge=0, le=255)
+    # Hosts of URL shorteners (a host or any subdomain of it).
+    url_shorteners: list[str] = [
+        "bit.ly",
+        "bitly.com",
+        "tinyurl.com",
+        "t.co",
+        "goo.gl",
+        "ow.ly",
+        "is.gd",
+        "buff.ly",
+        "rebrand.ly",
+        "cutt.ly",
+        "shorturl.at",
+        "tiny.cc",
+        "v.gd",
+        "t.ly",
+        "rb.gy",
+        "s.id",
+        "lnkd.in",
+        "bl.ink",
+        "short.io",
+        "clck.ru",
+        "qr.ae",
+        "x.co",
+        "shorte.st",
+        "adf.ly",
+    ]
+    # Lookalikes: registrable labels (``moat`` of moat.test) shorter than this are compared by
+    # their confusable skeleton only, never by edit distance.
+    lookalike_min_length: int = Field(default=4, ge=1)
+    # Edit distance (insertions, deletions, substitutions, swaps) that makes a lookalike...
+    lookalike_distance: int = Field(default=1, ge=0, le=3)
+    # ...and the larger distance allowed for labels at least ``lookalike_long_length`` long.
+    lookalike_long_distance: int = Field(default=2, ge=0, le=3)
+    # Protected labels at least this long allow ``lookalike_long_distance``.
+    lookalike_long_length: int = Field(default=9, ge=1)
+    # At most this many links of a message are examined (shorteners, IPs, lookalikes).
+    max_urls: int = Field(default=500, ge=0)
+    # DNS blocklists asked about the connecting client's IP; none by default (public lists
+    # need registration): see docs/checks/rules.md.
+    dnsbl_zones: list[BlocklistZone] = []
+    # URI blocklists asked about the registrable domains of body links; none by default.
+    uribl_zones: list[BlocklistZone] = []
+    # At most this many distinct link domains are looked up per message.
+    max_uri_domains: int = Field(default=20, ge=0, le=100)
+    # Seconds one blocklist lookup may take before it is skipped (DNSBL_TEMPFAIL).
+    dns_timeout: float = Field(default=1.5, gt=0)
+
+    @field_validator("scores")
+    @classmethod
+    def _known_scores(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(RULE_SCORES))
+        if unknown:
+            raise ValueError(f"unknown rule symbols: {', '.join(unknown)}")
+        return {**RULE_SCORES, **value}
 
 
 class ScannerSettings(BaseModel):

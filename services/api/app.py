@@ -18,7 +18,7 @@ from moat.broker import Broker
 from moat.repository import Repository
 from moat.settings import Settings
 from services.api.models import Health
-from services.api.routes import messages
+from services.api.routes import feedback, messages
 
 log = logging.getLogger("api")
 
@@ -70,4 +70,5 @@ def create_app(settings: Settings, repository: Repository, broker: Broker) -> Fa
         return Health(status="ok")
 
     app.include_router(messages.router)
+    app.include_router(feedback.router)
     return app

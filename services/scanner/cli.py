@@ -1,6 +1,7 @@
 """Offline commands, like ``spamassassin -t`` and ``sa-learn``:
 
-python -m services.scanner check FILE...     classify message files, one JSON line each
+python -m services.scanner check FILE...           classify message files, one JSON line each
+python -m services.scanner learn --spam|--ham FILE...  learn them into the classifier's store
 """
 
 from __future__ import annotations
@@ -52,15 +53,55 @@ async def check_files(settings: Settings, files: list[Path], rcpt: str | None) -
     return status
 
 
+async def learn_files(settings: Settings, files: list[Path], spam: bool) -> int:
+    """Learn each file with the label into the database the scanners read (like sa-learn);
+    one JSON line per file. 0 when every file was learned (or had been already)."""
+    from moat.db import create_engine
+    from services.scanner.classifier.engine import Classifier
+
+    classifier = Classifier(settings.scanner.classifier, create_engine(settings.database_url))
+    status = 0
+    try:
+        for path in files:
+            line: dict[str, object] = {"file": str(path)}
+            try:
+                result = await classifier.learn(path.read_bytes(), spam, "cli")
+            except OSError as exc:
+                line["error"] = str(exc)
+                status = 1
+            else:
+                line |= {
+                    "label": result.label,
+                    "learned": result.learned,
+                    "generation": result.generation,
+                    "probability_before": round(result.probability_before, 6),
+                }
+                if not result.learned:
+                    line["note"] = f"already learned as {result.label}"
+            print(json.dumps(line), flush=True)
+    finally:
+        await classifier.close()
+    return status
+
+
 def main(settings: Settings, argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.scanner")
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="classify message files; one JSON line per file")
     check.add_argument("files", nargs="+", type=Path)
     check.add_argument("--rcpt", help="recipient address whose domain policy applies")
+    learn = commands.add_parser(
+        "learn", help="teach the classifier: files are spam or ham (written to the database)"
+    )
+    label = learn.add_mutually_exclusive_group(required=True)
+    label.add_argument("--spam", action="store_true", help="the files are spam")
+    label.add_argument("--ham", action="store_true", help="the files are ham (not spam)")
+    learn.add_argument("files", nargs="+", type=Path)
     args = parser.parse_args(argv)
     if args.command == "check":
         return asyncio.run(check_files(settings, args.files, args.rcpt))
+    if args.command == "learn":
+        return asyncio.run(learn_files(settings, args.files, args.spam))
     return 2
 
 

@@ -17,11 +17,10 @@ from moat.model import MessageEnvelope
 from moat.settings import Settings
 from services.scanner.scanning import Scanner
 from services.scanner.verdict import Undecidable
+from tests.support.corpus import CORPUS
 from tests.support.fakedns import FakeDNS
 
 pytestmark = pytest.mark.e2e
-
-CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
 
 
 def corpus_files(tmp_path: Path) -> list[Path]:

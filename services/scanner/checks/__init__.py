@@ -7,8 +7,11 @@ settings or connections (clamd, DNS, a model) are built here from the settings.
 
 from __future__ import annotations
 
+from moat.dns import Resolver
 from moat.model import MessageEnvelope as Envelope
 from moat.settings import Settings
+from services.scanner.checks.attachments import AttachmentCheck
+from services.scanner.checks.auth import AuthCheck
 from services.scanner.checks.base import (
     Check,
     ParsedMessage,
@@ -17,19 +20,25 @@ from services.scanner.checks.base import (
     run_checks,
     validate_registry,
 )
+from services.scanner.checks.clamav import clamav_checks
+from services.scanner.checks.classifier import ClassifierCheck
+from services.scanner.checks.headers import HeaderRulesCheck
+from services.scanner.checks.reputation import ReputationCheck
 from services.scanner.checks.testfiles import EICAR, GTUBE, EicarCheck, GtubeCheck
 
 
 def build_checks(settings: Settings) -> tuple[Check, ...]:
     """Every check the scanner runs, in one list. A duplicate name fails at start-up."""
+    resolver = Resolver(settings.dns)  # one cache for every check that asks DNS
     checks: tuple[Check, ...] = (
         EicarCheck(),
         GtubeCheck(),
-        # [clamav]
-        # [attachments]
-        # [classifier]
-        # [auth]
-        # [rules]
+        *clamav_checks(settings),
+        AttachmentCheck(),
+        ClassifierCheck(settings),
+        AuthCheck(settings, resolver),
+        HeaderRulesCheck(settings),
+        ReputationCheck(settings, resolver),
     )
     validate_registry(checks)
     return checks

@@ -1,0 +1,336 @@
+"""Opening archives safely: zip, tar, gzip, bzip2 and xz, one level at a time, under limits.
+
+Nothing here trusts a declared size. A zip bomb is recognised from the archive's own metadata
+(entry count, declared sizes and ratios, overlapping entries) before a byte is inflated; every
+decompression then reads at most what is left of the message's byte budget, plus one byte to
+tell "exactly full" from "too much". The caller recurses (and counts the depth).
+"""
+
+from __future__ import annotations
+
+import bz2
+import io
+import itertools
+import lzma
+import struct
+import tarfile
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+# A zip local file header is 30 bytes before its name and extra field.
+_LOCAL_HEADER = 30
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_entries: int  # members looked at per message
+    max_total_uncompressed: int  # bytes decompressed per message
+    max_ratio: float  # uncompressed / compressed, above which a large member is a bomb
+    bomb_min_size: int  # the ratio rule applies from this many uncompressed bytes
+
+
+class Budget:
+    """What is left for one message: members to look at and bytes to decompress."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.entries = limits.max_entries
+        self.bytes = limits.max_total_uncompressed
+
+    def take_entry(self, where: str) -> None:
+        if self.entries <= 0:
+            raise LimitExceeded(f"{where}: more than {self.limits.max_entries} archive members")
+        self.entries -= 1
+
+    def take_bytes(self, where: str, count: int) -> None:
+        if count > self.bytes:
+            raise LimitExceeded(
+                f"{where}: more than {self.limits.max_total_uncompressed} bytes uncompressed"
+            )
+        self.bytes -= count
+
+    def cap(self) -> int:
+        """How much one read may return: one byte over the budget reveals an overrun."""
+        return self.bytes + 1
+
+
+class ArchiveProblem(Exception):
+    """The archive cannot be looked into completely; the message says where and why."""
+
+
+class Bomb(ArchiveProblem):
+    """The archive's own metadata says it would expand out of all proportion."""
+
+
+class LimitExceeded(ArchiveProblem):
+    """Opening the archive further would pass a limit: it cannot be scanned completely."""
+
+
+class Corrupt(ArchiveProblem):
+    """The archive cannot be read: truncated, malformed or an unsupported method."""
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    data: bytes | None  # None: encrypted, only the name is known
+    encrypted: bool = False
+
+
+def _is_bomb(uncompressed: int, compressed: int, limits: Limits) -> bool:
+    return uncompressed >= limits.bomb_min_size and uncompressed > limits.max_ratio * max(
+        compressed, 1
+    )
+
+
+# --- zip ---------------------------------------------------------------------------------------
+
+
+def open_zip(data: bytes, where: str, limits: Limits) -> zipfile.ZipFile:
+    """Read the central directory only (no member is inflated). An end record declaring ten
+    times more entries than the limit is a bomb before the directory is even parsed."""
+    end = data.rfind(b"PK\x05\x06", max(0, len(data) - 65_557))
+    if end >= 0 and len(data) >= end + 12:
+        (entries,) = struct.unpack("<H", data[end + 10 : end + 12])
+        if entries != 0xFFFF and entries > 10 * limits.max_entries:
+            raise Bomb(f"{where}: {entries} entries (limit {limits.max_entries})")
+    try:
+        return zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError) as exc:
+        raise Corrupt(f"{where}: unreadable zip ({exc})") from exc
+    except (NotImplementedError, RuntimeError, struct.error, UnicodeDecodeError) as exc:
+        raise Corrupt(f"{where}: unreadable zip ({type(exc).__name__})") from exc
+
+
+def check_zip_metadata(
+    archive: zipfile.ZipFile, size: int, where: str, limits: Limits, only: str | None = None
+) -> None:
+    """Raise ``Bomb`` (or ``LimitExceeded``) from the central directory alone. ``only``: the
+    members that will be opened (as in ``zip_members``); the others are counted in no limit
+    but must not overlap either."""
+    every = archive.infolist()
+    infos = [i for i in every if only is None or only in i.filename.lower()]
+    if len(infos) > limits.max_entries:
+        raise Bomb(f"{where}: {len(infos)} entries (limit {limits.max_entries})")
+    declared = 0
+    for info in infos:
+        declared += info.file_size
+        if _is_bomb(info.file_size, info.compress_size, limits):
+            raise Bomb(
+                f"{where}: {info.filename!r} declares {info.file_size} bytes from "
+                f"{info.compress_size} (ratio over {limits.max_ratio:g})"
+            )
+    if _is_bomb(declared, size, limits):
+        raise Bomb(
+            f"{where}: declares {declared} bytes from {size} (ratio over {limits.max_ratio:g})"
+        )
+    if declared > limits.max_total_uncompressed:
+        raise LimitExceeded(
+            f"{where}: declares {declared} bytes uncompressed "
+            f"(limit {limits.max_total_uncompressed})"
+        )
+    # Overlapping entries (several central records sharing local data) inflate one stream
+    # many times over: the "non-recursive zip bomb". Each local record takes at least its
+    # header and its compressed data; the next must start after that.
+    spans = sorted((info.header_offset, info.compress_size, info.filename) for info in every)
+    for (offset, length, name), (next_offset, _, next_name) in itertools.pairwise(spans):
+        if next_offset < offset + _LOCAL_HEADER + length:
+            raise Bomb(f"{where}: entries {name!r} and {next_name!r} overlap")
+
+
+def zip_members(
+    archive: zipfile.ZipFile, where: str, budget: Budget, only: str | None = None
+) -> Iterator[Member]:
+    """Every file member, inflated with bounded reads. ``only``: a name fragment that selects
+    members (e.g. ``/embeddings/`` in an Office document)."""
+    for info in archive.infolist():
+        if info.is_dir() or (only is not None and only not in info.filename.lower()):
+            continue
+        budget.take_entry(where)
+        if info.flag_bits & 0x1:
+            yield Member(info.filename, None, encrypted=True)
+            continue
+        try:
+            with archive.open(info) as stream:
+                content = stream.read(budget.cap())
+        except (
+            zipfile.BadZipFile,
+            ValueError,
+            OSError,
+            EOFError,
+            zlib.error,
+            lzma.LZMAError,
+        ) as exc:
+            raise Corrupt(f"{where}: {info.filename!r} unreadable ({exc})") from exc
+        except (NotImplementedError, RuntimeError, struct.error) as exc:
+            # RuntimeError: zipfile's "encrypted, password required" for other flags.
+            raise Corrupt(f"{where}: {info.filename!r} unreadable ({exc})") from exc
+        budget.take_bytes(where, len(content))
+        yield Member(info.filename, content)
+
+
+# --- tar ---------------------------------------------------------------------------------------
+
+
+def tar_members(data: bytes, where: str, budget: Budget) -> Iterator[Member]:
+    """Regular files of an uncompressed tar; headers read one at a time (stops at the limit)."""
+    try:
+        archive = tarfile.open(fileobj=io.BytesIO(data), mode="r:")  # noqa: SIM115 closed below
+    except (tarfile.TarError, ValueError, OSError, EOFError, UnicodeDecodeError) as exc:
+        raise Corrupt(f"{where}: unreadable tar ({exc})") from exc
+    with archive:
+        while True:
+            try:
+                info = archive.next()
+            except (tarfile.TarError, ValueError, OSError, EOFError, UnicodeDecodeError) as exc:
+                raise Corrupt(f"{where}: unreadable tar ({exc})") from exc
+            if info is None:
+                return
+            budget.take_entry(where)
+            if not info.isfile():
+                continue
+            if info.size > budget.bytes:  # sparse members can declare far more than they hold
+                budget.take_bytes(where, info.size)
+            try:
+                stream = archive.extractfile(info)
+                content = stream.read(budget.cap()) if stream is not None else b""
+            except (tarfile.TarError, ValueError, OSError, EOFError) as exc:
+                raise Corrupt(f"{where}: {info.name!r} unreadable ({exc})") from exc
+            budget.take_bytes(where, len(content))
+            yield Member(info.name, content)
+
+
+# --- single-stream compressors -----------------------------------------------------------------
+
+
+def gunzip(data: bytes, name: str, where: str, budget: Budget) -> Member:
+    """A gzip file (all its concatenated members, as gunzip reads them). Its declared size
+    (ISIZE, the last four bytes) is checked first; the real output is capped whatever it says."""
+    if len(data) >= 18:
+        (declared,) = struct.unpack("<I", data[-4:])
+        if _is_bomb(declared, len(data), budget.limits):
+            raise Bomb(f"{where}: declares {declared} bytes from {len(data)}")
+    inner = _gzip_name(data) or _strip_suffix(name, {".gz": "", ".tgz": ".tar", ".z": ""})
+    content = _inflate(data, lambda: _Zlib(16 + zlib.MAX_WBITS), "gzip", where, budget)
+    return _finish(inner, content, where, budget)
+
+
+def bunzip2(data: bytes, name: str, where: str, budget: Budget) -> Member:
+    inner = _strip_suffix(name, {".bz2": "", ".tbz2": ".tar", ".tbz": ".tar"})
+    return _finish(
+        inner, _inflate(data, bz2.BZ2Decompressor, "bzip2", where, budget), where, budget
+    )
+
+
+def unxz(data: bytes, name: str, where: str, budget: Budget) -> Member:
+    inner = _strip_suffix(name, {".xz": "", ".txz": ".tar"})
+    return _finish(inner, _inflate(data, lzma.LZMADecompressor, "xz", where, budget), where, budget)
+
+
+class _Decompressor(Protocol):
+    @property
+    def eof(self) -> bool: ...
+    @property
+    def needs_input(self) -> bool: ...
+    @property
+    def unused_data(self) -> bytes: ...
+    def decompress(self, data: bytes, max_length: int = ...) -> bytes: ...
+
+
+class _Zlib:
+    """zlib's decompressor with the bz2/lzma interface (``needs_input``)."""
+
+    def __init__(self, wbits: int) -> None:
+        self._inner = zlib.decompressobj(wbits)
+
+    @property
+    def eof(self) -> bool:
+        return self._inner.eof
+
+    @property
+    def needs_input(self) -> bool:
+        return not self._inner.unconsumed_tail
+
+    @property
+    def unused_data(self) -> bytes:
+        return self._inner.unused_data
+
+    def decompress(self, data: bytes, max_length: int = 0) -> bytes:
+        return self._inner.decompress(self._inner.unconsumed_tail + data, max_length)
+
+
+# Input is fed in slices and output taken in steps, so the ratio so far is known at every step
+# and a bomb is stopped after a few MiB, not at the end of the byte budget.
+_FEED = 16 * 1024
+_STEP = 1024 * 1024
+
+
+def _inflate(
+    data: bytes, new: Callable[[], _Decompressor], label: str, where: str, budget: Budget
+) -> bytes:
+    limits = budget.limits
+    chunks: list[bytes] = []
+    produced = consumed = position = 0
+    decompressor = new()
+    try:
+        while produced <= budget.bytes:
+            if decompressor.eof:
+                # Concatenated streams are one file; zero padding between them is allowed.
+                rest = (decompressor.unused_data + data[position:]).lstrip(b"\x00")
+                if not rest:
+                    break
+                data, position, decompressor = rest, 0, new()
+            if decompressor.needs_input:
+                if position >= len(data):
+                    break  # truncated: what was read is what there is
+                feed = data[position : position + _FEED]
+                position += len(feed)
+                consumed += len(feed)
+            else:
+                feed = b""
+            chunk = decompressor.decompress(feed, min(_STEP, budget.cap() - produced))
+            chunks.append(chunk)
+            produced += len(chunk)
+            if _is_bomb(produced, consumed, limits):
+                raise Bomb(
+                    f"{where}: {produced} bytes from {consumed} (ratio over {limits.max_ratio:g})"
+                )
+    except (zlib.error, OSError, ValueError, EOFError, lzma.LZMAError) as exc:
+        if not produced:
+            raise Corrupt(f"{where}: unreadable {label} ({exc})") from exc
+        # Garbage after a good stream: what was read is the file (gunzip warns the same way).
+    if not produced and not decompressor.eof:
+        raise Corrupt(f"{where}: truncated {label}")
+    return b"".join(chunks)
+
+
+def _finish(inner: str, content: bytes, where: str, budget: Budget) -> Member:
+    budget.take_entry(where)
+    budget.take_bytes(where, len(content))
+    return Member(inner, content)
+
+
+def _strip_suffix(name: str, suffixes: dict[str, str]) -> str:
+    lowered = name.lower()
+    for suffix, replacement in suffixes.items():
+        if lowered.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)] + replacement
+    return name
+
+
+def _gzip_name(data: bytes) -> str | None:
+    """The original file name stored in the gzip header (FNAME), if any."""
+    if len(data) < 10 or not data[3] & 0x08:
+        return None
+    position = 10
+    if data[3] & 0x04:  # FEXTRA: two-byte length, then the field
+        if len(data) < 12:
+            return None
+        position += 2 + int.from_bytes(data[10:12], "little")
+    end = data.find(b"\x00", position, position + 1024)
+    if end <= position:
+        return None
+    return data[position:end].decode("latin-1")

@@ -1,0 +1,477 @@
+"""The spam classifier: tokenizer, training, the finding, the feedback store on a real SQLite
+database, a second replica picking learned feedback up, the ``learn`` command, the feedback API
+over real HTTPS, and the shipped model's figures on held-out corpus messages."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from email.message import EmailMessage
+from email.policy import SMTP
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+
+from moat.broker import Broker
+from moat.db import create_engine
+from moat.migrate import upgrade
+from moat.model import Category
+from moat.repository import NewMessage, Repository
+from moat.settings import ClassifierSettings, Settings
+from moat.spool import MessageStore
+from moat.tls import ensure_self_signed
+from moat.topology import topology
+from services.api.app import create_app
+from services.api.routes import feedback
+from services.scanner import cli
+from services.scanner.checks import build_checks, parse
+from services.scanner.checks.classifier import ClassifierCheck, finding
+from services.scanner.classifier.engine import Classifier
+from services.scanner.classifier.model import SHIPPED_MODEL, Model
+from services.scanner.classifier.store import FeedbackStore, message_digest
+from services.scanner.classifier.tokenizer import tokens
+from services.scanner.classifier.training import (
+    Example,
+    Params,
+    corpus_files,
+    featurize,
+    held_out,
+    train,
+)
+from tests.harness import free_port, wait_for
+from tests.support.corpus import CORPUS
+
+# --- synthetic mail --------------------------------------------------------------------------
+
+SPAM_WORDS = "viagra casino winner lottery prize cheap pills offer unclaimed bonus".split()  # noqa: SIM905
+HAM_WORDS = "meeting agenda patch review build release notes minutes draft schedule".split()  # noqa: SIM905
+COMMON = "the and for with this that you our have will from about".split()  # noqa: SIM905
+
+
+def make_mail(
+    rng: random.Random,
+    spam: bool,
+    *,
+    html: bool = False,
+    extra: dict[str, str] | None = None,
+    unique: str = "",
+) -> bytes:
+    words = SPAM_WORDS if spam else HAM_WORDS
+    text = " ".join(rng.choice(words + COMMON) for _ in range(40)) + " " + unique
+    message = EmailMessage(policy=SMTP)
+    message["From"] = "Sales <sales@promo.test>" if spam else "Alice <alice@work.test>"
+    message["To"] = "bob@example.test"
+    message["Subject"] = " ".join(rng.choice(words) for _ in range(3))
+    message["Message-ID"] = f"<{rng.getrandbits(64):x}@{'promo' if spam else 'work'}.test>"
+    for name, value in (extra or {}).items():
+        message[name] = value
+    if html:
+        message.set_content(f"<html><body><p>{text}</p></body></html>", subtype="html")
+    else:
+        message.set_content(text)
+    return message.as_bytes()
+
+
+def synthetic_model(seed: int = 7, count: int = 60) -> Model:
+    rng = random.Random(seed)
+    examples = []
+    for index in range(count):
+        spam = index % 2 == 0
+        raw = make_mail(rng, spam, html=index % 3 == 0)
+        examples.append(Example(f"m{index}", spam, featurize(raw, 16), 0.0))
+    return train(examples, Params(epochs=8, rate=0.1, bits=16, min_df=1))
+
+
+def settings_for(database_url: str, **classifier: object) -> Settings:
+    return Settings(
+        database_url=database_url,
+        scanner={"classifier": {"poll_interval": 0.05, **classifier}},
+    )
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'moat.db'}"
+    upgrade(url)
+    return url
+
+
+# --- tokenizer -------------------------------------------------------------------------------
+
+
+def test_html_is_reduced_to_text_and_its_structure() -> None:
+    raw = (
+        b"From: a@b.test\r\nSubject: hi\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+        b"<html><head><style>.secretstyle { color: red }</style>"
+        b"<script>var hiddenscript = 1;</script></head>"
+        b"<body><p>Caf&eacute; <b>special</b>offer</p><!-- commentword -->"
+        b'<a href="http://www.shop.example.co.uk/buy?x=1">click</a>'
+        b'<img src="http://192.0.2.7/p.gif"></body></html>\r\n'
+    )
+    found = tokens(parse("m", raw))
+    assert {"w:café", "w:special", "w:offer", "w:click"} <= found
+    # script, style and comments are not text; tags are not words
+    assert not {"w:hiddenscript", "w:secretstyle", "w:commentword", "w:body", "w:href"} & found
+    assert {"html:a:1", "html:img:1", "html:comment", "m:html-only"} <= found
+    # URL tokens: registered domain (co.uk aware), TLD, an IP host, a query
+    assert {"u:dom:example.co.uk", "u:tld:uk", "u:ip", "u:query", "u:scheme:http"} <= found
+
+
+def test_urls_in_plain_text_and_header_structure() -> None:
+    raw = (
+        b"Received: from a by b\r\nReceived: from c by d\r\nReceived: from e by f\r\n"
+        b"From: =?utf-8?B?U2FsZXM=?= <x@mailer.example.com>\r\nSubject: =?utf-8?Q?Hello?=\r\n"
+        b"X-Mailer: BulkMail 5.2\r\nmessage-id: <123abc@mailer.example.com>\r\n\r\n"
+        b"Visit https://login.example.net/verify now or www.other.example.org\r\n"
+    )
+    found = tokens(parse("m", raw))
+    assert {"u:dom:example.net", "u:dom:example.org", "u:scheme:https", "u:scheme:none"} <= found
+    assert {"h:received:2", "he:utf-8:b", "he:utf-8:q", "fn:sales", "s:hello"} <= found
+    assert {"f:dom:example.com", "xm:bulkmail", "hc:message-id", "ho:from>subject"} <= found
+    # Received hosts are counted, never read
+    assert not any(token.startswith("w:") and token in ("w:from", "w:by") for token in found)
+
+
+def test_headers_of_other_filters_are_ignored() -> None:
+    rng = random.Random(3)
+    clean = make_mail(rng, False)
+    marked = clean.replace(
+        b"Subject:",
+        b"X-Spam-Status: Yes, score=25.0 required=5.0 tests=BAYES_99\r\n"
+        b"X-Spam-Flag: YES\r\nX-Virus-Scanned: clamav\r\nX-Moat-Verdict: spam\r\n"
+        b"X-Bogosity: Spam, tests=bogofilter\r\nX-DSPAM-Result: Spam\r\n"
+        b"X-Spam-Level: ******************\r\nSubject:",
+        1,
+    )
+    assert marked != clean
+    assert tokens(parse("m", marked)) == tokens(parse("m", clean))
+    model = synthetic_model()
+    spam_like = model.features(tokens(parse("m", marked)))
+    assert model.probability(spam_like) == model.probability(
+        model.features(tokens(parse("m", clean)))
+    )
+
+
+def test_malformed_input_gives_tokens_not_errors() -> None:
+    samples = [
+        b"",
+        b"\x00\xff\xfe garbage without headers",
+        b"Content-Type: multipart/mixed; boundary=\r\n\r\n--\r\n--",
+        b"Subject: =?bogus-charset?B?!!!?=\r\nContent-Type: text/plain; charset=nonesuch\r\n\r\nx",
+        b"Content-Type: text/html\r\nContent-Transfer-Encoding: base64\r\n\r\n!!!notbase64",
+        b"From: <" + b"a" * 5000 + b"@" + b"b." * 3000 + b">\r\n\r\n" + b"<a href=" * 2000,
+    ]
+    for raw in samples:
+        assert "bias" in tokens(parse("m", raw))
+
+
+# --- training and the finding ----------------------------------------------------------------
+
+
+def test_training_on_a_tiny_corpus_separates_unseen_mail() -> None:
+    model = synthetic_model()
+    rng = random.Random(99)  # other messages than the training ones
+    for index in range(20):
+        spam = index % 2 == 0
+        probability = model.probability(model.features(tokens(parse("m", make_mail(rng, spam)))))
+        assert (probability > 0.8) if spam else (probability < 0.2), (spam, probability)
+
+
+def test_saved_model_round_trips(tmp_path: Path) -> None:
+    model = synthetic_model()
+    path = tmp_path / "model.npz"
+    kept = model.save(path, prune_below=0.001)
+    loaded = Model.load(path)
+    assert 0 < kept == int(np.count_nonzero(loaded.base))
+    raw = make_mail(random.Random(5), True)
+    features = model.features(tokens(parse("m", raw)))
+    assert abs(model.probability(features) - loaded.probability(features)) < 0.01
+
+
+def test_finding_symbols_and_scores_follow_the_policy() -> None:
+    policy = ClassifierSettings()
+    spam = finding("classifier", 1.0, policy)
+    assert (spam.symbol, spam.category, spam.score) == ("BAYES_SPAM", Category.SPAM, 6.0)
+    assert finding("classifier", policy.spam_probability, policy).score == policy.spam_score_min
+    assert spam.probability == 1.0
+    ham = finding("classifier", 0.0, policy)
+    assert (ham.symbol, ham.score, ham.category) == ("BAYES_HAM", -1.0, Category.SPAM)
+    unsure = finding("classifier", 0.5, policy)
+    assert (unsure.symbol, unsure.score, unsure.category) == ("BAYES_UNSURE", 0.0, Category.INFO)
+    strict = ClassifierSettings(spam_probability=0.6, spam_score_max=9.0)
+    assert finding("classifier", 0.8, strict).symbol == "BAYES_SPAM"
+    with pytest.raises(ValueError):
+        ClassifierSettings(ham_probability=0.95)
+
+
+def test_check_uses_the_domain_policy(database_url: str) -> None:
+    settings = Settings(
+        database_url=database_url,
+        domains={
+            "off.test": {"relay": "127.0.0.1:25", "scanner": {"classifier": {"enabled": False}}},
+        },
+    )
+    check = ClassifierCheck(settings, Classifier(settings.scanner.classifier, None))
+    raw = make_mail(random.Random(1), True)
+    found = asyncio.run(check.check(parse("m", raw, policy=settings.scanner_policy(None))))
+    assert len(found) == 1 and found[0].probability is not None
+    assert found[0].symbol in ("BAYES_SPAM", "BAYES_HAM", "BAYES_UNSURE")
+    assert (
+        asyncio.run(check.check(parse("m", raw, policy=settings.scanner_policy("off.test")))) == []
+    )
+    assert "classifier" in {c.name for c in build_checks(settings)}
+
+
+# --- the feedback store ----------------------------------------------------------------------
+
+
+def test_store_round_trip_on_sqlite(database_url: str) -> None:
+    async def scenario() -> None:
+        store = FeedbackStore(create_engine(database_url))
+        try:
+            assert await store.poll(0) == (0, {})
+            first = await store.learn("d1", "spam", {5: 0.25, 9: -0.5}, "cli")
+            assert first.learned and first.generation == 1
+            assert await store.poll(0) == (1, {5: 0.25, 9: -0.5})
+            second = await store.learn("d2", "ham", {9: 0.125, 11: 1.0}, "api", "01ABC")
+            assert second.generation == 2
+            # only what changed after generation 1, as totals
+            assert await store.poll(1) == (2, {9: -0.375, 11: 1.0})
+            assert await store.poll(2) == (2, {})
+            assert await store.label_of("d2") == "ham"
+            again = await store.learn("d2", "ham", {9: 7.0}, "api")
+            assert not again.learned and again.generation == 2
+            relabel = await store.learn("d2", "spam", {9: 0.375}, "api")
+            assert relabel.learned and relabel.previous_label == "ham"
+            assert await store.poll(0) == (3, {5: 0.25, 9: 0.0, 11: 1.0})
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_digest_ignores_hops_and_line_endings() -> None:
+    raw = make_mail(random.Random(4), True)
+    crlf = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    hopped = b"Received: from mx by moat.test; today\r\nDelivered-To: x@y.test\r\n" + crlf
+    mbox = b"From sender@x Mon Jan  1 00:00:00 2024\n" + raw.replace(b"\r\n", b"\n")
+    assert len({message_digest(raw), message_digest(hopped), message_digest(mbox)}) == 1
+    assert message_digest(raw) != message_digest(raw + b"more text\r\n")
+
+
+def test_second_replica_sees_feedback_without_restart_and_learning_twice_counts_once(
+    database_url: str, tmp_path: Path
+) -> None:
+    model_path = tmp_path / "model.npz"
+    synthetic_model().save(model_path)
+    settings = settings_for(database_url, model_path=str(model_path), learn_max_steps=20)
+    section = settings.scanner.classifier
+    # A ham-looking message the users say is spam.
+    raw = make_mail(random.Random(11), False, unique="zzfeedbacktoken")
+
+    async def scenario() -> None:
+        learner = Classifier(section, create_engine(database_url))
+        replica = ClassifierCheck(settings)  # as the scanner builds it: own engine, own model
+        try:
+            message = parse("m", raw, policy=settings.scanner)
+            before = (await replica.check(message))[0]
+            assert before.symbol == "BAYES_HAM", before
+            first = await learner.learn(raw, True, "cli")
+            assert first.learned and first.generation == 1
+            deltas = dict(learner.model.deltas)
+            second = await learner.learn(raw.replace(b"\r\n", b"\n"), True, "cli")
+            assert not second.learned and second.generation == 1
+            assert learner.model.deltas == deltas
+            assert (await FeedbackStore(learner.store.engine).poll(0))[1] == deltas  # type: ignore[union-attr]
+            await asyncio.sleep(section.poll_interval * 2)
+            after = (await replica.check(message))[0]
+            assert after.symbol == "BAYES_SPAM", after
+            assert replica.classifier.generation == 1
+        finally:
+            await learner.close()
+            await replica.classifier.close()
+
+    asyncio.run(scenario())
+
+
+def test_learn_command_writes_the_store(
+    database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = random.Random(21)
+    files = []
+    for index in range(3):
+        path = tmp_path / f"m{index}.eml"
+        path.write_bytes(make_mail(rng, True))
+        files.append(path)
+    settings = settings_for(database_url)
+    assert cli.main(settings, ["learn", "--spam", *map(str, files)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["learned"] for line in lines] == [True, True, True]
+    assert [line["generation"] for line in lines] == [1, 2, 3]
+    assert cli.main(settings, ["learn", "--spam", str(files[0])]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["learned"] is False and again["generation"] == 3
+    assert cli.main(settings, ["learn", "--ham", str(tmp_path / "missing.eml")]) == 1
+    assert "error" in json.loads(capsys.readouterr().out)
+
+    # ``check`` still works and reports the classifier's probability
+    assert cli.main(settings, ["check", str(files[1])]) == 0
+    checked = json.loads(capsys.readouterr().out)
+    assert isinstance(checked["spam_probability"], float)
+    assert "classifier" in {f["check"] for f in checked["findings"]}
+
+
+# --- the feedback API over HTTPS -------------------------------------------------------------
+
+
+class ApiServer:
+    def __init__(self, settings: Settings, workdir: Path) -> None:
+        self.port = int(settings.api.listen.rsplit(":", 1)[1])
+        cert, key = ensure_self_signed(workdir / "tls", "localhost")
+        self.cafile = cert
+        repository = Repository(create_engine(settings.database_url))
+        broker = Broker(settings.broker, topology([1], 3))
+        app = create_app(settings, repository, broker)
+        app.include_router(feedback.router)
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            ssl_certfile=str(cert),
+            ssl_keyfile=str(key),
+            log_level="warning",
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ApiServer:
+        self.thread.start()
+        wait_for(lambda: self.server.started, 20, "the API server")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(20)
+
+    def client(self, token: str) -> httpx.Client:
+        return httpx.Client(
+            base_url=f"https://127.0.0.1:{self.port}",
+            verify=ssl.create_default_context(cafile=self.cafile),
+            timeout=20,
+            headers={"Authorization": f"Bearer {token}"} if token else {},
+        )
+
+
+@pytest.fixture
+def api(database_url: str, tmp_path: Path) -> Iterator[tuple[ApiServer, Settings]]:
+    settings = Settings(
+        env="test",
+        admin_token="s3cret-token",
+        database_url=database_url,
+        spool_dir=tmp_path / "spool",
+        api={"listen": f"127.0.0.1:{free_port()}"},
+        broker={"url": "amqp://guest:guest@127.0.0.1:1/none"},  # never reached by these routes
+    )
+    with ApiServer(settings, tmp_path) as server:
+        yield server, settings
+
+
+def test_feedback_endpoint_learns_the_spooled_message_once(
+    api: tuple[ApiServer, Settings],
+) -> None:
+    server, settings = api
+    raw = make_mail(random.Random(31), True)
+    message_id = "01JTESTFEEDBACK0000000000A"
+
+    async def spool() -> None:
+        repository = Repository(create_engine(settings.database_url))
+        try:
+            await repository.record_received(
+                NewMessage(message_id, "s@promo.test", ["bob@example.test"], len(raw))
+            )
+        finally:
+            await repository.close()
+        await MessageStore(settings.spool_dir).write(message_id, raw)
+
+    asyncio.run(spool())
+    url = f"/v1/messages/{message_id}/feedback"
+    with server.client("") as anonymous:
+        assert anonymous.post(url, json={"label": "spam"}).status_code == 401
+    with server.client("s3cret-token") as http:
+        response = http.post(url, json={"label": "spam"})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["learned"] is True and body["generation"] == 1
+        assert 0.0 <= body["probability_before"] <= 1.0
+        again = http.post(url, json={"label": "spam"}).json()
+        assert again["learned"] is False and again["generation"] == 1
+        missing = http.post(
+            "/v1/messages/01JNOSUCHMESSAGE000000000A/feedback", json={"label": "ham"}
+        )
+        assert missing.status_code == 404
+        assert missing.headers["content-type"] == "application/problem+json"
+        assert http.post(url, json={"label": "maybe"}).status_code == 422
+
+    async def stored() -> str | None:
+        store = FeedbackStore(create_engine(settings.database_url))
+        try:
+            return await store.label_of(message_digest(raw))
+        finally:
+            await store.close()
+
+    assert asyncio.run(stored()) == "spam"
+
+
+# --- the shipped model on real mail ----------------------------------------------------------
+
+
+def corpus_or_skip(*parts: str) -> Path:
+    path = CORPUS.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"corpus not found at {path} (set MOAT_TEST_CORPUS)")
+    return path
+
+
+def test_shipped_model_on_held_out_corpus_sample() -> None:
+    """Held-out files (never trained on), a deterministic sample; floors well below what
+    ``make train`` measures, so noise cannot fail it but a broken model will."""
+    corpus = corpus_or_skip("spamassassin")
+    model = Model.load(SHIPPED_MODEL)
+    files = [(path, spam) for path, spam in corpus_files(corpus) if held_out(path.name)]
+    files.sort(key=lambda item: hashlib.sha256(item[0].name.encode()).hexdigest())
+    spam = [path for path, label in files if label][:150]
+    ham = [path for path, label in files if not label][:300]
+    flagged_spam = sum(model.probability(featurize(p.read_bytes())) >= 0.5 for p in spam)
+    flagged_ham = sum(model.probability(featurize(p.read_bytes())) >= 0.5 for p in ham)
+    assert flagged_spam / len(spam) >= 0.95, flagged_spam
+    assert flagged_ham / len(ham) <= 0.02, flagged_ham
+
+
+def test_every_tricky_message_is_classified_without_raising() -> None:
+    """All of mime-fixtures and auth-test-vectors, and every 25th SpamAssassin file."""
+    corpus = corpus_or_skip()
+    check = ClassifierCheck(Settings(), Classifier(ClassifierSettings(poll_interval=0), None))
+    paths = sorted(p for p in (corpus / "mime-fixtures").rglob("*") if p.is_file())
+    paths += sorted(p for p in (corpus / "auth-test-vectors").rglob("*") if p.is_file())
+    paths += sorted(p for p in (corpus / "spamassassin").rglob("*") if p.is_file())[::25]
+    assert len(paths) > 700
+
+    async def all_of_them() -> int:
+        started, count = time.perf_counter(), 0
+        for path in paths:
+            [result] = await check.check(parse(path.name[-26:], path.read_bytes()))
+            assert result.probability is not None and 0.0 <= result.probability <= 1.0
+            count += 1
+        assert time.perf_counter() - started < 60
+        return count
+
+    assert asyncio.run(all_of_them()) == len(paths)

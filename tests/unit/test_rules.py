@@ -1,0 +1,501 @@
+"""The rules checks: header and content heuristics (headers.py), URL extraction (urls.py) and
+DNS blocklists (reputation.py) against a real DNS server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import time
+from collections.abc import Iterator
+from email.message import EmailMessage
+from email.policy import SMTP
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from moat.model import Category, Finding, MessageEnvelope
+from moat.settings import DnsSettings, DomainSettings, RulesSettings, Settings
+from services.scanner.checks import ParsedMessage, build_checks, parse, run_checks
+from services.scanner.checks.headers import (
+    Domain,
+    HeaderRulesCheck,
+    edit_distance,
+    lookalike,
+    skeleton,
+)
+from services.scanner.checks.reputation import ReputationCheck, reversed_ip
+from services.scanner.checks.urls import (
+    extract_urls,
+    is_ip_literal,
+    parse_url,
+    registrable_domain,
+    url_domains,
+)
+from tests.support.fakedns import FakeDNS
+
+PROTECTED = ("moat.test", "example.test")
+ARRIVAL = "Mon, 02 Jun 2025 10:00:00 +0000"
+RECEIVED = f"from mx.sender.test (mx.sender.test [81.2.69.160]) by mx.moat.test; {ARRIVAL}"
+from tests.support.corpus import CORPUS  # noqa: E402
+
+
+def settings(**overrides: Any) -> Settings:
+    domains = {name: DomainSettings(relay="127.0.0.1:2526") for name in PROTECTED}
+    return Settings(domains=domains, **overrides)
+
+
+def email(
+    *,
+    headers: dict[str, str] | None = None,
+    text: str | None = "Hello, see you tomorrow.",
+    html: str | None = None,
+    defaults: bool = True,
+) -> bytes:
+    """A message with sane headers (Received, Date, Message-ID, From) unless told otherwise.
+    Headers are written as given (raw UTF-8 when not ASCII), without the library's cleaning."""
+    message = EmailMessage(policy=SMTP)
+    base = {
+        "Received": RECEIVED,
+        "Date": "Mon, 02 Jun 2025 09:58:00 +0000",
+        "Message-ID": "<a1b2c3@mail.sender.test>",
+        "From": "Alice <alice@sender.test>",
+        "To": "bob@moat.test",
+        "Subject": "lunch",
+    }
+    if text is not None:
+        message.set_content(text)
+    if html is not None:
+        if text is None:
+            message.set_content(html, subtype="html")
+        else:
+            message.add_alternative(html, subtype="html")
+    chosen = {**base, **(headers or {})} if defaults else headers or {}
+    head = "".join(f"{name}: {value}\r\n" for name, value in chosen.items() if value)
+    return head.encode() + message.as_bytes()
+
+
+def scan(raw: bytes, config: Settings | None = None, **envelope: Any) -> list[Finding]:
+    config = config or settings()
+    message = parse("m1", raw, MessageEnvelope(**envelope), config.scanner_policy("moat.test"))
+    return asyncio.run(HeaderRulesCheck(config).check(message))
+
+
+def symbols(findings: list[Finding]) -> set[str]:
+    return {f.symbol for f in findings}
+
+
+# --- headers --------------------------------------------------------------------------------
+
+
+def test_a_plain_good_message_has_no_findings() -> None:
+    assert scan(email()) == []
+
+
+def test_date_missing_malformed_future_and_past() -> None:
+    assert symbols(scan(email(headers={"Date": ""}))) == {"MISSING_DATE"}
+    assert symbols(scan(email(headers={"Date": "yesterday at noon"}))) == {"INVALID_DATE"}
+    future = "Tue, 03 Jun 2025 10:00:00 +0000"  # 24 h after the Received date
+    assert symbols(scan(email(headers={"Date": future}))) == {"DATE_IN_FUTURE"}
+    past = "Mon, 05 May 2025 10:00:00 +0000"  # four weeks before it
+    assert symbols(scan(email(headers={"Date": past}))) == {"DATE_IN_PAST"}
+    near = "Mon, 02 Jun 2025 13:00:00 +0300"  # same moment in another zone
+    assert scan(email(headers={"Date": near})) == []
+
+
+def test_date_thresholds_are_settings() -> None:
+    lenient = settings(scanner={"rules": {"date_future_hours": 48, "date_past_days": 60}})
+    assert scan(email(headers={"Date": "Tue, 03 Jun 2025 10:00:00 +0000"}), lenient) == []
+    assert scan(email(headers={"Date": "Mon, 05 May 2025 10:00:00 +0000"}), lenient) == []
+
+
+def test_message_id_missing_and_malformed() -> None:
+    assert symbols(scan(email(headers={"Message-ID": ""}))) == {"MISSING_MESSAGE_ID"}
+    for bad in ("a1b2c3", "<no-at-sign>", "<a@b> <c@d>"):
+        assert symbols(scan(email(headers={"Message-ID": bad}))) == {"INVALID_MESSAGE_ID"}, bad
+
+
+def test_from_reply_to_mismatch() -> None:
+    other = {"Reply-To": "payments@collector.test"}
+    assert symbols(scan(email(headers=other))) == {"FROM_REPLYTO_MISMATCH"}
+    same = {"Reply-To": "Desk <desk@mail.sender.test>"}  # same registrable domain
+    assert scan(email(headers=same)) == []
+    listed = {"Reply-To": "devs@lists.project.test", "List-Id": "Devs <devs.lists.project.test>"}
+    assert scan(email(headers=listed)) == []
+
+
+def test_display_name_spoofing_of_a_protected_domain() -> None:
+    for name in ('"moat.test IT desk"', '"ceo@moat.test"', '"Payroll (MOAT.TEST)"'):
+        found = scan(email(headers={"From": f"{name} <it@attacker.test>"}))
+        assert symbols(found) == {"DISPLAY_NAME_SPOOF"}, name
+    # From the protected domain itself (or a subdomain), or a name that only contains it.
+    assert scan(email(headers={"From": '"moat.test IT" <it@mail.moat.test>'})) == []
+    assert scan(email(headers={"From": '"notmoat.testing" <x@attacker.test>'})) == []
+    encoded = "=?utf-8?q?moat=2Etest_support?= <x@attacker.test>"
+    assert symbols(scan(email(headers={"From": encoded}))) == {"DISPLAY_NAME_SPOOF"}
+
+
+def test_html_only_and_with_alternative() -> None:
+    assert symbols(scan(email(text=None, html="<p>Hello there, friend.</p>"))) == {"HTML_ONLY"}
+    assert scan(email(html="<p>Hello there, friend.</p>")) == []
+
+
+HIDDEN = "cheap words that bayes filters should read but you should not " * 2
+
+
+@pytest.mark.parametrize(
+    "markup",
+    [
+        f'<div style="display:none">{HIDDEN}</div>',
+        f'<span style="visibility: hidden">{HIDDEN}</span>',
+        f'<p style="font-size:0px">{HIDDEN}</p>',
+        f'<p style="FONT-SIZE: 1px">{HIDDEN}</p>',
+        f'<font color="#ffffff">{HIDDEN}</font>',
+        f'<div style="background:#000"><span style="color:rgb(5,5,5)">{HIDDEN}</span></div>',
+        f"<table bgcolor=white><tr><td><font color=#FEFEFE>{HIDDEN}</font></td></tr></table>",
+    ],
+)
+def test_hidden_html_text(markup: str) -> None:
+    html = f"<html><body><p>Buy now, great offer.</p>{markup}<p>Visit us</p></body></html>"
+    assert symbols(scan(email(html=html))) == {"HTML_HIDDEN_TEXT"}
+
+
+@pytest.mark.parametrize(
+    "markup",
+    [
+        f'<div style="background-color:#000000"><font color="#ffffff">{HIDDEN}</font></div>',
+        f'<td background="img.gif"><font color=white>{HIDDEN}</font></td>',
+        f'<p style="font-size:12px;color:#333">{HIDDEN}</p>',
+        '<div style="display:none">Your June newsletter</div>' + "<p>" + HIDDEN * 3 + "</p>",
+        f"<style>.x {{ color: red }} {HIDDEN}</style><p>visible</p>",
+    ],
+)
+def test_visible_html_text_is_not_hidden(markup: str) -> None:
+    html = f"<html><body><p>Monthly report.</p>{markup}</body></html>"
+    assert scan(email(html=html)) == []
+
+
+def test_url_shorteners_and_ip_literals() -> None:
+    shortened = '<a href="https://bit.ly/3xYz">track your parcel</a>'
+    assert symbols(scan(email(html=shortened))) == {"URL_SHORTENER"}
+    assert symbols(scan(email(text="go to https://T.CO/abc now"))) == {"URL_SHORTENER"}
+    assert scan(email(text="see https://notbit.ly/x and https://bit.lyrics.test/")) == []
+    for link in (
+        "http://192.0.2.1/login",
+        "http://3221225985/login",
+        "http://0xc0.0.2.1/x",
+        "http://[2001:db8::1]/x",
+        "https://user@198.51.100.7:8443/",
+    ):
+        assert symbols(scan(email(text=f"log in at {link} today"))) == {"URL_IP_LITERAL"}, link
+    assert scan(email(text="log in at http://host1.sender.test/192.0.2.1 today")) == []
+
+
+@pytest.mark.parametrize(
+    ("from_address", "symbol"),
+    [
+        ("it@ex\u0430mple.test", "HOMOGRAPH_DOMAIN"),  # Cyrillic a (U+0430)
+        ("it@xn--exmple-4nf.test", "HOMOGRAPH_DOMAIN"),  # the same, as sent in DNS form
+        ("it@examp1e.test", "HOMOGRAPH_DOMAIN"),  # digit one for l
+        ("it@rnoat.test", "HOMOGRAPH_DOMAIN"),  # rn for m
+        ("it@m0at.test", "HOMOGRAPH_DOMAIN"),  # zero for o
+        ("it@\uff4d\uff4f\uff41\uff54-login.test", None),  # fullwidth, but another name
+        ("it@exmaple.test", "LOOKALIKE_DOMAIN"),  # swapped letters
+        ("it@exampel.test", "LOOKALIKE_DOMAIN"),
+        ("it@mooat.test", "LOOKALIKE_DOMAIN"),
+        ("it@mail.moat.test", None),  # our own
+        ("it@example.org", None),  # another suffix: not compared by distance
+        ("it@sample.test", None),  # distance 2 on a 7-letter label: too far
+        ("it@moat-landing.test", None),  # the whole name and more: not a typo
+        ("it@goat-farm.test", None),
+    ],
+)
+def test_lookalike_and_homograph_senders(from_address: str, symbol: str | None) -> None:
+    raw = email(headers={"From": f"IT <{from_address}>"}, text="Please reset your password.")
+    expected = {symbol} if symbol else set()
+    assert symbols(scan(raw)) == expected
+
+
+def test_lookalikes_in_reply_to_and_links() -> None:
+    raw = email(headers={"Reply-To": "billing@rnoat.test", "From": "billing@rnoat.test"})
+    found = {f.symbol: f.detail for f in scan(raw)}
+    assert set(found) == {"HOMOGRAPH_DOMAIN"} and "imitates moat.test" in found["HOMOGRAPH_DOMAIN"]
+    link = '<a href="https://login.ex\u0430mple.test/reset">Reset</a>'
+    found = {f.symbol: f.detail for f in scan(email(html=link))}
+    assert set(found) == {"HOMOGRAPH_DOMAIN"} and found["HOMOGRAPH_DOMAIN"].startswith("link ")
+    assert scan(email(html='<a href="https://www.moat.test/reset">Reset</a>')) == []
+
+
+def test_other_filters_headers_are_neither_trusted_nor_used() -> None:
+    claims = {
+        "X-Spam-Status": "Yes, score=45.0 required=5.0",
+        "X-Spam-Flag": "YES",
+        "X-Virus-Status": "Infected",
+        "X-Moat-Verdict": "clean",
+        "X-Moat-Score": "-100",
+    }
+    assert scan(email(headers=claims)) == []
+    spammy = {"Message-ID": "", "Date": "garbage"}
+    assert symbols(scan(email(headers={**spammy, **claims}))) == symbols(
+        scan(email(headers=spammy))
+    )
+
+
+def test_scores_are_settings_and_zero_turns_a_rule_off() -> None:
+    raw = email(headers={"Message-ID": "", "Date": ""})
+    default = {f.symbol: f.score for f in scan(raw)}
+    assert default == {"MISSING_MESSAGE_ID": 1.0, "MISSING_DATE": 1.0}
+    tuned = settings(scanner={"rules": {"scores": {"MISSING_DATE": 0, "MISSING_MESSAGE_ID": 2.5}}})
+    assert {f.symbol: f.score for f in scan(raw, tuned)} == {"MISSING_MESSAGE_ID": 2.5}
+    assert all(f.category == Category.SPAM for f in scan(raw))
+    with pytest.raises(ValidationError):
+        RulesSettings(scores={"NO_SUCH_RULE": 1.0})
+    for zone in ({"zone": "bl.test", "codes": {"10.0.0.2": 1.0}}, {"zone": " "}):
+        with pytest.raises(ValidationError):
+            RulesSettings(dnsbl_zones=[zone])
+
+
+def test_per_domain_policy_applies() -> None:
+    domains = {
+        "moat.test": DomainSettings(
+            relay="127.0.0.1:2526", scanner={"rules": {"scores": {"HTML_ONLY": 3.0}}}
+        ),
+        "example.test": DomainSettings(relay="127.0.0.1:2526"),
+    }
+    config = Settings(domains=domains)
+    raw = email(text=None, html="<p>Hello there.</p>")
+    for domain, score in (("moat.test", 3.0), ("example.test", 1.0)):
+        message = parse("m1", raw, policy=config.scanner_policy(domain))
+        found = asyncio.run(HeaderRulesCheck(config).check(message))
+        assert [(f.symbol, f.score) for f in found] == [("HTML_ONLY", score)]
+
+
+def test_malformed_input_never_raises() -> None:
+    nasty = [
+        b"",
+        b"\x00\xff\xfe garbage without headers",
+        b"From: <<<@@@>>>\r\nReply-To: ,,,@\r\nDate: Mon, 99 Foo 99999 99:99:99 +9999\r\n\r\nx",
+        b"From: =?x-unknown?b?!!!?= <a@[300.1.1.1]>\r\nMessage-ID: <\r\n\r\nhttp://[::1/x",
+        b"Content-Type: text/html; charset=no-such-charset\r\n\r\n<p style='font-size:'>"
+        b"<a href='http://%zz%/'>x</a><a href='https://xn--zz/'>y</a><![CDATA[ <!bad",
+        b"Content-Type: text/html" + b"; ;" * 300 + b"\r\n\r\n<font color=#ffff>x</font>",
+        b"Received: junk; not a date\r\nDate: Mon, 02 Jun 9999 10:00:00 +0000\r\n\r\nx",
+    ]
+    for raw in nasty:
+        found = scan(raw)
+        assert all(f.category == Category.SPAM for f in found), raw[:40]
+
+
+# --- helpers: URLs, skeletons, distances ----------------------------------------------------
+
+
+def test_url_extraction() -> None:
+    html = (
+        '<a href="https://Sub.Example.CO.UK./a?b=1">x</a><img src="http://cdn.pics.test/i.png">'
+        '<form action="https://xn--80ak6aa92e.com/login"></form>'
+        '<a href="mailto:a@b.test">m</a><a href="#top">t</a> text www.plain.test/page.'
+    )
+    urls = extract_urls(parse("m1", email(text="see https://one.test/x, or (http://two.test)")))
+    assert [u.host for u in urls] == ["one.test", "two.test"]
+    urls = extract_urls(parse("m1", email(text=None, html=html)))
+    assert [u.host for u in urls] == [
+        "sub.example.co.uk",
+        "cdn.pics.test",
+        "\u0430\u0440\u0440\u04cf\u0435.com",  # Cyrillic "apple", decoded from IDNA
+        "www.plain.test",
+    ]
+    assert url_domains(urls) == ["example.co.uk", "pics.test", urls[2].host, "plain.test"]
+    assert registrable_domain("a.b.example.co.uk") == "example.co.uk"
+    assert registrable_domain("co.uk") is None and registrable_domain("192.0.2.1.") is None
+    backslash = parse_url("http://evil.test\\@moat.test/")
+    assert backslash is not None and backslash.host == "evil.test"
+    assert parse_url("javascript:alert(1)") is None and parse_url("http://[::1") is None
+    assert is_ip_literal("3221225985") and not is_ip_literal("3221225985.test")
+    assert (
+        len(
+            extract_urls(
+                parse("m1", email(text=" ".join(f"http://h{i}.test" for i in range(50)))), 10
+            )
+        )
+        == 10
+    )
+
+
+def test_skeleton_and_edit_distance() -> None:
+    assert skeleton("ex\u0430mple.test") == skeleton("example.test")
+    assert skeleton("paypaI.com") == skeleton("paypal.com") == skeleton("paypa1.com")
+    assert skeleton("rnoat.test") == skeleton("moat.test") == skeleton("m0at.test")
+    assert skeleton("\U0001d426\U0001d428\U0001d41a\U0001d42d.test") == skeleton("moat.test")
+    assert skeleton("boat.test") != skeleton("moat.test")
+    assert edit_distance("example", "exmaple", 2) == 1  # a swap counts one
+    assert edit_distance("moat", "mooat", 2) == 1
+    assert edit_distance("example", "sample", 2) == 2
+    assert edit_distance("example", "totally-different", 2) == 3  # stopped early
+    long = Domain.of("longexample.test")
+    assert long is not None and (long.label, long.suffix) == ("longexample", "test")
+    rules = RulesSettings()
+
+    def compare(host: str) -> str | None:
+        candidate = Domain.of(host)
+        assert candidate is not None and long is not None
+        return lookalike(candidate, long, rules)
+
+    assert compare("www.lnogexampel.test") == "LOOKALIKE_DOMAIN"  # two swaps
+    assert compare("onlongexample.test") is None  # the name whole, and more
+    assert compare("longexamples.test") == "LOOKALIKE_DOMAIN"
+    assert compare("mail.longexample.test") is None
+
+
+# --- reputation -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dns() -> Iterator[FakeDNS]:
+    with FakeDNS(failing={"160.69.2.81.broken.bl.test"}) as server:
+        yield server
+
+
+def reputation_settings(server_port: int, **rules: Any) -> Settings:
+    return settings(
+        dns=DnsSettings(nameservers=["127.0.0.1"], port=server_port, timeout=2.0),
+        scanner={"rules": rules},
+    )
+
+
+def reputation(config: Settings, raw: bytes = b"", client: str = "81.2.69.160") -> list[Finding]:
+    raw = raw or email()
+    message = parse(
+        "m1", raw, MessageEnvelope(client_address=client), config.scanner_policy("moat.test")
+    )
+    return asyncio.run(ReputationCheck(config).check(message))
+
+
+ZEN = {
+    "zone": "zen.bl.test",
+    "codes": {"127.0.0.2": 4.0, "127.0.0.4": 3.5, "127.0.0.10": 0.0},
+}
+
+
+def test_dnsbl_listed_unlisted_and_codes(dns: FakeDNS) -> None:
+    dns.set("160.69.2.81.zen.bl.test", "A", ["127.0.0.2", "127.0.0.4"])
+    dns.set("161.69.2.81.zen.bl.test", "A", ["127.0.0.10"])  # a code weighted 0: ignored
+    dns.set("162.69.2.81.zen.bl.test", "A", ["127.0.0.3"])  # not in codes: the zone's weight
+    config = reputation_settings(dns.port, dnsbl_zones=[ZEN])
+    found = reputation(config)
+    assert [(f.symbol, f.score, f.category) for f in found] == [
+        ("RBL_ZEN_BL_TEST", 7.5, Category.SPAM)
+    ]
+    assert "81.2.69.160" in found[0].detail and "127.0.0.4" in found[0].detail
+    assert reputation(config, client="81.2.69.161") == []
+    assert [(f.symbol, f.score) for f in reputation(config, client="81.2.69.162")] == [
+        ("RBL_ZEN_BL_TEST", 3.0)
+    ]
+    assert reputation(config, client="81.2.69.163") == []  # NXDOMAIN: not listed
+
+
+def test_dnsbl_ipv6_and_addresses_not_looked_up(dns: FakeDNS) -> None:
+    ip = "2a00:1450:4001:80b::200e"
+    name = reversed_ip(ipaddress.ip_address(ip))
+    assert name == "e.0.0.2.0.0.0.0.0.0.0.0.0.0.0.0.b.0.8.0.1.0.0.4.0.5.4.1.0.0.a.2"
+    dns.set(f"{name}.zen.bl.test", "A", ["127.0.0.2"])
+    config = reputation_settings(dns.port, dnsbl_zones=[{**ZEN, "symbol": "RCVD_IN_ZEN"}])
+    assert [(f.symbol, f.score) for f in reputation(config, client=ip)] == [("RCVD_IN_ZEN", 4.0)]
+    mapped = reputation(config, client="::ffff:81.2.69.160")
+    assert mapped == []  # asked as 160.69.2.81 (IPv4), which is not listed here
+    assert ("160.69.2.81.zen.bl.test", "A") in dns.queries
+    before = len(dns.queries)
+    for client in ("127.0.0.1", "10.1.2.3", "192.168.0.9", "::1", "fe80::1", "", "not-an-ip"):
+        assert reputation(config, client=client) == [], client
+    assert len(dns.queries) == before  # none of them was asked
+
+
+def test_uri_blocklist_domains_bounded_and_ours_skipped(dns: FakeDNS) -> None:
+    dns.set("bad.test.uribl.test", "A", ["127.0.0.2"])
+    dns.set("bad.test.surbl.test", "A", ["127.0.0.24"])  # bits 8 and 16
+    links = " ".join(
+        ["http://www.bad.test/win", "https://moat.test/ok", "https://x.mail.moat.test/"]
+        + [f"http://site{i}.test/" for i in range(30)]
+    )
+    surbl = {"zone": "surbl.test", "bitmask": True, "codes": {"127.0.0.8": 2.0, "127.0.0.16": 3.0}}
+    config = reputation_settings(
+        dns.port, uribl_zones=[{"zone": "uribl.test"}, surbl], max_uri_domains=5
+    )
+    found = {f.symbol: f for f in reputation(config, email(text=links), client="")}
+    assert {s: f.score for s, f in found.items()} == {
+        "URIBL_URIBL_TEST": 3.0,
+        "URIBL_SURBL_TEST": 5.0,
+    }
+    assert found["URIBL_URIBL_TEST"].detail.startswith("uribl.test: bad.test")
+    asked = [name for name, _ in dns.queries]
+    assert not any("moat.test" in name for name in asked)
+    assert len(asked) == 5 * 2  # five domains, two zones
+    assert "www.bad.test.uribl.test" not in asked  # the registrable domain is asked
+
+
+def test_blocklist_failures_are_info_never_failures(dns: FakeDNS) -> None:
+    dns.set("160.69.2.81.zen.bl.test", "A", ["127.0.0.2"])
+    dns.set("160.69.2.81.quota.bl.test", "A", ["127.255.255.254"])  # "public resolver" error
+    zones = [ZEN, {"zone": "broken.bl.test"}, {"zone": "quota.bl.test"}]
+    found = reputation(reputation_settings(dns.port, dnsbl_zones=zones))
+    by_symbol = {f.symbol: f for f in found}
+    assert set(by_symbol) == {"RBL_ZEN_BL_TEST", "DNSBL_TEMPFAIL"}
+    tempfail = by_symbol["DNSBL_TEMPFAIL"]
+    assert tempfail.category == Category.INFO and tempfail.score == 0
+    assert "broken.bl.test" in tempfail.detail and "quota.bl.test: refused" in tempfail.detail
+
+
+def test_blocklist_timeouts_are_skipped_concurrently() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:  # answers nothing
+        silent.bind(("127.0.0.1", 0))
+        zones = [{"zone": f"z{i}.bl.test"} for i in range(6)]
+        config = reputation_settings(
+            silent.getsockname()[1], dnsbl_zones=zones, uribl_zones=zones, dns_timeout=0.3
+        )
+        started = time.monotonic()
+        found = reputation(config, email(text="http://a.test/ http://b.test/"))
+        elapsed = time.monotonic() - started
+    assert [(f.symbol, f.category) for f in found] == [("DNSBL_TEMPFAIL", Category.INFO)]
+    assert "z5.bl.test: timed out" in found[0].detail
+    assert elapsed < 1.5  # 18 lookups of 0.3 s each, at once
+
+
+def test_no_zones_no_lookups(dns: FakeDNS) -> None:
+    assert reputation(reputation_settings(dns.port)) == []
+    assert dns.queries == []
+
+
+def test_both_checks_are_registered_and_run_clean() -> None:
+    config = settings()
+    checks = build_checks(config)
+    names = {check.name for check in checks}
+    assert {"headers", "reputation"} <= names
+    ours = [c for c in checks if c.name in ("headers", "reputation")]
+    message = parse("m1", email(), policy=config.scanner.model_copy())
+    found = asyncio.run(run_checks(ours, message, timeout=5))
+    assert symbols(found) == {"HEADERS_NONE", "REPUTATION_NONE"}
+
+
+# --- the corpus: every sampled message handled without an exception -------------------------
+
+
+def corpus_sample() -> list[Path]:
+    if not CORPUS.is_dir():
+        return []
+    sample: list[Path] = []
+    for folder in ("spamassassin/ham", "spamassassin/spam"):
+        sample.extend(sorted((CORPUS / folder).iterdir())[::40])
+    sample.extend(p for p in sorted((CORPUS / "mime-fixtures").rglob("*")) if p.is_file())
+    return sample
+
+
+def test_corpus_sample_never_raises() -> None:
+    files = corpus_sample()
+    if not files:
+        pytest.skip(f"no corpus at {CORPUS}")
+    check = HeaderRulesCheck(settings())
+    for path in files:
+        message: ParsedMessage = parse(path.name, path.read_bytes())
+        check.findings(message)
+        extract_urls(message)
