@@ -13,7 +13,7 @@ import asyncio
 import logging
 import re
 from dataclasses import dataclass
-from email.message import EmailMessage
+from email.message import Message
 from email.utils import getaddresses
 
 from moat.dns import DnsError, Resolver
@@ -166,7 +166,7 @@ class AuthCheck:
         return []
 
 
-def _from_domains(message: EmailMessage) -> list[str]:
+def _from_domains(message: Message) -> list[str]:
     """The distinct domains of the From addresses (RFC 5322.From), read leniently."""
     values = [str(value) for name, value in message.raw_items() if name.lower() == "from"]
     domains: list[str] = []
