@@ -32,6 +32,7 @@ from aiosmtpd.controller import Controller
 from moat.db import create_engine
 from moat.migrate import upgrade
 from moat.repository import Repository
+from tests.support.fakedns import FakeDNS
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -416,6 +417,22 @@ def make_message(
     return message
 
 
+# The internet's DNS for every test gateway: a real DNS server on loopback. outside.test, the
+# senders' domain of the tests, publishes SPF for loopback, so its mail passes SPF.
+TEST_ZONE = {
+    "outside.test": {"TXT": ["v=spf1 ip4:127.0.0.0/8 -all"], "A": ["127.0.0.1"]},
+    "_dmarc.outside.test": {"TXT": ["v=DMARC1; p=none"]},
+}
+_test_dns: FakeDNS | None = None
+
+
+def test_dns() -> FakeDNS:
+    global _test_dns
+    if _test_dns is None:
+        _test_dns = FakeDNS(TEST_ZONE).__enter__()
+    return _test_dns
+
+
 def gateway_config(
     workdir: Path,
     database_url: str,
@@ -448,6 +465,7 @@ def gateway_config(
         },
         "ingress": {"sweep_interval": 1, "sweep_grace": 3},
         "scanner": {"prefetch": 8},
+        "dns": {"nameservers": ["127.0.0.1"], "port": test_dns().port, "timeout": 1},
         "delivery": {
             "retry_schedule": [1, 2],
             "retry_jitter": 0.1,

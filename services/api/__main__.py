@@ -32,6 +32,7 @@ async def main(settings: Settings) -> None:
         access_log=False,
         server_header=False,
         proxy_headers=False,
+        timeout_graceful_shutdown=5,  # an idle keep-alive client must not hold a stop forever
     )
     log.info("HTTPS API on https://%s:%d", host, port)
     await uvicorn.Server(config).serve()

@@ -41,6 +41,11 @@ def test_clean_mail_arrives_once_with_our_headers(
     assert "from client.test ([127.0.0.1])" in received
     assert f"by moat.test (Moat) with ESMTP id {message_id}" in received
     assert "for <bob@example.test>" in received
+    # Our sender authentication, per RFC 8601, under our authserv-id.
+    assert "spf=pass smtp.mailfrom=outside.test" in " ".join(
+        parsed["Authentication-Results"].split()
+    )
+    assert parsed["Authentication-Results"].startswith("moat.test;")
 
     assert record["verdict"]["verdict"] == "clean"
     symbols = {finding["symbol"] for finding in record["verdict"]["findings"]}

@@ -11,7 +11,7 @@ import threading
 from typing import Any
 
 from dnslib import AAAA, MX, PTR, QTYPE, RCODE, RR, TXT, A, DNSRecord
-from dnslib.server import BaseResolver, DNSServer
+from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
 Records = dict[str, dict[str, list[str]]]
 
@@ -50,11 +50,16 @@ class _ZoneResolver(BaseResolver):  # type: ignore[misc]
         return reply
 
 
+def _ignore(_line: str) -> None:
+    """dnslib logs every query and answer to stdout by default."""
+
+
 class FakeDNS:
     def __init__(self, records: Records | None = None, failing: set[str] | None = None) -> None:
         normalised = {k.lower().rstrip("."): v for k, v in (records or {}).items()}
         self.resolver = _ZoneResolver(normalised, {f.lower() for f in failing or set()})
-        self.server = DNSServer(self.resolver, port=0, address="127.0.0.1")
+        quiet = DNSLogger("-request,-reply,-truncated,-error,-recv,-send,-data", logf=_ignore)
+        self.server = DNSServer(self.resolver, port=0, address="127.0.0.1", logger=quiet)
 
     @property
     def port(self) -> int:

@@ -153,12 +153,9 @@ def _charset(name: str | None) -> str:
 
 
 def _words(text: str, prefix: str, out: set[str], limit: int = 20_000) -> None:
-    count = 0
-    for match in _WORD.finditer(text):
-        word = match.group()
-        count += 1
-        if count > limit:
-            break
+    # The first ``limit`` words, each distinct word handled once (the features are a set):
+    # on long text most words repeat, and the per-word work is the classifier's main cost.
+    for word in set(_WORD.findall(text)[:limit]):
         if len(word) > MAX_WORD:
             out.add(f"{prefix}long:{bucket(len(word))}")
             continue
