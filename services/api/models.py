@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Annotated
 
-from pydantic import BaseModel
+from pydantic import AfterValidator, BaseModel
 
 from moat.model import Finding, MessageStatus, RecipientStatus
+
+
+def _as_utc(value: datetime) -> datetime:
+    """The database keeps naive UTC; the API says so (ISO 8601 with an offset)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+UtcDateTime = Annotated[datetime, AfterValidator(_as_utc)]
 
 
 class RecipientPublic(BaseModel):
@@ -15,7 +24,7 @@ class RecipientPublic(BaseModel):
     attempts: int
     remote_host: str | None
     reply: str | None
-    updated_at: datetime
+    updated_at: UtcDateTime
 
 
 class VerdictPublic(BaseModel):
@@ -25,7 +34,7 @@ class VerdictPublic(BaseModel):
 
 
 class EventPublic(BaseModel):
-    at: datetime
+    at: UtcDateTime
     service: str
     event: str
     detail: str
@@ -38,11 +47,11 @@ class MessagePublic(BaseModel):
     client_address: str
     helo: str
     size: int
-    received_at: datetime
-    updated_at: datetime
+    received_at: UtcDateTime
+    updated_at: UtcDateTime
     verdict: VerdictPublic | None
     attempts: int
-    next_attempt_at: datetime | None
+    next_attempt_at: UtcDateTime | None
     bounce_of: str | None
     reason: str | None
     recipients: list[RecipientPublic]

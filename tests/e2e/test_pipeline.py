@@ -102,3 +102,10 @@ def test_api_needs_the_admin_token_and_answers_problems(gateway: Gateway) -> Non
         assert missing.status_code == 404
         assert missing.headers["content-type"] == "application/problem+json"
         assert http.get("/v1/messages/..%2Fetc").status_code == 404
+
+
+def test_api_times_carry_their_offset(gateway: Gateway) -> None:
+    message_id = gateway.send("alice@outside.test", ["bob@example.test"], "times")
+    record = gateway.wait_status(message_id, "delivered")
+    for value in (record["received_at"], record["updated_at"], record["events"][0]["at"]):
+        assert value.endswith("Z") or value.endswith("+00:00"), value
