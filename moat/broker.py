@@ -157,6 +157,47 @@ class Broker:
         if not isinstance(confirmation, Basic.Ack):
             raise PublishError(f"broker refused the message: {confirmation!r}")
 
+    async def cycle(
+        self,
+        queue: str,
+        visit: Callable[[AbstractIncomingMessage], Awaitable[dict[str, str] | None]],
+        limit: int,
+    ) -> int:
+        """Take each message now in ``queue`` once (at most ``limit``), let ``visit`` see it, and
+        put it back at the end with the headers ``visit`` returns added: a way to read a queue
+        without consuming it. Republished with a confirm before the original is acked, so a
+        crash leaves a duplicate, never a gap. Returns how many ``visit`` returned headers for
+        that were not there before."""
+        if self._connection is None or not self._ready.is_set():
+            return 0
+        changed = 0
+        channel = await self._connection.channel(publisher_confirms=True)
+        try:
+            declared = await channel.declare_queue(queue, passive=True)
+            count = min(int(declared.declaration_result.message_count or 0), limit)
+            for _ in range(count):
+                message = await declared.get(no_ack=False, fail=False)
+                if message is None:
+                    break
+                extra = await visit(message)
+                if extra and any((message.headers or {}).get(k) != v for k, v in extra.items()):
+                    changed += 1
+                await channel.default_exchange.publish(
+                    aio_pika.Message(
+                        message.body,
+                        headers={**(message.headers or {}), **(extra or {})},
+                        content_type=message.content_type,
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        message_id=message.message_id,
+                    ),
+                    routing_key=queue,
+                    mandatory=True,
+                )
+                await message.ack()
+        finally:
+            await channel.close()
+        return changed
+
     async def consume(self, queue: str, prefetch: int, callback: ConsumerCallback) -> None:
         """Consume ``queue`` now and again after every reconnection."""
         self._consumers.append((queue, prefetch, callback))

@@ -24,6 +24,7 @@ from moat.model import Finding, MessageEnvelope, MessageStatus, RecipientStatus,
 
 SCANNABLE = (MessageStatus.RECEIVED, MessageStatus.QUEUED)
 DELIVERABLE = (MessageStatus.DELIVERING, MessageStatus.DEFERRED)
+IN_FLIGHT = SCANNABLE + DELIVERABLE  # not yet in a terminal state
 
 
 class RecipientRecord(BaseModel):
@@ -135,6 +136,7 @@ class Repository:
                 "attempt": self._bulk_attempt,
                 "release": self._bulk_release,
                 "status": self._bulk_status,
+                "dead_letter": self._bulk_dead_letter,
                 "retry": self._bulk_retry,
             },
         )
@@ -199,6 +201,13 @@ class Repository:
         (``delivering``, which the delivery sweep covers). None if it is not ``failed``."""
         result: MessageStatus | None = await self.writes.submit("retry", message_id)
         return result
+
+    async def record_dead_letter(self, message_id: str, reason: str) -> bool:
+        """The broker dead-lettered this message's queue entry without a consumer recording
+        it (the consumer died on every try): mark it ``failed`` unless it is past that stage.
+        True if it was marked now."""
+        marked: bool = await self.writes.submit("dead_letter", (message_id, reason))
+        return marked
 
     # --- bulk handlers: one call per kind and batch --------------------------------------------
 
@@ -367,6 +376,24 @@ class Repository:
     def _bulk_release(self, conn: Connection, ids: list[str]) -> list[None]:
         conn.execute(update(messages).where(messages.c.id.in_(ids)).values(lease_until=None))
         return [None] * len(ids)
+
+    def _bulk_dead_letter(self, conn: Connection, items: list[tuple[str, str]]) -> list[bool]:
+        pending = self._lock(conn, [item[0] for item in items], messages.c.status.in_(IN_FLIGHT))
+        now = db_now()
+        results = []
+        for message_id, reason in items:
+            marked = pending.pop(message_id, None) is not None
+            results.append(marked)
+            if marked:
+                conn.execute(
+                    update(messages)
+                    .where(messages.c.id == message_id)
+                    .values(
+                        status=MessageStatus.FAILED, reason=reason, lease_until=None, updated_at=now
+                    )
+                )
+                conn.execute(insert(events).values(_event(message_id, "broker", "failed", reason)))
+        return results
 
     def _bulk_status(
         self, conn: Connection, items: list[tuple[str, MessageStatus, str, str, str]]

@@ -12,6 +12,7 @@ import logging
 from datetime import timedelta
 
 from moat import runtime
+from moat.dead_letters import DeadLetterSweep
 from moat.model import DeliveryRequest
 from moat.services import build, every
 from moat.settings import Settings, load_settings
@@ -28,6 +29,7 @@ async def main(settings: Settings) -> None:
         settings.smtp.hostname, settings.delivery.connect_timeout, settings.delivery.command_timeout
     )
     consumer = DeliveryConsumer(parts.broker, parts.repository, parts.store, settings, smtp)
+    dead_letters = DeadLetterSweep(parts.broker, parts.repository)
 
     async def republish_overdue() -> None:
         grace = timedelta(seconds=settings.delivery.sweep_grace)
@@ -43,6 +45,9 @@ async def main(settings: Settings) -> None:
             every(settings.delivery.sweep_interval, republish_overdue, "overdue sweep")
         ),
         asyncio.create_task(every(smtp.idle_seconds, smtp.expire_idle, "SMTP cache expiry")),
+        asyncio.create_task(
+            every(settings.delivery.sweep_interval, dead_letters.run_once, "dead-letter sweep")
+        ),
     ]
     log.info("consuming %s with prefetch %d", DELIVER, settings.delivery.prefetch)
     try:

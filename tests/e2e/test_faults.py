@@ -3,12 +3,14 @@ Each test runs its own gateway, since it stops or cuts off services."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
 import smtplib
 from collections import Counter
 from collections.abc import Callable
 
+import aio_pika
 import pytest
 
 from tests.harness import Gateway, Sink, TcpProxy, make_message, wait_for
@@ -144,3 +146,37 @@ def test_poison_message_is_dead_lettered_and_the_others_go_through(
     record = gateway.wait_status(poison, "delivered")
     assert "retried" in [event["event"] for event in record["events"]]
     assert len(relay_sink.with_token(token)) == 5
+
+
+def test_a_message_whose_consumer_keeps_dying_shows_failed(
+    make_gateway: Callable[..., Gateway], relay_sink: Sink, token: str
+) -> None:
+    """When every delivery of a queue message kills its consumer, the broker dead-letters it
+    after x-delivery-limit deliveries; the record must not stay 'queued' forever."""
+    gateway = make_gateway("sqlite", broker={"delivery_limit": 2})
+    gateway.stop("scanner")
+    message_id = gateway.send("alice@outside.test", ["bob@example.test"], f"doomed {token}")
+
+    async def die_on_it_until_dead_lettered() -> None:
+        # A consumer that takes the message and goes away without an answer, again and again.
+        url = f"amqp://guest:guest@127.0.0.1:5672/{gateway.vhost}"
+        for _ in range(10):
+            connection = await aio_pika.connect(url)
+            channel = await connection.channel()
+            queue = await channel.declare_queue("scan", passive=True)
+            taken = await queue.get(no_ack=False, fail=False)
+            await connection.close()  # unacknowledged: the broker counts a failed delivery
+            if taken is None:
+                return
+        raise AssertionError("the broker never dead-lettered the message")
+
+    asyncio.run(die_on_it_until_dead_lettered())
+    record = gateway.wait_status(message_id, "failed", timeout=20)
+    assert "delivery limit" in record["reason"]
+    assert gateway.ready("dead") == 1  # still there, visible
+
+    gateway.start("scanner")
+    with gateway.http() as http:
+        assert http.post(f"/v1/messages/{message_id}/retry").status_code == 202
+    gateway.wait_status(message_id, "delivered")
+    assert len(relay_sink.with_token(token)) == 1

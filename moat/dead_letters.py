@@ -1,0 +1,62 @@
+"""The dead-letter sweep: makes every message in the ``dead`` queue show as ``failed``.
+
+Consumers mark a message ``failed`` themselves when they give up on it. But when a consumer
+dies on every delivery of a message (a crash, an out-of-memory kill), the broker dead-letters it
+after ``x-delivery-limit`` deliveries and nobody records it: its record would stay ``queued``
+or ``delivering`` forever. This sweep reads the ``dead`` queue, marks such records ``failed``
+with the broker's reason, and puts every message back at the end of ``dead``, where it stays
+visible (an administrator retries a failed message through the API). A message already seen
+carries ``x-moat-recorded`` and costs no database write.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from aio_pika.abc import AbstractIncomingMessage
+from pydantic import ValidationError
+
+from moat.broker import Broker
+from moat.model import decode_body
+from moat.repository import Repository
+from moat.topology import DEAD
+
+log = logging.getLogger(__name__)
+
+RECORDED = "x-moat-recorded"
+
+
+class DeadLetterSweep:
+    def __init__(self, broker: Broker, repository: Repository, max_per_pass: int = 1000) -> None:
+        self.broker = broker
+        self.repository = repository
+        self.max_per_pass = max_per_pass
+
+    async def run_once(self) -> None:
+        marked = await self.broker.cycle(DEAD, self._visit, self.max_per_pass)
+        if marked:
+            log.warning("%d dead-lettered message(s) recorded as failed", marked)
+
+    async def _visit(self, message: AbstractIncomingMessage) -> dict[str, str] | None:
+        """Returns the headers to add when the message is put back, None if none."""
+        headers = message.headers or {}
+        if headers.get(RECORDED):
+            return None
+        try:
+            body = decode_body(message.body)
+        except ValidationError:
+            return {RECORDED: "unreadable"}
+        reason = _death_reason(headers)
+        if await self.repository.record_dead_letter(body.message_id, reason):
+            log.warning("%s was dead-lettered by the broker: %s", body.message_id, reason)
+            return {RECORDED: "failed"}
+        return {RECORDED: "already"}
+
+
+def _death_reason(headers: Mapping[str, object]) -> str:
+    queue = headers.get("x-first-death-queue", "?")
+    why = headers.get("x-first-death-reason", "?")
+    if why == "delivery_limit":
+        return f"dead-lettered from {queue}: delivery limit reached (its consumer kept failing)"
+    return f"dead-lettered from {queue}: {why}"
