@@ -10,6 +10,7 @@ import bz2
 import gzip
 import io
 import lzma
+import random
 import struct
 import tarfile
 import time
@@ -21,11 +22,12 @@ from email.policy import SMTP
 from pathlib import Path
 from typing import Any
 
+import py7zr
 import pytest
 
 from moat.model import Category, Finding, VerdictName
 from moat.settings import AttachmentSettings, ScannerSettings, Settings
-from services.scanner.checks import build_checks, parse
+from services.scanner.checks import archives, build_checks, parse
 from services.scanner.checks.attachments import AttachmentCheck
 from services.scanner.checks.filetypes import Kind, sniff
 from services.scanner.verdict import decide
@@ -154,6 +156,22 @@ def encrypt_flags(data: bytes) -> bytes:
             patched[found + flag_at] |= 0x01
             start = found + 4
     return bytes(patched)
+
+
+def sevenzipped(
+    files: dict[str, bytes], password: str | None = None, header_encryption: bool = False
+) -> bytes:
+    """A 7z written by py7zr (LZMA2 at preset 1: fast enough for a 20 MiB bomb in 0.2 s)."""
+    filters: list[dict[str, int]] = [{"id": py7zr.FILTER_LZMA2, "preset": 1}]
+    if password is not None:
+        filters.append({"id": py7zr.FILTER_CRYPTO_AES256_SHA256})
+    buffer = io.BytesIO()
+    with py7zr.SevenZipFile(
+        buffer, "w", filters=filters, password=password, header_encryption=header_encryption
+    ) as archive:
+        for name, content in files.items():
+            archive.writestr(content, name)
+    return buffer.getvalue()
 
 
 def duplicate_central_record(data: bytes, old: bytes, new: bytes) -> bytes:
@@ -385,16 +403,109 @@ def test_encrypted_zip_by_policy() -> None:
 
 
 def test_opaque_and_corrupt_archives() -> None:
-    seven = b"7z\xbc\xaf\x27\x1c\x00\x04" + bytes(40)
-    assert [(f.symbol, f.category) for f in scan(mail(("a.7z", seven)))] == [
+    rar = b"Rar!\x1a\x07\x01\x00" + bytes(40)
+    assert [(f.symbol, f.category) for f in scan(mail(("a.rar", rar)))] == [
         ("ARCHIVE_OPAQUE", Category.INFO)
     ]
-    assert {f.category for f in scan(mail(("a.7z", seven)), opaque_archive_action="policy")} == {
+    assert {f.category for f in scan(mail(("a.rar", rar)), opaque_archive_action="policy")} == {
         Category.POLICY
     }
     whole = zipped({"a.txt": b"hello" * 1000})
     truncated = whole[: len(whole) // 2]
     assert symbols(scan(mail(("cut.zip", truncated)))) == {"ARCHIVE_CORRUPT"}
+
+
+# --- 7z ----------------------------------------------------------------------------------------
+
+
+def test_executable_in_a_7z_is_blocked_and_a_clean_7z_passes() -> None:
+    findings = scan(mail(("tools.7z", sevenzipped({"docs/readme.txt": b"hi", "bin/tool": pe()}))))
+    assert symbols(findings) == {"ATTACHMENT_EXECUTABLE"}
+    assert only(findings, "ATTACHMENT_EXECUTABLE").detail.startswith("tools.7z/bin/tool: PE")
+    script = scan(mail(("s.7z", sevenzipped({"run": SCRIPT, "empty.txt": b""}))))
+    assert symbols(script) == {"ATTACHMENT_SCRIPT"}
+    named = scan(mail(("n.7z", sevenzipped({"setup.exe": b"not really"}))))
+    assert symbols(named) == {"ATTACHMENT_BLOCKED_EXTENSION"}
+    clean = sevenzipped({"a.pdf": PDF, "b/c.png": PNG, "d.txt": b"hello", "e.txt": b""})
+    assert scan(mail(("bundle.7z", clean))) == []  # opened: not even ARCHIVE_OPAQUE
+    # A 7z behind an inert name is a disguise, as a zip is.
+    assert symbols(scan(mail(("bundle.pdf", clean)))) == {"ATTACHMENT_TYPE_MISMATCH"}
+
+
+def test_zip_nested_in_a_7z_and_7z_in_a_zip() -> None:
+    inner = zipped({"payload.pdf": pe()})
+    findings = scan(mail(("outer.7z", sevenzipped({"inner.zip": inner}))))
+    assert symbols(findings) == {"ATTACHMENT_EXECUTABLE", "ATTACHMENT_TYPE_MISMATCH"}
+    assert "outer.7z/inner.zip/payload.pdf" in only(findings, "ATTACHMENT_EXECUTABLE").detail
+    wrapped = zipped({"x.7z": sevenzipped({"inner.zip": inner})})
+    assert "ATTACHMENT_EXECUTABLE" in symbols(scan(mail(("w.zip", wrapped))))
+    assert symbols(scan(mail(("w.zip", wrapped)), max_depth=2)) == {"ARCHIVE_LIMIT"}
+
+
+def test_7z_bomb_from_metadata_without_extracting(monkeypatch: pytest.MonkeyPatch) -> None:
+    bomb = sevenzipped({"zeros.bin": bytes(20 * 1024 * 1024)})  # 20 MiB of zeros in ~3 KiB
+    assert len(bomb) < 100_000
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a bomb must be recognised before anything is extracted")
+
+    monkeypatch.setattr(py7zr.SevenZipFile, "extractall", refuse)
+    started = time.perf_counter()
+    findings = scan(mail(("bomb.7z", bomb)))
+    assert time.perf_counter() - started < 1.0
+    assert symbols(findings) == {"ARCHIVE_BOMB"}
+    assert "ratio" in only(findings, "ARCHIVE_BOMB").detail
+    # Solid: each file is small and compressible, together they come out of one stream.
+    solid = sevenzipped({f"z{i}.bin": bytes(512 * 1024) for i in range(4)})
+    assert symbols(scan(mail(("solid.7z", solid)))) == {"ARCHIVE_BOMB"}
+    many = sevenzipped({f"f{i}.txt": b"x" for i in range(11)})
+    assert symbols(scan(mail(("many.7z", many)), max_entries=10)) == {"ARCHIVE_BOMB"}
+
+
+def test_7z_limits_from_metadata_and_capped_extraction() -> None:
+    data = sevenzipped({"a.bin": random.Random(7).randbytes(600 * 1024)})  # incompressible
+    limited = scan(mail(("big.7z", data)), max_total_uncompressed=512 * 1024)
+    assert symbols(limited) == {"ARCHIVE_LIMIT"}
+    assert "declares" in only(limited, "ARCHIVE_LIMIT").detail
+    assert scan(mail(("big.7z", data)), max_total_uncompressed=2 * 1024 * 1024) == []
+    # Whatever the header said, what is written stops one byte past the budget.
+    budget = archives.Budget(archives.Limits(10, 100, 1000.0, 1 << 30))
+    factory = archives._CappedFactory(budget.cap())
+    writer = factory.create("x")
+    writer.write(b"a" * 101)
+    with pytest.raises(archives._Overrun):
+        writer.write(b"a")
+
+
+def test_encrypted_7z_content_and_header() -> None:
+    locked = sevenzipped({"invoice.pdf": PDF, "payload.exe": b"?"}, password="secret")
+    findings = scan(mail(("secret.7z", locked)))
+    assert symbols(findings) == {"ARCHIVE_ENCRYPTED", "ATTACHMENT_BLOCKED_EXTENSION"}
+    assert {f.category for f in findings} == {Category.POLICY}
+    assert "secret.7z/payload.exe" in only(findings, "ATTACHMENT_BLOCKED_EXTENSION").detail
+    hidden = sevenzipped({"payload.exe": pe()}, password="secret", header_encryption=True)
+    findings = scan(mail(("hidden.7z", hidden)))
+    assert [(f.symbol, f.category) for f in findings] == [("ARCHIVE_ENCRYPTED", Category.POLICY)]
+    assert "names hidden" in findings[0].detail
+    allowed = scan(mail(("hidden.7z", hidden)), encrypted_archive_action="info")
+    assert [(f.symbol, f.category, f.score) for f in allowed] == [
+        ("ARCHIVE_ENCRYPTED", Category.INFO, 0.0)
+    ]
+
+
+def test_corrupt_7z() -> None:
+    whole = sevenzipped({"a.txt": bytes(range(256)) * 64})
+    for broken in (
+        whole[: len(whole) // 2],  # truncated: the header is gone
+        whole[:40] + bytes(200) + whole[240:],  # packed data damaged: CRC or decoder error
+        b"7z\xbc\xaf\x27\x1c\x00\x04" + bytes(40),  # a signature and nothing else
+    ):
+        findings = scan(mail(("cut.7z", broken)))
+        assert [(f.symbol, f.category) for f in findings] == [
+            ("ARCHIVE_CORRUPT", Category.POLICY)
+        ], findings
+    allowed = scan(mail(("cut.7z", whole[:100])), corrupt_archive_action="info")
+    assert [(f.symbol, f.category) for f in allowed] == [("ARCHIVE_CORRUPT", Category.INFO)]
 
 
 # --- MIME limits -------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Opening archives safely: zip, tar, gzip, bzip2 and xz, one level at a time, under limits.
+"""Opening archives safely: zip, 7z, tar, gzip, bzip2 and xz, one level at a time, under limits.
 
 Nothing here trusts a declared size. A zip bomb is recognised from the archive's own metadata
 (entry count, declared sizes and ratios, overlapping entries) before a byte is inflated; every
@@ -19,6 +19,12 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
+
+import py7zr
+import py7zr.exceptions
+import py7zr.helpers
+import py7zr.io
+import py7zr.py7zr
 
 # A zip local file header is 30 bytes before its name and extra field.
 _LOCAL_HEADER = 30
@@ -201,6 +207,192 @@ def tar_members(data: bytes, where: str, budget: Budget) -> Iterator[Member]:
                 raise Corrupt(f"{where}: {info.name!r} unreadable ({exc})") from exc
             budget.take_bytes(where, len(content))
             yield Member(info.name, content)
+
+
+# --- 7z ----------------------------------------------------------------------------------------
+
+
+class Encrypted(ArchiveProblem):
+    """The archive's directory itself is encrypted: not even its member names can be read."""
+
+
+# What py7zr raises on a malformed archive (its own errors, and what its parsers let through).
+_7Z_ERRORS = (
+    py7zr.exceptions.ArchiveError,
+    py7zr.exceptions.AbsolutePathError,
+    ValueError,
+    OSError,
+    EOFError,
+    KeyError,
+    IndexError,
+    TypeError,
+    AttributeError,
+    NotImplementedError,
+    RuntimeError,
+    struct.error,
+    UnicodeDecodeError,
+    zlib.error,
+    lzma.LZMAError,
+)
+
+
+def sevenzip_members(data: bytes, where: str, budget: Budget) -> Iterator[Member]:
+    """Every file member of a 7z archive. The header is read first and its declared sizes are
+    checked (entry count, ratio per file, per solid block and overall, the byte budget) before
+    anything is decompressed; decompression then writes into capped in-memory buffers and stops
+    at the first byte over the budget, whatever the header declared."""
+    limits = budget.limits
+    try:
+        archive = py7zr.SevenZipFile(io.BytesIO(data), mode="r")
+    except py7zr.exceptions.PasswordRequired as exc:
+        raise Encrypted(f"{where}: encrypted 7z (member names hidden)") from exc
+    except _7Z_ERRORS as exc:
+        raise Corrupt(f"{where}: unreadable 7z ({exc or type(exc).__name__})") from exc
+    with archive:
+        entries = list(archive.files)
+        if len(entries) > limits.max_entries:
+            raise Bomb(f"{where}: {len(entries)} entries (limit {limits.max_entries})")
+        _check_7z_sizes(entries, len(data), where, limits)
+        files = [e for e in entries if not (e.is_directory or e.is_socket)]
+        if archive.needs_password():
+            for entry in files:
+                budget.take_entry(where)
+                yield Member(entry.filename, None, encrypted=True)
+            return
+        declared = sum(e.uncompressed or 0 for e in files)
+        if declared > budget.bytes:
+            raise LimitExceeded(
+                f"{where}: declares {declared} bytes uncompressed "
+                f"(limit {limits.max_total_uncompressed})"
+            )
+        for _ in files:
+            budget.take_entry(where)
+        # Every byte decompressed counts (py7zr also decompresses what it only verifies), and
+        # what is written is capped: one byte over the budget stops the extraction.
+        archive.max_extract_size = budget.bytes
+        factory = _CappedFactory(budget.cap())
+        try:
+            archive.extractall(factory=factory)
+        except _Overrun as exc:
+            raise LimitExceeded(
+                f"{where}: more than {limits.max_total_uncompressed} bytes uncompressed"
+            ) from exc
+        except py7zr.exceptions.DecompressionBombError as exc:
+            raise LimitExceeded(
+                f"{where}: more than {limits.max_total_uncompressed} bytes uncompressed"
+            ) from exc
+        except py7zr.exceptions.PasswordRequired as exc:
+            raise Encrypted(f"{where}: encrypted 7z content") from exc
+        except _7Z_ERRORS as exc:
+            raise Corrupt(f"{where}: unreadable 7z ({exc or type(exc).__name__})") from exc
+    names = _7z_output_names(files)
+    if len(factory.products) != len(files) or set(factory.products) != set(names):
+        raise Corrupt(f"{where}: unreadable 7z (members and directory disagree)")
+    for key, product in factory.products.items():
+        content = product.getvalue()
+        budget.take_bytes(where, len(content))
+        yield Member(names[key], content)
+
+
+def _7z_output_names(files: list[py7zr.py7zr.ArchiveFile]) -> dict[str, str]:
+    """The name py7zr hands the writer factory for each member (sanitised, duplicates suffixed
+    ``_0``, ``_1``...) mapped to the member's own name, as ``SevenZipFile._extract`` makes it.
+    Members are created in extraction order (empty files first), not the directory's."""
+    seen: dict[str, int] = {}
+    names: dict[str, str] = {}
+    for entry in files:
+        if entry.filename in seen:
+            output = f"{entry.filename}_{seen[entry.filename]}"
+            seen[entry.filename] += 1
+        else:
+            output = entry.filename
+            seen[entry.filename] = 0
+        names[py7zr.helpers.get_sanitized_output_path(output, None).as_posix()] = entry.filename
+    return names
+
+
+def _check_7z_sizes(
+    entries: list[py7zr.py7zr.ArchiveFile], size: int, where: str, limits: Limits
+) -> None:
+    """Ratios from the header alone: per file where its compressed size is known, per folder
+    (a solid block: all its files come out of one stream), and for the whole archive."""
+    folders: dict[int, tuple[int, int]] = {}  # id(folder) -> (declared, packed)
+    total = 0
+    for entry in entries:
+        declared = entry.uncompressed or 0
+        total += declared
+        compressed = entry.compressed
+        if compressed is not None and _is_bomb(declared, compressed, limits):
+            raise Bomb(
+                f"{where}: {entry.filename!r} declares {declared} bytes from {compressed} "
+                f"(ratio over {limits.max_ratio:g})"
+            )
+        folder = entry.folder
+        if folder is None:
+            continue
+        unpacked, packed = folders.get(id(folder), (0, 0))
+        if compressed is not None:  # the first file of a folder carries the folder's packed size
+            sizes = entry.file_properties().get("packsizes")  # every input stream (BCJ2: 4)
+            packed += sum(sizes) if isinstance(sizes, list) and sizes else compressed
+        folders[id(folder)] = (unpacked + declared, packed)
+    for declared, packed in folders.values():
+        if _is_bomb(declared, packed, limits):
+            raise Bomb(
+                f"{where}: a solid block declares {declared} bytes from {packed} "
+                f"(ratio over {limits.max_ratio:g})"
+            )
+    if _is_bomb(total, size, limits):
+        raise Bomb(f"{where}: declares {total} bytes from {size} (ratio over {limits.max_ratio:g})")
+    if total > limits.max_total_uncompressed:
+        raise LimitExceeded(
+            f"{where}: declares {total} bytes uncompressed (limit {limits.max_total_uncompressed})"
+        )
+
+
+class _Overrun(Exception):
+    """Raised from inside py7zr's extraction when the capped buffers are full."""
+
+
+class _CappedWriter(py7zr.io.Py7zIO):
+    """An in-memory member that refuses to grow past what is left of the shared cap."""
+
+    def __init__(self, factory: _CappedFactory) -> None:
+        self._factory = factory
+        self._buffer = io.BytesIO()
+
+    def write(self, s: bytes | bytearray) -> int:
+        self._factory.left -= len(s)
+        if self._factory.left < 0:
+            raise _Overrun
+        return self._buffer.write(s)
+
+    def read(self, size: int | None = None) -> bytes:
+        return self._buffer.read(size)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._buffer.seek(offset, whence)
+
+    def flush(self) -> None:
+        self._buffer.flush()
+
+    def size(self) -> int:
+        return self._buffer.getbuffer().nbytes
+
+    def getvalue(self) -> bytes:
+        return self._buffer.getvalue()
+
+
+class _CappedFactory(py7zr.io.WriterFactory):
+    """In-memory members by the name py7zr gives them, sharing one byte cap."""
+
+    def __init__(self, cap: int) -> None:
+        self.left = cap
+        self.products: dict[str, _CappedWriter] = {}
+
+    def create(self, filename: str) -> py7zr.io.Py7zIO:
+        product = _CappedWriter(self)
+        self.products[filename] = product
+        return product
 
 
 # --- single-stream compressors -----------------------------------------------------------------

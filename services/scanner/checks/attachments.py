@@ -272,6 +272,8 @@ class Inspector:
             return archives.zip_members(archive, path, self.budget, only="/embeddings/")
         if found.label == "tar":
             return archives.tar_members(data, path, self.budget)
+        if found.label == "7z":
+            return archives.sevenzip_members(data, path, self.budget)
         if found.label == "gzip":
             return [archives.gunzip(data, name, path, self.budget)]
         if found.label == "bzip2":
@@ -315,6 +317,10 @@ class Inspector:
     def archive_problem(self, exc: ArchiveProblem) -> None:
         if isinstance(exc, archives.Bomb):
             self.add("ARCHIVE_BOMB", str(exc))
+        elif isinstance(exc, archives.Encrypted):
+            self.add(
+                "ARCHIVE_ENCRYPTED", str(exc), Category(self.settings.encrypted_archive_action)
+            )
         elif isinstance(exc, archives.Corrupt):
             self.add("ARCHIVE_CORRUPT", str(exc), Category(self.settings.corrupt_archive_action))
         else:
