@@ -38,6 +38,7 @@ test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install
+	@scripts/ensure-clamav.sh
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 lint: install
