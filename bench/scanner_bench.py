@@ -51,6 +51,9 @@ from email.utils import getaddresses
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from smtp_bench import stop_group
+
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -149,19 +152,6 @@ def spawn(argv: list[str], *, log_path: Path, limit: float, **kwargs: Any) -> su
             preexec_fn=_die_with_parent,
             **kwargs,
         )
-
-
-def stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """SIGTERM (``timeout`` forwards it), then SIGKILL the child's whole process group."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(grace)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(5)
 
 
 def _stat(pid: str) -> list[str] | None:
