@@ -195,7 +195,7 @@ class ClassifierSettings(BaseModel):
     spam_score_max: float = 6.0  # ...rising linearly to this at probability 1
     ham_score: float = -1.0  # BAYES_HAM's score at probability 0, rising linearly to 0
     max_text_bytes: int = 200_000  # text of a message tokenised at most (the rest is ignored)
-    learn_rate: float = 0.02  # gradient step size when learning one message from feedback
+    learn_rate: float = 2.0  # logit units a learning step moves the message by (times its error)
     learn_max_steps: int = 8  # steps at most per learned message...
     learn_margin: float = 3.0  # ...until its logit is this far on the right side of 0
 

@@ -88,7 +88,7 @@ def synthetic_model(seed: int = 7, count: int = 60) -> Model:
         spam = index % 2 == 0
         raw = make_mail(rng, spam, html=index % 3 == 0)
         examples.append(Example(f"m{index}", spam, featurize(raw, 16), 0.0))
-    return train(examples, Params(epochs=8, rate=0.1, bits=16, min_df=1))
+    return train(examples, Params(c=10.0, bits=16, min_df=1))
 
 
 def settings_for(database_url: str, **classifier: object) -> Settings:
@@ -184,6 +184,29 @@ def test_training_on_a_tiny_corpus_separates_unseen_mail() -> None:
         spam = index % 2 == 0
         probability = model.probability(model.features(tokens(parse("m", make_mail(rng, spam)))))
         assert (probability > 0.8) if spam else (probability < 0.2), (spam, probability)
+
+
+def test_training_is_the_same_whatever_the_order_and_keeps_the_intercept() -> None:
+    rng = random.Random(3)
+    examples = [
+        Example(f"m{index}", index % 3 == 0, featurize(make_mail(rng, index % 3 == 0), 16), 0.0)
+        for index in range(45)
+    ]
+    params = Params(c=10.0, bits=16, min_df=1)
+    first, second = train(examples, params), train(examples[::-1], params)
+    assert np.allclose(first.weights, second.weights, atol=1e-5)
+    # a third of the messages are spam: a message with no known feature leans to ham
+    assert first.intercept < 0
+    assert first.intercept == pytest.approx(second.intercept, abs=1e-5)
+
+
+def test_a_learning_step_moves_the_logit_by_rate_times_error_whatever_the_size() -> None:
+    for size in (10, 1000):
+        model = Model.empty(16)
+        features = np.arange(size, dtype=np.int64)
+        before = model.margin(features)  # 0: probability 0.5, error 0.5 either way
+        model.update(features, spam=True, rate=2.0, max_steps=1)
+        assert model.margin(features) - before == pytest.approx(1.0, rel=1e-4)
 
 
 def test_saved_model_round_trips(tmp_path: Path) -> None:

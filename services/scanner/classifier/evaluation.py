@@ -30,9 +30,19 @@ import numpy as np
 
 from moat.settings import ClassifierSettings
 from services.scanner.checks.base import parse
-from services.scanner.classifier.model import SHIPPED_MODEL, Model
+from services.scanner.classifier.model import SHIPPED_MODEL, Model, sigmoid
 from services.scanner.classifier.tokenizer import tokens
-from services.scanner.classifier.training import auc, figures, message_date, recall_at_fpr
+from services.scanner.classifier.training import (
+    EARLY,
+    LATER,
+    auc,
+    corpus_files,
+    figures,
+    load_labelled,
+    message_date,
+    recall_at_fpr,
+    train,
+)
 
 
 @dataclass(frozen=True)
@@ -43,13 +53,19 @@ class Item:
 
 
 def from_dirs(ham: Path | None, spam: Path | None) -> list[Item]:
-    items = []
+    files = []
     for folder, label in ((ham, False), (spam, True)):
         if folder is None:
             continue
         for path in sorted(folder.rglob("*")):
             if path.is_file() and not path.name.startswith((".", "README")):
-                items.append(Item(str(path), label, path.read_bytes()))
+                files.append((path, label))
+    return from_files(files)
+
+
+def from_files(files: list[tuple[Path, bool]]) -> list[Item]:
+    """The messages of ``(path, spam)`` pairs in time order (their Date header)."""
+    items = [Item(str(path), spam, path.read_bytes()) for path, spam in files]
     return sorted(items, key=lambda item: (message_date(item.raw), item.name))
 
 
@@ -101,7 +117,7 @@ def run(
             features = model.features(tokens(parse("eval", item.raw), settings.max_text_bytes))
             online = model.probability(features)
             result.milliseconds.append((time.perf_counter() - started) * 1000)
-            result.static.append(float(1.0 / (1.0 + np.exp(-shipped[features].sum()))))
+            result.static.append(sigmoid(model.margin(features, shipped)))
             result.online.append(online)
             result.labels.append(item.spam)
             wrong = (online >= settings.spam_probability) != item.spam
@@ -165,11 +181,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--on-error", action="store_true", help="learn only the mistakes")
     parser.add_argument("--no-learn", action="store_true", help="static figures only")
     parser.add_argument("--limit", type=int, default=0, help="at most this many messages")
+    parser.add_argument(
+        "--later",
+        type=Path,
+        metavar="CORPUS",
+        help="the SpamAssassin corpus: train on its early collections (2002), evaluate on the "
+        "later ones (2003-2005) in date order",
+    )
     args = parser.parse_args(argv)
     settings = ClassifierSettings()
     model = Model.empty() if args.empty else Model.load(args.model)
     learn = not args.no_learn
     done = False
+    if args.later:
+        files = corpus_files(args.later)
+        early = [(path, spam) for path, spam in files if path.name.startswith(EARLY)]
+        later = [(path, spam) for path, spam in files if path.name.startswith(LATER)]
+        if not early or not later:
+            parser.error(f"{args.later}: no SpamAssassin collections (easy_ham.*, spam_2.*...)")
+        trained = train(load_labelled(early, quiet=True))
+        items = from_files(later)
+        summary = run(items, trained, settings, learn=learn, on_error=args.on_error)
+        summarise(
+            f"{args.later}: the later collections, by a model trained on the early ones "
+            f"({len(early)} messages)",
+            summary,
+            settings,
+            learn,
+        )
+        done = True
     if args.corpus or args.ham or args.spam:
         ham = args.ham or (args.corpus / "ham" if args.corpus else None)
         spam = args.spam or (args.corpus / "spam" if args.corpus else None)
@@ -192,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         summarise(f"{args.phishing} (spam only: recall)", summary, settings, learn)
         done = True
     if not done:
-        parser.error("nothing to evaluate: give --corpus, --ham/--spam, --index or --phishing")
+        parser.error(
+            "nothing to evaluate: give --corpus, --ham/--spam, --index, --phishing or --later"
+        )
     return 0
 
 
