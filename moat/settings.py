@@ -286,6 +286,7 @@ RULE_SCORES: dict[str, float] = {
 
 
 class RulesSettings(BaseModel):
+    "COMBOSQUAT_DOMAIN": 2.5,  # a protected name with other words (example-login.test)
     """Header heuristics, DNS blocklists and their weights (services/scanner/checks/headers.py,
     reputation.py; docs/checks/rules.md)."""
 
@@ -343,6 +344,16 @@ class RulesSettings(BaseModel):
     max_urls: int = Field(default=500, ge=0)
     # DNS blocklists asked about the connecting client's IP; none by default (public lists
     # need registration): see docs/checks/rules.md.
+    # Combosquatting: protected labels shorter than this are never looked for among other words
+    # (``ab`` of ab.test would be in every other name); the whole protected domain inside
+    # another one (login.example.test.evil.test) is looked for at any length.
+    combosquat_min_length: int = Field(default=5, ge=1)
+    # Protected labels at least this long count glued to other letters (examplesupport.test);
+    # shorter ones only as whole hyphen-separated words (so mail.test is no part of gmail.test).
+    combosquat_glued_length: int = Field(default=7, ge=1)
+    # Domains (and their subdomains) never reported as lookalikes, homographs or combosquats of
+    # the protected ones: your own other domains (example-mail.test for example.test).
+    lookalike_allow: list[str] = []
     dnsbl_zones: list[BlocklistZone] = []
     # URI blocklists asked about the registrable domains of body links; none by default.
     uribl_zones: list[BlocklistZone] = []
@@ -363,6 +374,14 @@ class RulesSettings(BaseModel):
 class ScannerSettings(BaseModel):
     prefetch: int = 16
     check_timeout: float = 20.0
+    @field_validator("lookalike_allow")
+    @classmethod
+    def _allowed_domains(cls, value: list[str]) -> list[str]:
+        domains = [domain.strip().strip(".").lower() for domain in value]
+        if not all(domains):
+            raise ValueError("an empty domain in lookalike_allow")
+        return domains
+
     spam_threshold: float = 5.0
     # What happens to mail of each verdict; a virus is quarantined whatever its score.
     actions: dict[Literal["clean", "spam", "virus", "policy"], Literal["deliver", "quarantine"]] = {

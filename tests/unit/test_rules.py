@@ -22,8 +22,11 @@ from services.scanner.checks import ParsedMessage, build_checks, parse, run_chec
 from services.scanner.checks.headers import (
     Domain,
     HeaderRulesCheck,
+    combosquat,
     edit_distance,
     lookalike,
+    name_inside,
+    names_pattern,
     skeleton,
 )
 from services.scanner.checks.reputation import ReputationCheck, reversed_ip
@@ -226,6 +229,176 @@ def test_lookalikes_in_reply_to_and_links() -> None:
     found = {f.symbol: f.detail for f in scan(email(html=link))}
     assert set(found) == {"HOMOGRAPH_DOMAIN"} and found["HOMOGRAPH_DOMAIN"].startswith("link ")
     assert scan(email(html='<a href="https://www.moat.test/reset">Reset</a>')) == []
+
+
+@pytest.mark.parametrize(
+    ("from_address", "how"),
+    [
+        ("it@example-login.test", "with other words"),
+        ("it@secure-example.net", "with other words"),  # any suffix
+        ("it@my-example-account.test", "with other words"),
+        ("it@examplesupport.test", "with other words"),  # glued: "example" is 7 letters long
+        ("it@supportexample.com", "with other words"),
+        ("it@examp1e-billing.test", "with other words"),  # a look-alike of the name, and a word
+        ("it@ex\u0430mple-login.test", "with other words"),  # Cyrillic a
+        ("it@exmaple-billing.com", "with other words"),  # a typo of the name, and a word
+        ("it@example.test-verify.info", "inside another domain"),
+        ("it@login.example.test.evil.ru", "inside another domain"),
+        ("it@examp1e.test.evil.ru", "inside another domain"),
+        ("it@example.test", None),  # ours
+        ("it@mail.example.test", None),
+        ("it@example.org", None),  # the same name under another suffix: not flagged
+        ("it@examples.net", None),  # a plural is no other word
+        ("it@example.evil.ru", None),  # the name alone as a subdomain (SaaS tenants look so)
+        ("it@moat-landing.test", None),  # "moat" is under combosquat_min_length
+        ("it@moat.test.evil.ru", "inside another domain"),  # the whole domain: at any length
+        ("it@boat-example-ish.test", "with other words"),
+        ("it@sample-login.test", None),  # distance 2 on a 7-letter name
+    ],
+)
+def test_combosquat_senders(from_address: str, how: str | None) -> None:
+    raw = email(headers={"From": f"IT <{from_address}>"}, text="Please reset your password.")
+    found = {f.symbol: f.detail for f in scan(raw)}
+    if how is None:
+        assert "COMBOSQUAT_DOMAIN" not in found
+    else:
+        assert set(found) == {"COMBOSQUAT_DOMAIN"}
+        assert found["COMBOSQUAT_DOMAIN"].startswith(f"From {from_address[3:]} imitates ")
+        assert found["COMBOSQUAT_DOMAIN"].endswith(f"({'its name ' + how})")
+
+
+def test_combosquat_gmail_is_no_imitation_of_mail() -> None:
+    """``mail`` is too short to be a brand (combosquat_min_length), and even when it counts it
+    only does as a word of its own: mail-login.com, not gmail.com or hotmail.com."""
+    protected = Domain.of("mail.com")
+    assert protected is not None
+
+    def squats(host: str, **rules: Any) -> bool:
+        candidate = Domain.of(host)
+        assert candidate is not None
+        return combosquat(candidate, protected, RulesSettings(**rules))
+
+    assert not squats("gmail.com") and not squats("mail-login.com")  # "mail": 4 letters
+    assert not squats("gmail.com", combosquat_min_length=4)
+    assert not squats("hotmail-login.com", combosquat_min_length=4)
+    assert squats("mail-login.com", combosquat_min_length=4)
+    assert not squats("googlemail.com", combosquat_min_length=4)
+    # It is the glued rule that keeps them apart: lowered, "googlemail" counts ("gmail" never:
+    # one added letter is a typo, LOOKALIKE_DOMAIN's business with the same suffix).
+    assert squats("googlemail.com", combosquat_min_length=4, combosquat_glued_length=4)
+    assert not squats("gmail.com", combosquat_min_length=4, combosquat_glued_length=4)
+    config = Settings(domains={"mail.com": DomainSettings(relay="127.0.0.1:2526")})
+    for host in ("gmail.com", "googlemail.com", "hotmail.com", "fastmail.com", "email.de"):
+        raw = email(headers={"From": f"Ann <ann@{host}>"})
+        message = parse("m1", raw, policy=config.scanner_policy("mail.com"))
+        found = asyncio.run(HeaderRulesCheck(config).check(message))
+        assert "COMBOSQUAT_DOMAIN" not in symbols(found), host
+
+
+def test_combosquat_other_protected_and_allowed_domains() -> None:
+    raw = email(headers={"From": "News <news@mail.example-mail.test>"})
+    assert symbols(scan(raw)) == {"COMBOSQUAT_DOMAIN"}
+    allowed = settings(scanner={"rules": {"lookalike_allow": ["Example-Mail.test."]}})
+    assert scan(raw, allowed) == []  # the entry's subdomains too
+    domains = {name: DomainSettings(relay="127.0.0.1:2526") for name in PROTECTED}
+    ours = Settings(
+        domains={**domains, "example-mail.test": DomainSettings(relay="127.0.0.1:2526")}
+    )
+    assert scan(raw, ours) == []  # another protected domain is ours, not an imitation
+    typo = email(headers={"From": "IT <it@exmaple.test>"})  # the list holds for typos too
+    assert symbols(scan(typo)) == {"LOOKALIKE_DOMAIN"}
+    assert scan(typo, settings(scanner={"rules": {"lookalike_allow": ["exmaple.test"]}})) == []
+    with pytest.raises(ValidationError):
+        RulesSettings(lookalike_allow=[" . "])
+
+
+def test_combosquat_short_names_are_a_setting() -> None:
+    raw = email(headers={"From": "IT <it@moat-login.test>"})
+    assert scan(raw) == []
+    config = settings(scanner={"rules": {"combosquat_min_length": 4}})
+    found = {f.symbol: f.detail for f in scan(raw, config)}
+    assert found == {
+        "COMBOSQUAT_DOMAIN": "From moat-login.test imitates moat.test (its name with other words)"
+    }
+    glued = email(headers={"From": "IT <it@examplesupport.test>"})
+    config = settings(scanner={"rules": {"combosquat_glued_length": 8}})
+    assert scan(glued, config) == []
+
+
+def test_combosquat_in_reply_to_and_links() -> None:
+    raw = email(headers={"Reply-To": "billing@example-billing.test"})
+    found = {f.symbol: f.detail for f in scan(raw)}
+    assert found["COMBOSQUAT_DOMAIN"].startswith("Reply-To example-billing.test imitates")
+    # A link to a name inside a domain already seen in an earlier, harmless link.
+    links = (
+        '<a href="https://www.evil.test/">home</a>'
+        '<a href="https://login.example.test.evil.test/reset">Reset</a>'
+    )
+    found = {f.symbol: f.detail for f in scan(email(html=links))}
+    assert found == {
+        "COMBOSQUAT_DOMAIN": "link login.example.test.evil.test imitates example.test"
+        " (its name inside another domain)"
+    }
+    assert scan(email(html='<a href="https://www.example.test/x">x</a>')) == []
+
+
+def test_combosquat_from_support_at_example_security_com() -> None:
+    domains = {
+        "example.com": DomainSettings(relay="127.0.0.1:2526"),
+        "other.test": DomainSettings(
+            relay="127.0.0.1:2526", scanner={"rules": {"scores": {"COMBOSQUAT_DOMAIN": 0}}}
+        ),
+    }
+    config = Settings(domains=domains)
+    raw = email(
+        headers={"From": "Example IT <support@example-security.com>", "To": "bob@example.com"},
+        text="Your mailbox is full. Log in to keep your mail.",
+    )
+    message = parse(
+        "m1",
+        raw,
+        MessageEnvelope(rcpt_tos=("bob@example.com",)),
+        config.scanner_policy("example.com"),
+    )
+    found = asyncio.run(HeaderRulesCheck(config).check(message))
+    assert [(f.check, f.symbol, f.category, f.score) for f in found] == [
+        ("headers", "COMBOSQUAT_DOMAIN", Category.SPAM, 2.5)
+    ]
+    assert found[0].detail == (
+        "From example-security.com imitates example.com (its name with other words)"
+    )
+    message = parse("m1", raw, policy=config.scanner_policy("other.test"))  # scored 0 there
+    assert asyncio.run(HeaderRulesCheck(config).check(message)) == []
+
+
+def test_combosquat_names_and_suffixes() -> None:
+    protected = tuple(d for d in map(Domain.of, ("example.com", "mail.com")) if d is not None)
+    names = names_pattern(protected)
+    assert names is not None and names_pattern(()) is None
+
+    def inside(host: str) -> str | None:
+        candidate = Domain.of(host)
+        assert candidate is not None and names is not None
+        return name_inside(host, candidate, names)
+
+    assert inside("example.com-verify.info") == inside("a.example.com.evil.ru") == "example.com"
+    assert inside("mail.com.evil.ru") == "mail.com"
+    for host in ("example.com.au", "www.example.com.au", "gmail.com.evil.ru", "example.com"):
+        assert inside(host) is None, host  # its own name under another suffix; other names
+    assert inside("xexample.com.evil.ru") is None and inside("example.comx.evil.ru") is None
+    hyphenated = Domain.of("example-mail.com")  # a protected name with a hyphen of its own
+    assert hyphenated is not None
+    for brand, host, expected in (
+        (protected[0], "example.com.au", False),
+        (protected[0], "example-com.au", True),
+        (hyphenated, "example-mail-login.com", True),
+        (hyphenated, "exanple-mail-login.com", True),
+        (hyphenated, "exanple-mail.com", False),  # a typo alone: LOOKALIKE_DOMAIN's business
+        (hyphenated, "example-login.com", False),
+    ):
+        candidate = Domain.of(host)
+        assert candidate is not None
+        assert combosquat(candidate, brand, RulesSettings()) is expected, host
 
 
 def test_other_filters_headers_are_neither_trusted_nor_used() -> None:

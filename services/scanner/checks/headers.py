@@ -11,7 +11,9 @@ a score from ``scanner.rules.scores`` (docs/checks/rules.md).
 - Links through URL shorteners or to IP literals.
 - Lookalikes of the protected domains in From, Reply-To and links: a small edit distance on the
   registrable label, or the same confusable skeleton (UTS #39 data via confusable-homoglyphs,
-  NFKC, and the ASCII look-alikes rn→m, vv→w, 0→o, 1→l, I→l).
+  NFKC, and the ASCII look-alikes rn→m, vv→w, 0→o, 1→l, I→l); combosquats: the protected name
+  with other words (example-login, secure-example, examplesupport) or the whole protected
+  domain inside another one (login.example.test.evil.test).
 
 Headers that other filters add (``X-Spam-*``, ``X-Virus-*``, ``X-Moat-*``, ...) are never read:
 a sender can write any of them. Malformed input yields a finding or nothing, never an error.
@@ -77,6 +79,7 @@ _FONT_SIZE = re.compile(r"(\d*\.?\d+)\s*(px|pt|em|rem|%)?")
 # Unicode's confusables.txt as the library ships it: character → what it can be taken for.
 _CONFUSABLES: dict[str, list[dict[str, str]]] = confusables.confusables_data
 _ASCII_LOOKALIKES = (("rn", "m"), ("vv", "w"), ("0", "o"), ("1", "l"))
+COMBOSQUAT = "COMBOSQUAT_DOMAIN"
 
 Colour = tuple[int, int, int]
 
@@ -201,12 +204,13 @@ def edit_distance(a: str, b: str, limit: int) -> int:
 @dataclass(frozen=True)
 class Domain:
     """A registrable domain split once for the comparisons: ``mail.moat.test`` → ``moat.test``,
-    label ``moat``, suffix ``test``, and its skeleton."""
+    label ``moat``, suffix ``test``, its skeleton and its label's (``name``)."""
 
     domain: str
     label: str
     suffix: str
     skeleton: str
+    name: str
 
     @classmethod
     def of(cls, host: str) -> Domain | None:
@@ -215,7 +219,7 @@ class Domain:
         if not registrable or not suffix or len(suffix) >= len(registrable):
             return None
         label = registrable[: -len(suffix) - 1]
-        return cls(registrable, label, suffix, skeleton(registrable))
+        return cls(registrable, label, suffix, skeleton(registrable), skeleton(label))
 
 
 def lookalike(candidate: Domain, protected: Domain, rules: RulesSettings) -> str | None:
@@ -239,8 +243,81 @@ def lookalike(candidate: Domain, protected: Domain, rules: RulesSettings) -> str
     return None
 
 
+def _distance_limit(label: str, rules: RulesSettings) -> int:
+    if len(label) >= rules.lookalike_long_length:
+        return rules.lookalike_long_distance
+    return rules.lookalike_distance
+
+
+def combosquat(candidate: Domain, protected: Domain, rules: RulesSettings) -> bool:
+    """Whether ``candidate``'s registrable label joins ``protected``'s name (or what looks like
+    it) to other words: ``example-login``, ``secure-example``, ``examp1e-billing``,
+    ``exmaple-support`` — at hyphens; glued to other letters (``examplesupport``) only when the
+    name is at least ``combosquat_glued_length`` long, so ``gmail`` holds no ``mail``. Compared
+    on skeletons; names under ``combosquat_min_length`` are never looked for."""
+    brand, label, size = protected.name, candidate.name, len(protected.label)
+    if size < rules.combosquat_min_length or label == brand:  # the name alone is no combination
+        return False
+    start = label.find(brand)
+    while start >= 0:
+        end = start + len(brand)
+        left = label[:start].rpartition("-")[2]  # letters glued to the name on either side
+        right = label[end:].partition("-")[0]
+        if not left and not right:
+            return True  # whole, at hyphens, with other words (label != brand): example-login
+        if size >= rules.combosquat_glued_length and len(left + right) >= 2:
+            return True  # glued, and more than a plural or a typo: examplesupport
+        start = label.find(brand, start + 1)
+    if "-" not in label or size < rules.lookalike_min_length:
+        return False  # a typo of the name alone is LOOKALIKE_DOMAIN's business
+    limit = _distance_limit(protected.label, rules)
+    parts = label.split("-")
+    width = brand.count("-") + 1  # a protected name may have hyphens of its own
+    for i in range(len(parts) - width + 1):
+        words = "-".join(parts[i : i + width])
+        if abs(len(words) - len(brand)) > limit or not any(parts[:i] + parts[i + width :]):
+            continue
+        if 0 < edit_distance(words, brand, limit) <= limit:
+            return True  # a typo of the name, and other words: exmaple-login
+    return False
+
+
+def names_pattern(protected: tuple[Domain, ...]) -> re.Pattern[str] | None:
+    """One expression for the protected domains' skeletons as whole labels followed by more
+    (``example.test.`` or ``example.test-``), the longest first; ``None`` without any."""
+    if not protected:
+        return None
+    names = sorted({re.escape(p.skeleton) for p in protected}, key=len, reverse=True)
+    return re.compile(rf"(?<![^.-])(?:{'|'.join(names)})(?=[.-])")
+
+
+def name_inside(host: str, candidate: Domain, names: re.Pattern[str]) -> str | None:
+    """The skeleton of the protected domain that ``host`` carries whole in front of its own
+    registrable domain ``candidate`` (``login.example.test.evil.test``,
+    ``example.test-verify.info``), else ``None``. ``example.com.au`` for ``example.com`` (the
+    name under another suffix) is its own registrable domain and does not count."""
+    whole = skeleton(host)
+    if not whole.endswith("." + candidate.skeleton):
+        return None
+    match = names.search(whole)
+    if match is None or match.start() >= len(whole) - len(candidate.skeleton):
+        return None
+    return match.group()
+
+
+@cache
+def _normalised(domains: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(decode_host(domain) for domain in domains)
+
+
 def _in_domain(domain: str, parent: str) -> bool:
     return domain == parent or domain.endswith("." + parent)
+
+
+def _parents(host: str) -> list[str]:
+    """``a.b.test`` → ``a.b.test``, ``b.test``, ``test``."""
+    labels = host.split(".")
+    return [".".join(labels[i:]) for i in range(len(labels))]
 
 
 # --- HTML -----------------------------------------------------------------------------------
@@ -404,6 +481,9 @@ class HeaderRulesCheck:
     def __init__(self, settings: Settings) -> None:
         protected = (Domain.of(domain) for domain in settings.domains)
         self.protected = tuple({p.domain: p for p in protected if p is not None}.values())
+        self.own = frozenset(p.domain for p in self.protected)
+        self.names = names_pattern(self.protected)
+        self.by_skeleton = {p.skeleton: p for p in reversed(self.protected)}
         preload()
 
     async def check(self, message: ParsedMessage) -> list[Finding]:
@@ -486,14 +566,42 @@ class HeaderRulesCheck:
             for _, each in pairs:
                 self._lookalike(_domain_of(each), where, message.policy.rules, hits)
 
-    def _lookalike(self, host: str, where: str, rules: RulesSettings, hits: dict[str, str]) -> None:
-        candidate = Domain.of(host) if self.protected else None
+    def _lookalike(
+        self,
+        host: str,
+        where: str,
+        rules: RulesSettings,
+        hits: dict[str, str],
+        *,
+        again: bool = False,
+    ) -> None:
+        """Imitations of the protected domains in ``host``. Hosts in a protected domain or in
+        ``lookalike_allow`` imitate nothing. ``again``: its registrable domain was compared
+        already, only a protected name in front of it is left to look for."""
+        if not self.protected or not host:
+            return
+        allowed = _normalised(tuple(rules.lookalike_allow))
+        parents = _parents(host)
+        if not self.own.isdisjoint(parents) or not allowed.isdisjoint(parents):
+            return
+        candidate = Domain.of(host)
         if candidate is None:
             return
-        for protected in self.protected:
+        for protected in () if again else self.protected:
             symbol = lookalike(candidate, protected, rules)
             if symbol and symbol not in hits:
                 hits[symbol] = f"{where} {host[:80]} imitates {protected.domain}"
+            if COMBOSQUAT not in hits and combosquat(candidate, protected, rules):
+                hits[COMBOSQUAT] = (
+                    f"{where} {host[:80]} imitates {protected.domain} (its name with other words)"
+                )
+        if COMBOSQUAT not in hits and self.names is not None and host != candidate.domain:
+            name = name_inside(host, candidate, self.names)
+            if name is not None:
+                hits[COMBOSQUAT] = (
+                    f"{where} {host[:80]} imitates {self.by_skeleton[name].domain}"
+                    " (its name inside another domain)"
+                )
 
     @staticmethod
     def _body(message: ParsedMessage, rules: RulesSettings, hits: dict[str, str]) -> list[Url]:
@@ -535,6 +643,8 @@ class HeaderRulesCheck:
             if "URL_SHORTENER" not in hits and any(_in_domain(host, s) for s in shorteners):
                 hits["URL_SHORTENER"] = host
             domain = registrable_domain(host)
-            if domain not in domains:  # one look per registrable domain
+            if domain not in domains:  # one full look per registrable domain
                 domains.add(domain)
                 self._lookalike(host, "link", rules, hits)
+            elif COMBOSQUAT not in hits:  # login.example.test.evil.test after www.evil.test
+                self._lookalike(host, "link", rules, hits, again=True)
