@@ -19,6 +19,7 @@ import logging
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
+from enum import Enum
 from typing import Generic, TypeVar
 
 import aio_pika
@@ -31,6 +32,15 @@ from moat.settings import BrokerSettings
 from moat.topology import QueueSpec
 
 log = logging.getLogger(__name__)
+
+
+class Drop(Enum):
+    """What a ``Broker.cycle`` visitor returns for a message to take out of the queue."""
+
+    DROP = "drop"
+
+
+DROP = Drop.DROP
 
 Body = TypeVar("Body", ScanRequest, DeliveryRequest)
 ConsumerCallback = Callable[[AbstractIncomingMessage], Awaitable[None]]
@@ -160,14 +170,15 @@ class Broker:
     async def cycle(
         self,
         queue: str,
-        visit: Callable[[AbstractIncomingMessage], Awaitable[dict[str, str] | None]],
+        visit: Callable[[AbstractIncomingMessage], Awaitable[dict[str, str] | None | Drop]],
         limit: int,
     ) -> int:
         """Take each message now in ``queue`` once (at most ``limit``), let ``visit`` see it, and
         put it back at the end with the headers ``visit`` returns added: a way to read a queue
         without consuming it. Republished with a confirm before the original is acked, so a
-        crash leaves a duplicate, never a gap. Returns how many ``visit`` returned headers for
-        that were not there before."""
+        crash leaves a duplicate, never a gap. When ``visit`` returns ``DROP`` the message is
+        acked and not put back. Returns how many ``visit`` returned headers for that were not
+        there before."""
         if self._connection is None or not self._ready.is_set():
             return 0
         changed = 0
@@ -180,6 +191,9 @@ class Broker:
                 if message is None:
                     break
                 extra = await visit(message)
+                if isinstance(extra, Drop):
+                    await message.ack()
+                    continue
                 if extra and any((message.headers or {}).get(k) != v for k, v in extra.items()):
                     changed += 1
                 await channel.default_exchange.publish(

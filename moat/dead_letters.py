@@ -5,8 +5,10 @@ dies on every delivery of a message (a crash, an out-of-memory kill), the broker
 after ``x-delivery-limit`` deliveries and nobody records it: its record would stay ``queued``
 or ``delivering`` forever. This sweep reads the ``dead`` queue, marks such records ``failed``
 with the broker's reason, and puts every message back at the end of ``dead``, where it stays
-visible (an administrator retries a failed message through the API). A message already seen
-carries ``x-moat-recorded`` and costs no database write.
+visible while its record is ``failed``. Once an administrator has retried it through the API
+(its record is no longer ``failed``), the next pass takes its copy out of ``dead``: the queue
+holds what is failed now, not what once was. A message already seen carries
+``x-moat-recorded`` and costs a read by primary key per pass, no write.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from collections.abc import Mapping
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
-from moat.broker import Broker
-from moat.model import decode_body
+from moat.broker import DROP, Broker, Drop
+from moat.model import MessageStatus, decode_body
 from moat.repository import Repository
 from moat.topology import DEAD
 
@@ -32,21 +34,30 @@ class DeadLetterSweep:
         self.broker = broker
         self.repository = repository
         self.max_per_pass = max_per_pass
+        self.dropped = 0
 
     async def run_once(self) -> None:
+        self.dropped = 0
         marked = await self.broker.cycle(DEAD, self._visit, self.max_per_pass)
         if marked:
             log.warning("%d dead-lettered message(s) recorded as failed", marked)
+        if self.dropped:
+            log.info("%d retried message(s) taken out of '%s'", self.dropped, DEAD)
 
-    async def _visit(self, message: AbstractIncomingMessage) -> dict[str, str] | None:
-        """Returns the headers to add when the message is put back, None if none."""
+    async def _visit(self, message: AbstractIncomingMessage) -> dict[str, str] | None | Drop:
+        """Returns the headers to add when the message is put back, None if none, or DROP when
+        its record was retried since (no longer ``failed``)."""
         headers = message.headers or {}
-        if headers.get(RECORDED):
-            return None
         try:
             body = decode_body(message.body)
         except ValidationError:
-            return {RECORDED: "unreadable"}
+            return None if headers.get(RECORDED) else {RECORDED: "unreadable"}
+        if headers.get(RECORDED):
+            record = await self.repository.get(body.message_id, with_history=False)
+            if record is not None and record.status != MessageStatus.FAILED:
+                self.dropped += 1
+                return DROP
+            return None
         reason = _death_reason(headers)
         if await self.repository.record_dead_letter(body.message_id, reason):
             log.warning("%s was dead-lettered by the broker: %s", body.message_id, reason)

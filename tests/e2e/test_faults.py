@@ -146,6 +146,8 @@ def test_poison_message_is_dead_lettered_and_the_others_go_through(
     record = gateway.wait_status(poison, "delivered")
     assert "retried" in [event["event"] for event in record["events"]]
     assert len(relay_sink.with_token(token)) == 5
+    # 'dead' holds what is failed now: the retried message's copy is taken out by the sweep
+    wait_for(lambda: gateway.ready("dead") == 0, 20, "the retried message out of 'dead'")
 
 
 def test_a_message_whose_consumer_keeps_dying_shows_failed(
@@ -180,3 +182,4 @@ def test_a_message_whose_consumer_keeps_dying_shows_failed(
         assert http.post(f"/v1/messages/{message_id}/retry").status_code == 202
     gateway.wait_status(message_id, "delivered")
     assert len(relay_sink.with_token(token)) == 1
+    wait_for(lambda: gateway.ready("dead") == 0, 20, "the retried message out of 'dead'")
