@@ -16,6 +16,12 @@ RUN groupadd --system --gid 10001 moat \
     && useradd --system --uid 10001 --gid moat --home-dir /var/lib/moat \
        --no-create-home --shell /usr/sbin/nologin moat
 
+# unar extracts compressed rar attachments for the scanner (docs/checks/attachments.md); without
+# it a rar is judged by its headers only (ARCHIVE_OPAQUE).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends unar \
+    && rm -rf /var/lib/apt/lists/*
+
 # Only what the build needs (README.md is the package's readme).
 WORKDIR /tmp/build
 COPY pyproject.toml README.md ./

@@ -25,6 +25,7 @@ $(INSTALLED): pyproject.toml
 	@touch $@
 
 install: $(INSTALLED)
+	@scripts/ensure-rar-tool.sh
 
 run: install
 	@scripts/ensure-rabbitmq.sh

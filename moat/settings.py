@@ -155,10 +155,13 @@ class AttachmentSettings(BaseModel):
     bomb_min_size: int = Field(default=1024 * 1024, ge=0)
     # An encrypted archive, member or Office file: "policy" (quarantine) or "info" (allow).
     encrypted_archive_action: Literal["policy", "info"] = "policy"
-    # An archive recognised but not opened (7z, rar, cab, ace, arj, lzh, zstd).
+    # An archive recognised but not opened (cab, ace, arj, lzh, zstd; a rar whose compressed
+    # members cannot be extracted: no unar installed, or split over volumes).
     opaque_archive_action: Literal["policy", "info"] = "info"
     # An archive that cannot be read (truncated, malformed, unsupported compression method).
     corrupt_archive_action: Literal["policy", "info"] = "policy"
+    # A PDF with JavaScript or a launch action (ATTACHMENT_PDF_ACTIVE): "policy" or "info".
+    pdf_active_action: Literal["policy", "info"] = "policy"
     # MIME nesting depth (multiparts and attached messages); deeper: MIME_UNSCANNABLE.
     max_mime_depth: int = Field(default=20, ge=1)
     # MIME parts per message, containers included; more: MIME_UNSCANNABLE.
@@ -178,6 +181,7 @@ class AttachmentSettings(BaseModel):
         "ARCHIVE_ENCRYPTED": 10.0,
         "ARCHIVE_OPAQUE": 10.0,
         "ARCHIVE_CORRUPT": 10.0,
+        "ATTACHMENT_PDF_ACTIVE": 10.0,
         "MIME_UNSCANNABLE": 10.0,
     }
 
@@ -282,11 +286,11 @@ RULE_SCORES: dict[str, float] = {
     "URL_IP_LITERAL": 2.0,  # links to an IP address instead of a name
     "LOOKALIKE_DOMAIN": 3.0,  # a domain within a small edit distance of a protected one
     "HOMOGRAPH_DOMAIN": 4.0,  # a domain that renders like a protected one (confusables, 0→o)
+    "COMBOSQUAT_DOMAIN": 2.5,  # a protected name with other words (example-login.test)
 }
 
 
 class RulesSettings(BaseModel):
-    "COMBOSQUAT_DOMAIN": 2.5,  # a protected name with other words (example-login.test)
     """Header heuristics, DNS blocklists and their weights (services/scanner/checks/headers.py,
     reputation.py; docs/checks/rules.md)."""
 
@@ -340,10 +344,6 @@ class RulesSettings(BaseModel):
     lookalike_long_distance: int = Field(default=2, ge=0, le=3)
     # Protected labels at least this long allow ``lookalike_long_distance``.
     lookalike_long_length: int = Field(default=9, ge=1)
-    # At most this many links of a message are examined (shorteners, IPs, lookalikes).
-    max_urls: int = Field(default=500, ge=0)
-    # DNS blocklists asked about the connecting client's IP; none by default (public lists
-    # need registration): see docs/checks/rules.md.
     # Combosquatting: protected labels shorter than this are never looked for among other words
     # (``ab`` of ab.test would be in every other name); the whole protected domain inside
     # another one (login.example.test.evil.test) is looked for at any length.
@@ -354,6 +354,10 @@ class RulesSettings(BaseModel):
     # Domains (and their subdomains) never reported as lookalikes, homographs or combosquats of
     # the protected ones: your own other domains (example-mail.test for example.test).
     lookalike_allow: list[str] = []
+    # At most this many links of a message are examined (shorteners, IPs, lookalikes).
+    max_urls: int = Field(default=500, ge=0)
+    # DNS blocklists asked about the connecting client's IP; none by default (public lists
+    # need registration): see docs/checks/rules.md.
     dnsbl_zones: list[BlocklistZone] = []
     # URI blocklists asked about the registrable domains of body links; none by default.
     uribl_zones: list[BlocklistZone] = []
@@ -370,10 +374,6 @@ class RulesSettings(BaseModel):
             raise ValueError(f"unknown rule symbols: {', '.join(unknown)}")
         return {**RULE_SCORES, **value}
 
-
-class ScannerSettings(BaseModel):
-    prefetch: int = 16
-    check_timeout: float = 20.0
     @field_validator("lookalike_allow")
     @classmethod
     def _allowed_domains(cls, value: list[str]) -> list[str]:
@@ -382,6 +382,10 @@ class ScannerSettings(BaseModel):
             raise ValueError("an empty domain in lookalike_allow")
         return domains
 
+
+class ScannerSettings(BaseModel):
+    prefetch: int = 16
+    check_timeout: float = 20.0
     spam_threshold: float = 5.0
     # What happens to mail of each verdict; a virus is quarantined whatever its score.
     actions: dict[Literal["clean", "spam", "virus", "policy"], Literal["deliver", "quarantine"]] = {

@@ -15,6 +15,7 @@ import struct
 import tarfile
 import time
 import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from email.message import EmailMessage
@@ -24,13 +25,16 @@ from typing import Any
 
 import py7zr
 import pytest
+import rarfile  # type: ignore[import-untyped]
 
 from moat.model import Category, Finding, VerdictName
 from moat.settings import AttachmentSettings, ScannerSettings, Settings
-from services.scanner.checks import archives, build_checks, parse
+from services.scanner.checks import archives, build_checks, documents, parse
 from services.scanner.checks.attachments import AttachmentCheck
 from services.scanner.checks.filetypes import Kind, sniff
 from services.scanner.verdict import decide
+from tests.support import rar
+from tests.support.ole2 import compound_file
 
 CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
 MACRO_SAMPLES = CORPUS / "mime-fixtures/apache-spamassassin-tests/t/data/spam/olevbmacro"
@@ -403,11 +407,11 @@ def test_encrypted_zip_by_policy() -> None:
 
 
 def test_opaque_and_corrupt_archives() -> None:
-    rar = b"Rar!\x1a\x07\x01\x00" + bytes(40)
-    assert [(f.symbol, f.category) for f in scan(mail(("a.rar", rar)))] == [
+    cab = b"MSCF\x00\x00\x00\x00" + bytes(40)
+    assert [(f.symbol, f.category) for f in scan(mail(("a.cab", cab)))] == [
         ("ARCHIVE_OPAQUE", Category.INFO)
     ]
-    assert {f.category for f in scan(mail(("a.rar", rar)), opaque_archive_action="policy")} == {
+    assert {f.category for f in scan(mail(("a.cab", cab)), opaque_archive_action="policy")} == {
         Category.POLICY
     }
     whole = zipped({"a.txt": b"hello" * 1000})
@@ -508,6 +512,254 @@ def test_corrupt_7z() -> None:
     assert [(f.symbol, f.category) for f in allowed] == [("ARCHIVE_CORRUPT", Category.INFO)]
 
 
+def with_7z_header(data: bytes, header: bytes, size: int | None = None) -> bytes:
+    """``data`` (a 7z) with its next header replaced by ``header`` (declared ``size`` bytes),
+    and the signature header's CRCs made right again."""
+    offset = struct.unpack_from("<Q", data, 12)[0]
+    body = data[: 32 + offset] + header
+    start = struct.pack("<QQI", offset, len(header) if size is None else size, zlib.crc32(header))
+    return body[:8] + struct.pack("<I", zlib.crc32(start)) + start + body[32:]
+
+
+def refuse_py7zr(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("py7zr must not read this header")
+
+    monkeypatch.setattr(py7zr, "SevenZipFile", refuse)
+
+
+def test_7z_header_outside_the_data_or_too_big_is_refused_before_py7zr(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    whole = sevenzipped({"a.txt": b"hello"})
+    offset, size = struct.unpack_from("<QQ", whole, 12)
+    header = whole[32 + offset :]
+    assert len(header) == size
+    refuse_py7zr(monkeypatch)
+    beyond = with_7z_header(whole, header, size=10 * len(whole))
+    findings = scan(mail(("forged.7z", beyond)))
+    assert symbols(findings) == {"ARCHIVE_CORRUPT"}
+    assert "lies outside" in only(findings, "ARCHIVE_CORRUPT").detail
+    huge = with_7z_header(whole, b"\x01" + bytes(archives.MAX_7Z_HEADER))  # a plain header, 1 MiB
+    findings = scan(mail(("huge.7z", huge)))
+    assert symbols(findings) == {"ARCHIVE_LIMIT"}
+    assert "7z header of" in only(findings, "ARCHIVE_LIMIT").detail
+    bad_crc = bytearray(with_7z_header(whole, header))
+    bad_crc[-1] ^= 0xFF  # the header's last byte: its CRC no longer matches
+    assert symbols(scan(mail(("crc.7z", bytes(bad_crc))))) == {"ARCHIVE_CORRUPT"}
+
+
+def test_7z_encoded_header_declaring_a_giant_size_is_refused_before_py7zr(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    whole = sevenzipped({"a.txt": b"hello"})
+    offset, size = struct.unpack_from("<QQ", whole, 12)
+    header = whole[32 + offset :]
+    # py7zr's header: kEncodedHeader (0x17), PackInfo, UnpackInfo ending with
+    # kCodersUnpackSize (0x0C), one 1-byte NUMBER, kEnd, kEnd.
+    assert (
+        header[0] == 0x17 and header[-4] == 0x0C and header[-3] < 0x80 and header[-2:] == bytes(2)
+    )
+    assert archives._encoded_header_size(archives._7zReader(header, 1, "x")) == header[-3]
+    giant = 200 << 20  # under py7zr's own 256 MiB, over our 16 MiB
+    forged = header[:-3] + b"\xff" + struct.pack("<Q", giant) + b"\x00\x00"
+    assert archives._encoded_header_size(archives._7zReader(forged, 1, "x")) == giant
+    data = with_7z_header(whole, forged)
+    refuse_py7zr(monkeypatch)
+    findings = scan(mail(("giant.7z", data)))
+    assert symbols(findings) == {"ARCHIVE_LIMIT"}
+    assert f"declaring {giant} bytes decoded" in only(findings, "ARCHIVE_LIMIT").detail
+    # Cut inside the header's folder description: corrupt, not a crash.
+    cut = with_7z_header(whole, header[:9])
+    assert symbols(scan(mail(("cut.7z", cut)))) == {"ARCHIVE_CORRUPT"}
+    monkeypatch.undo()
+    assert scan(mail(("ok.7z", with_7z_header(whole, header)))) == []  # unchanged: still fine
+
+
+# --- rar ---------------------------------------------------------------------------------------
+
+BUILDERS = [pytest.param(rar.rar4, id="rar4"), pytest.param(rar.rar5, id="rar5")]
+
+
+@pytest.fixture
+def unar() -> None:
+    """The compressed-member tests need unar (``make install`` installs it)."""
+    assert archives.rar_tool(), "unar is not installed: run scripts/ensure-rar-tool.sh as root"
+
+
+@pytest.mark.parametrize("build", BUILDERS)
+def test_executable_in_a_stored_rar_is_blocked_and_a_plain_rar_passes(build: Any) -> None:
+    findings = scan(mail(("tools.rar", build(rar.stored({"docs/a.txt": b"hi", "bin/tool": pe()})))))
+    assert symbols(findings) == {"ATTACHMENT_EXECUTABLE"}
+    assert only(findings, "ATTACHMENT_EXECUTABLE").detail == "tools.rar/bin/tool: PE executable"
+    plain = build([rar.Entry("docs", directory=True), rar.Entry("docs/readme.txt", b"hello")])
+    assert scan(mail(("plain.rar", plain))) == []  # opened: not even ARCHIVE_OPAQUE
+    assert symbols(scan(mail(("plain.pdf", plain)))) == {"ATTACHMENT_TYPE_MISMATCH"}
+
+
+@pytest.mark.parametrize("build", BUILDERS)
+def test_compressed_rar_members_are_extracted_by_unar(build: Any, unar: None) -> None:
+    members = [rar.Entry("bin/tool", pe(), method=3), rar.Entry("notes.txt", b"x" * 500, method=1)]
+    findings = scan(mail(("packed.rar", build(members))))
+    assert symbols(findings) == {"ATTACHMENT_EXECUTABLE"}
+    assert "packed.rar/bin/tool" in only(findings, "ATTACHMENT_EXECUTABLE").detail
+    solid = build(
+        [rar.Entry("a.txt", b"a" * 300, method=2), rar.Entry("b.sh", SCRIPT, method=2)], solid=True
+    )
+    assert symbols(scan(mail(("solid.rar", solid)))) == {"ATTACHMENT_SCRIPT"}
+    clean = build([rar.Entry("a.pdf", PDF, method=5), rar.Entry("b.png", PNG, method=5)])
+    assert scan(mail(("clean.rar", clean))) == []
+
+
+@pytest.mark.parametrize("build", BUILDERS)
+def test_zip_in_a_rar_and_rar_in_a_zip(build: Any) -> None:
+    inner = zipped({"payload.pdf": pe()})
+    findings = scan(mail(("outer.rar", build(rar.stored({"inner.zip": inner})))))
+    assert symbols(findings) == {"ATTACHMENT_EXECUTABLE", "ATTACHMENT_TYPE_MISMATCH"}
+    assert "outer.rar/inner.zip/payload.pdf" in only(findings, "ATTACHMENT_EXECUTABLE").detail
+    wrapped = zipped({"x.rar": build(rar.stored({"inner.zip": inner}))})
+    assert "ATTACHMENT_EXECUTABLE" in symbols(scan(mail(("w.zip", wrapped))))
+    assert symbols(scan(mail(("w.zip", wrapped)), max_depth=2)) == {"ARCHIVE_LIMIT"}
+
+
+@pytest.mark.parametrize("build", BUILDERS)
+def test_rar_bomb_from_headers_without_extracting(
+    build: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a bomb must be recognised before anything is extracted")
+
+    monkeypatch.setattr(rarfile.RarFile, "open", refuse)
+    bomb = build([rar.Entry("zeros.bin", bytes(64), size=20 << 30, method=3)])  # 20 GiB
+    findings = scan(mail(("bomb.rar", bomb)))
+    assert symbols(findings) == {"ARCHIVE_BOMB"}
+    assert f"declares {20 << 30} bytes" in only(findings, "ARCHIVE_BOMB").detail
+    many = build(rar.stored({f"f{i}.txt": b"x" for i in range(11)}))
+    assert symbols(scan(mail(("many.rar", many)), max_entries=10)) == {"ARCHIVE_BOMB"}
+    # Over the byte budget but no bomb (ratio 1): refused from the headers as a limit.
+    big = build([rar.Entry("big.bin", bytes(600 * 1024))])
+    limited = scan(mail(("big.rar", big)), max_total_uncompressed=512 * 1024)
+    assert symbols(limited) == {"ARCHIVE_LIMIT"}
+    assert "declares" in only(limited, "ARCHIVE_LIMIT").detail
+
+
+def test_rar_dictionary_over_the_limit_is_refused_before_unar(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(rarfile.RarFile, "open", lambda *a: pytest.fail("unar must not run"))
+    huge = rar.rar5([rar.Entry("a.bin", b"x" * 100, method=3, dictionary=15)])  # 4 GiB
+    findings = scan(mail(("dict.rar", huge)))
+    assert symbols(findings) == {"ARCHIVE_LIMIT"}
+    assert "4096 MiB dictionary" in only(findings, "ARCHIVE_LIMIT").detail
+
+
+@pytest.mark.parametrize("build", BUILDERS)
+def test_encrypted_rar_members_and_headers(build: Any) -> None:
+    locked = build([rar.Entry("invoice.pdf", PDF), rar.Entry("payload.exe", pe(), encrypted=True)])
+    findings = scan(mail(("secret.rar", locked)))
+    assert symbols(findings) == {"ARCHIVE_ENCRYPTED", "ATTACHMENT_BLOCKED_EXTENSION"}
+    assert only(findings, "ARCHIVE_ENCRYPTED").detail == (
+        "secret.rar/payload.exe: encrypted archive member"
+    )
+    assert {f.category for f in findings} == {Category.POLICY}
+    hidden = build(rar.stored({"payload.exe": pe()}), header_encrypted=True)
+    findings = scan(mail(("hidden.rar", hidden)))
+    assert [(f.symbol, f.category) for f in findings] == [("ARCHIVE_ENCRYPTED", Category.POLICY)]
+    assert "names hidden" in findings[0].detail
+    allowed = scan(mail(("hidden.rar", hidden)), encrypted_archive_action="info")
+    assert [(f.symbol, f.category) for f in allowed] == [("ARCHIVE_ENCRYPTED", Category.INFO)]
+
+
+@pytest.mark.parametrize("build", BUILDERS)
+def test_corrupt_rar(build: Any) -> None:
+    whole = build(rar.stored({"a.txt": bytes(range(256)) * 8, "b.txt": b"hello"}))
+    damaged = bytearray(whole)
+    damaged[len(whole) // 2] ^= 0xFF  # inside a.txt's data: its CRC fails
+    for broken in (
+        whole[: len(whole) // 2],  # truncated
+        bytes(damaged),
+        whole[:8] + bytes(100),  # a signature, then garbage
+        whole[:8],  # a signature and nothing else
+    ):
+        findings = scan(mail(("cut.rar", broken)))
+        assert [(f.symbol, f.category) for f in findings] == [
+            ("ARCHIVE_CORRUPT", Category.POLICY)
+        ], findings
+    allowed = scan(mail(("cut.rar", whole[:100])), corrupt_archive_action="info")
+    assert [(f.symbol, f.category) for f in allowed] == [("ARCHIVE_CORRUPT", Category.INFO)]
+
+
+def test_rar_member_of_unknown_size_is_not_judged_empty() -> None:
+    # Unpackers write all the data of a member whose size is unknown; rarfile would read the
+    # declared 0 bytes and the PE would pass unseen.
+    hidden = rar.rar5([rar.Entry("invoice.txt", pe(), size=0, unknown_size=True)])
+    findings = scan(mail(("hidden.rar", hidden)))
+    assert symbols(findings) == {"ARCHIVE_CORRUPT"}
+    assert "unknown-size flag" in only(findings, "ARCHIVE_CORRUPT").detail
+
+
+@pytest.mark.parametrize("build", BUILDERS)
+def test_rar_output_of_unar_is_checked(build: Any, unar: None) -> None:
+    members = [rar.Entry("a.txt", b"hello world " * 40, method=3)]
+    packed = rar.literal_block(members[0].data, rar4=build is rar.rar4)
+    damaged = packed[:-20] + bytes([packed[-20] ^ 0x55]) + packed[-19:]  # one literal changed
+    findings = scan(
+        mail(("bad.rar", build([rar.Entry("a.txt", members[0].data, method=3, packed=damaged)])))
+    )
+    assert symbols(findings) == {"ARCHIVE_CORRUPT"}
+    assert "CRC" in only(findings, "ARCHIVE_CORRUPT").detail
+
+
+def test_rar_without_unar_is_judged_by_its_headers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rarfile, "CURRENT_SETUP", None)
+    monkeypatch.setattr(rarfile, "UNAR_TOOL", "/nonexistent/unar")
+    assert not archives.rar_tool()
+    members = [
+        rar.Entry("setup.exe", pe(), method=3),  # compressed: not extracted, judged by name
+        rar.Entry("invoice.pdf", pe()),  # stored: read without unar, and it is a PE
+    ]
+    findings = scan(mail(("mixed.rar", rar.rar5(members))))
+    assert symbols(findings) == {
+        "ATTACHMENT_BLOCKED_EXTENSION",
+        "ATTACHMENT_EXECUTABLE",
+        "ATTACHMENT_TYPE_MISMATCH",
+        "ARCHIVE_OPAQUE",
+    }
+    assert only(findings, "ARCHIVE_OPAQUE").detail == (
+        "mixed.rar: rar archive, contents not extracted: no rar tool installed (unar)"
+    )
+    assert only(findings, "ARCHIVE_OPAQUE").category == Category.INFO
+    assert scan(mail(("plain.rar", rar.rar4(rar.stored({"a.txt": b"hi"}))))) == []
+
+
+@pytest.mark.parametrize("build", BUILDERS)
+def test_multi_volume_rar_is_opaque(build: Any) -> None:
+    part = build([rar.Entry("readme.txt", b"hi"), rar.Entry("run.exe", pe()[:100], split=True)])
+    findings = scan(mail(("set.part1.rar", part)))
+    assert symbols(findings) == {"ATTACHMENT_BLOCKED_EXTENSION", "ARCHIVE_OPAQUE"}
+    assert "multi-volume" in only(findings, "ARCHIVE_OPAQUE").detail
+
+
+def test_a_hanging_rar_unpacker_is_killed_at_the_time_limit(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    fake = tmp_path / "unar"
+    fake.write_text('#!/bin/sh\n[ "$1" = -version ] && exit 0\nexec sleep 60\n')
+    fake.chmod(0o755)
+    monkeypatch.setattr(rarfile, "CURRENT_SETUP", None)
+    monkeypatch.setattr(rarfile, "UNAR_TOOL", str(fake))
+    budget = archives.Budget(archives.Limits(10, 1 << 20, 100.0, 1 << 20, tool_seconds=0.5))
+    data = rar.rar5([rar.Entry("a.txt", b"hello", method=3), rar.Entry("b.txt", b"bye", method=3)])
+    started = time.monotonic()
+    with pytest.raises(archives.LimitExceeded, match="ran more than 0.5 s"):
+        list(archives.rar_members(data, "slow.rar", budget))
+    assert time.monotonic() - started < 5
+    assert budget.tool_seconds <= 0  # spent: the next member would not even start
+    with pytest.raises(archives.LimitExceeded, match="ran more than"):
+        list(archives.rar_members(data, "again.rar", budget))
+    assert time.monotonic() - started < 5
+
+
 # --- MIME limits -------------------------------------------------------------------------------
 
 
@@ -543,6 +795,359 @@ def test_missing_boundary_is_an_info_defect() -> None:
     findings = scan(raw)
     assert [(f.symbol, f.category) for f in findings] == [("MIME_DEFECT", Category.INFO)]
     assert "StartBoundaryNotFoundDefect" in findings[0].detail
+
+
+# --- documents: Excel 4.0 macro sheets, PowerPoint 97 VBA, PDF active content -----------------
+
+
+def biff(kind: int, data: bytes = b"") -> bytes:
+    return struct.pack("<HH", kind, len(data)) + data
+
+
+def bof(substream: int) -> bytes:
+    """A BIFF8 BOF record: version 0x0600 and the substream type (5 globals, 0x10 sheet)."""
+    return biff(0x0809, struct.pack("<HHHHII", 0x0600, substream, 0x0DBB, 0x07CC, 0, 6))
+
+
+def boundsheet(name: str, dt: int = 0, state: int = 0) -> bytes:
+    """A BoundSheet8 record: stream position, hsState, dt (1: Excel 4.0 macro sheet), name."""
+    header = struct.pack("<IBBBB", 0, state, dt, len(name), 1)
+    return biff(0x0085, header + name.encode("utf-16-le"))
+
+
+def xls(*sheets: bytes, globals_extra: bytes = b"", after: bytes = b"") -> bytes:
+    """An Excel 97-2003 workbook: globals (codepage, the sheets, EOF), then one empty
+    substream per sheet (``after`` goes into the first), in an OLE2 file."""
+    stream = bof(5) + biff(0x0042, b"\xb0\x04") + globals_extra + b"".join(sheets) + biff(0x000A)
+    for index, _ in enumerate(sheets):
+        stream += bof(0x10) + (after if index == 0 else b"") + biff(0x000A)
+    return compound_file([("Workbook", stream), ("\x05SummaryInformation", bytes(200))])
+
+
+def ppt_record(kind: int, body: bytes, version: int = 0, instance: int = 0) -> bytes:
+    return struct.pack("<HHI", version | instance << 4, kind, len(body)) + body
+
+
+def ppt(vba: bool | None, junk: bytes = b"") -> bytes:
+    """A PowerPoint 97 file: a DocumentContainer holding a VBAInfoAtom when ``vba`` is not
+    None (its fHasMacros = ``vba``), a slide, and for a project its compressed storage in an
+    ExOleObjStg record, as PowerPoint keeps it. ``junk`` goes before the first record."""
+    children = ppt_record(0x03E9, bytes(40), version=1)  # DocumentAtom
+    if vba is not None:
+        atom = ppt_record(0x0400, struct.pack("<III", 3 if vba else 0, int(vba), 2), version=2)
+        info = ppt_record(0x03FF, atom, version=0xF, instance=1)
+        children += ppt_record(0x07D0, info, version=0xF)  # DocInfoListContainer
+    children += ppt_record(0x03EA, b"")  # EndDocumentAtom
+    stream = junk + ppt_record(0x03E8, children, version=0xF)
+    stream += ppt_record(0x03EE, ppt_record(0x03EF, bytes(24), version=2), version=0xF)
+    if vba:
+        project = compound_file([("VBA", [("dir", bytes(64))]), ("PROJECT", b"ID=x")])
+        stored = struct.pack("<I", len(project)) + zlib.compress(project)
+        stream += ppt_record(0x1011, stored, instance=1)  # ExOleObjStg, compressed
+    current_user = ppt_record(0x0FF6, struct.pack("<IIIH", 20, 0xE391C05F, 0, 0) + bytes(10))
+    return compound_file([("Current User", current_user), ("PowerPoint Document", stream)])
+
+
+def test_xls_with_an_excel4_macro_sheet_is_a_macro() -> None:
+    book = xls(boundsheet("Sheet1"), boundsheet("Auto_Open", dt=1, state=2))
+    findings = scan(mail(("invoice.xls", book)))
+    assert symbols(findings) == {"ATTACHMENT_MACRO"}  # legacy .xls may carry macros: no mismatch
+    detail = only(findings, "ATTACHMENT_MACRO").detail
+    assert detail == "invoice.xls: Excel 4.0 (XLM) macro sheet 'Auto_Open' (very hidden)"
+    renamed = scan(mail(("invoice.pdf", book)))
+    assert symbols(renamed) == {"ATTACHMENT_MACRO", "ATTACHMENT_TYPE_MISMATCH"}
+    # Inside a zip, and allowed where macros are allowed.
+    assert "ATTACHMENT_MACRO" in symbols(scan(mail(("a.zip", zipped({"b.xls": book})))))
+    assert scan(mail(("invoice.xls", book)), blocked_types=["executable"]) == []
+
+
+def test_plain_xls_and_a_macro_type_outside_the_globals_are_no_macro() -> None:
+    assert scan(mail(("plain.xls", xls(boundsheet("Sheet1"), boundsheet("Chart", dt=2))))) == []
+    # The same record in a worksheet's substream (after the globals' EOF) is not a sheet.
+    late = xls(boundsheet("Sheet1"), after=boundsheet("Macro1", dt=1))
+    assert scan(mail(("late.xls", late))) == []
+    # Hidden ordinary sheets are no macro either.
+    assert scan(mail(("hidden.xls", xls(boundsheet("Data", state=1))))) == []
+
+
+def test_encrypted_xls_cannot_hide_its_sheets() -> None:
+    filepass = biff(0x002F, struct.pack("<HHH", 1, 1, 1) + bytes(48))  # RC4 after here
+    locked = xls(boundsheet("Sheet1", dt=0x9C), globals_extra=filepass)
+    findings = scan(mail(("locked.xls", locked)))
+    assert [(f.symbol, f.detail) for f in findings] == [
+        ("ARCHIVE_ENCRYPTED", "locked.xls: encrypted Excel 97-2003 workbook")
+    ]
+    assert (
+        only(
+            scan(mail(("locked.xls", locked)), encrypted_archive_action="info"), "ARCHIVE_ENCRYPTED"
+        ).category
+        == Category.INFO
+    )
+
+
+def test_ooxml_macro_sheets_by_part_name_and_by_content_type() -> None:
+    types = b"<Types><Override PartName='/xl/workbook.xml' ContentType='%s'/></Types>"
+    base = {"_rels/.rels": b"<Relationships/>", "xl/workbook.xml": b"<workbook/>"}
+    main = b"application/vnd.ms-excel.sheet.macroEnabled.main+xml"
+    xlsm = zipped(
+        {"[Content_Types].xml": types % main, **base, "xl/macrosheets/sheet1.xml": b"<xm/>"}
+    )
+    findings = scan(mail(("book.xlsx", xlsm)))
+    assert symbols(findings) == {"ATTACHMENT_MACRO", "ATTACHMENT_TYPE_MISMATCH"}
+    assert "Excel 4.0 (XLM) macro sheet" in only(findings, "ATTACHMENT_MACRO").detail
+    xlsb = zipped({"[Content_Types].xml": b"<Types/>", **base, "xl/macrosheets/s.bin": b"\0"})
+    assert symbols(scan(mail(("book.xlsb", xlsb)))) == {"ATTACHMENT_MACRO"}
+    # A macro sheet stored elsewhere is declared by its content type.
+    moved = types.replace(b"/xl/workbook.xml", b"/xl/other/m.xml") % (
+        b"application/vnd.ms-excel.macrosheet+xml"
+    )
+    hidden = zipped({"[Content_Types].xml": moved, **base, "xl/other/m.xml": b"<xm/>"})
+    assert symbols(scan(mail(("book.xlsb", hidden)))) == {"ATTACHMENT_MACRO"}
+    # A content type counts only for a part that is there (a stale override is nothing).
+    stale = zipped({"[Content_Types].xml": moved, **base, "xl/worksheets/s1.xml": b""})
+    assert scan(mail(("book.xlsb", stale))) == []
+    # A VBA project under another name, declared by a default content type for its extension.
+    vba = b"<Types><Default Extension='dat' ContentType='application/vnd.ms-office.vbaProject'/>"
+    renamed = zipped({"[Content_Types].xml": vba + b"</Types>", **base, "xl/p.dat": b"\0"})
+    detail = only(scan(mail(("book.xlsb", renamed))), "ATTACHMENT_MACRO").detail
+    assert detail == "book.xlsb: Office document with VBA macros (vbaProject content type)"
+    sheet = b"application/vnd.openxmlformats-officedocument.spreadsheetml.sheet.main+xml"
+    plain = zipped({"[Content_Types].xml": types % sheet, **base, "xl/worksheets/s1.xml": b""})
+    assert scan(mail(("book.xlsx", plain))) == []
+
+
+def test_ppt_with_a_vba_project_is_a_macro() -> None:
+    findings = scan(mail(("deck.ppt", ppt(vba=True))))
+    assert [(f.symbol, f.detail) for f in findings] == [
+        ("ATTACHMENT_MACRO", "deck.ppt: PowerPoint 97 document with VBA macros")
+    ]
+    # Junk before the first record: the walk is lost, the atom is still found by its header.
+    assert symbols(scan(mail(("deck.ppt", ppt(vba=True, junk=b"\xff" * 13))))) == {
+        "ATTACHMENT_MACRO"
+    }
+    assert symbols(scan(mail(("deck.pps.pdf", ppt(vba=True))))) == {
+        "ATTACHMENT_MACRO",
+        "ATTACHMENT_TYPE_MISMATCH",
+    }
+
+
+def test_plain_ppt_and_an_empty_vba_info_are_no_macro() -> None:
+    assert scan(mail(("deck.ppt", ppt(vba=None)))) == []
+    assert scan(mail(("deck.ppt", ppt(vba=False)))) == []  # most presentations have this one
+    assert scan(mail(("deck.ppt", ppt(vba=False, junk=b"\xff" * 13)))) == []
+
+
+def test_office_parsers_on_damaged_records() -> None:
+    assert documents.xlm_sheets(b"") == ([], False)
+    # A BoundSheet8 cut short (its header claims 65535 bytes, 5 are there): no sheet read.
+    assert documents.xlm_sheets(bof(5) + b"\x85\x00\xff\xff" + bytes(5)) == ([], False)
+    assert documents.ppt_has_vba(b"") is False
+    # A container with a partial header inside, a child overrunning its container, a top
+    # level record overrunning the stream, thousands of empty containers: no atom, no error.
+    assert documents.ppt_has_vba(ppt_record(0x03E8, bytes(3), version=0xF)) is False
+    overrun = struct.pack("<HHI", 0, 0x0400, 100) + bytes(8)
+    assert documents.ppt_has_vba(ppt_record(0x03E8, overrun, version=0xF)) is False
+    assert documents.ppt_has_vba(struct.pack("<HHI", 0xF, 0x03E8, 1 << 30)) is False
+    assert documents.ppt_has_vba(ppt_record(0x03E8, b"", version=0xF) * 10_000) is False
+
+
+def pdf_file(*objects: bytes, trailer: bytes = b"/Root 1 0 R", prefix: bytes = b"") -> bytes:
+    """A PDF with the given objects numbered from 1, its xref table and trailer."""
+    parts = [prefix + b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n"]
+    offsets = []
+    size = len(parts[0])
+    for number, body in enumerate(objects, 1):
+        offsets.append(size)
+        parts.append(b"%d 0 obj\n" % number + body + b"\nendobj\n")
+        size += len(parts[-1])
+    out = b"".join(parts)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d %s >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1,
+        trailer,
+        xref,
+    )
+    return out
+
+
+def pdf_stream(entries: bytes, data: bytes, flate: bool = True) -> bytes:
+    if flate:
+        data = zlib.compress(data)
+        entries += b" /Filter /FlateDecode"
+    return b"<< %s /Length %d >>\nstream\n" % (entries, len(data)) + data + b"\nendstream"
+
+
+def object_stream(*objects: tuple[int, bytes], typed: bool = True) -> bytes:
+    """An object stream (/ObjStm): "number offset" pairs, then the objects."""
+    offsets, body = [], b""
+    for number, text in objects:
+        offsets.append(b"%d %d" % (number, len(body)))
+        body += text + b"\n"
+    head = b" ".join(offsets) + b"\n"
+    kind = b"/Type /ObjStm " if typed else b""
+    return pdf_stream(kind + b"/N %d /First %d" % (len(objects), len(head)), head + body)
+
+
+CATALOG = b"<< /Type /Catalog /Pages 2 0 R >>"
+PAGES = b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>"
+PAGE = b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R >>"
+CONTENT = pdf_stream(b"", b"BT /F1 12 Tf 72 712 Td (Invoice 42) Tj ET")
+OPEN_JS = b"<< /Type /Catalog /Pages 2 0 R /OpenAction 5 0 R >>"
+
+
+def a_pdf(catalog: bytes = CATALOG, *extra: bytes, prefix: bytes = b"") -> bytes:
+    return pdf_file(catalog, PAGES, PAGE, CONTENT, *extra, prefix=prefix)
+
+
+def test_pdf_with_javascript_is_active_content() -> None:
+    js = a_pdf(OPEN_JS, b"<< /Type /Action /S /JavaScript /JS (app.alert\\(1\\);) >>")
+    findings = scan(mail(("invoice.pdf", js)))
+    assert [(f.symbol, f.category, f.score) for f in findings] == [
+        ("ATTACHMENT_PDF_ACTIVE", Category.POLICY, 10.0)
+    ]
+    assert findings[0].detail == "invoice.pdf: PDF with JavaScript, OpenAction"
+    allowed = scan(mail(("invoice.pdf", js)), pdf_active_action="info")
+    assert [(f.symbol, f.category, f.score) for f in allowed] == [
+        ("ATTACHMENT_PDF_ACTIVE", Category.INFO, 0.0)
+    ]
+    # A launch action is active too, and a PDF after junk bytes is still a PDF.
+    launch = a_pdf(OPEN_JS, b"<< /S /Launch /F (cmd.exe) >>", prefix=b"\x00" * 100)
+    assert only(scan(mail(("a.pdf", launch))), "ATTACHMENT_PDF_ACTIVE").detail == (
+        "a.pdf: PDF with Launch action, OpenAction"
+    )
+
+
+def test_pdf_javascript_behind_hex_escaped_names() -> None:
+    js = a_pdf(OPEN_JS, b"<< /Type /Action /S /J#61vaScript /J#53 (app.alert\\(1\\)) >>")
+    detail = only(scan(mail(("invoice.pdf", js))), "ATTACHMENT_PDF_ACTIVE").detail
+    assert detail == (
+        "invoice.pdf: PDF with JavaScript, OpenAction (names obfuscated with #xx escapes)"
+    )
+
+
+def test_pdf_javascript_hidden_in_an_object_stream() -> None:
+    action = b"<< /Type /Action /S /JavaScript /JS (this.exportDataObject\\({}\\)) >>"
+    for typed in (True, False):  # /Type /ObjStm is optional for readers: /N and /First tell
+        hidden = a_pdf(OPEN_JS, b"null", object_stream((5, action), typed=typed))
+        assert b"JavaScript" not in hidden
+        detail = only(scan(mail(("scan.pdf", hidden))), "ATTACHMENT_PDF_ACTIVE").detail
+        assert detail == "scan.pdf: PDF with JavaScript, OpenAction (in object streams)"
+
+
+def test_pdfs_without_javascript_pass() -> None:
+    assert scan(mail(("plain.pdf", a_pdf()))) == []
+    # An /OpenAction that opens the first page, and /AA on a page without JavaScript.
+    to_page = b"<< /Type /Catalog /Pages 2 0 R /OpenAction [3 0 R /Fit] >>"
+    page_aa = PAGE.replace(b">>", b" /AA << /O << /S /GoTo /D [3 0 R /Fit] >> >> >>")
+    assert scan(mail(("a.pdf", pdf_file(to_page, PAGES, page_aa, CONTENT)))) == []
+    # Names that only start like a keyword, and the bytes of stream data (an image here).
+    lookalike = a_pdf(CATALOG, b"<< /JSON 1 /JavaScripts 2 /AAA 3 >>")
+    image = pdf_stream(b"/Type /XObject /Subtype /Image", b"\x00/JS /JavaScript (x)", False)
+    assert scan(mail(("b.pdf", lookalike))) == []
+    assert scan(mail(("c.pdf", a_pdf(CATALOG, image)))) == []
+    # A text body that talks about PDF JavaScript is no PDF.
+    assert scan(mail(body="A %PDF-1.7 file may hold /JavaScript and /OpenAction")) == []
+
+
+def filespec(name: bytes, stream: int) -> bytes:
+    return b"<< /Type /Filespec /F (%s) /UF (%s) /EF << /F %d 0 R >> >>" % (name, name, stream)
+
+
+def test_files_embedded_in_a_pdf_are_inspected() -> None:
+    catalog = b"<< /Type /Catalog /Pages 2 0 R /Names << /EmbeddedFiles 5 0 R >> >>"
+    tree = b"<< /Names [(a) 6 0 R (b) 8 0 R] >>"
+    carrier = a_pdf(
+        catalog,
+        tree,
+        filespec(b"invoice.exe", 7),
+        pdf_stream(b"/Type /EmbeddedFile", pe()),
+        filespec(b"notes.txt", 9),
+        pdf_stream(b"", b"just notes\n"),  # no /Type: known from the /EF that points to it
+    )
+    findings = scan(mail(("statement.pdf", carrier)))
+    assert {(f.symbol, f.detail) for f in findings} == {
+        ("ATTACHMENT_BLOCKED_EXTENSION", "statement.pdf/invoice.exe: .exe files are blocked"),
+        ("ATTACHMENT_EXECUTABLE", "statement.pdf/invoice.exe: PE executable"),
+    }
+    # A script has no magic: its name inside the PDF is what blocks it; found in an object
+    # stream, and with a UTF-16 name.
+    utf16 = b"\xfe\xff" + "run.js".encode("utf-16-be")
+    spec = b"<< /Type /Filespec /UF <%s> /EF << /F 7 0 R >> >>" % utf16.hex().encode()
+    script = pdf_stream(b"", b"WScript.Echo(1)")
+    hidden = a_pdf(catalog, b"null", object_stream((8, spec)), script)
+    assert symbols(scan(mail(("s.pdf", hidden)))) == {"ATTACHMENT_BLOCKED_EXTENSION"}
+    # A filter we do not decode: the embedded file cannot be inspected (corrupt, by policy).
+    lzw = b"<< /Type /EmbeddedFile /Filter /LZWDecode /Length 3 >>\nstream\nabc\nendstream"
+    opaque = scan(mail(("o.pdf", a_pdf(catalog, tree, filespec(b"x.bin", 7), lzw))))
+    assert [(f.symbol, f.detail) for f in opaque] == [
+        ("ARCHIVE_CORRUPT", "o.pdf/x.bin: embedded file could not be decoded")
+    ]
+    # In an encrypted PDF the streams are encrypted: encrypted, not corrupt.
+    garbage = pdf_stream(b"/Type /EmbeddedFile /Filter /FlateDecode", b"\x8f\x11" * 20, False)
+    objects = (catalog, PAGES, PAGE, CONTENT, tree, filespec(b"x.bin", 7), garbage)
+    locked = pdf_file(*objects, trailer=b"/Root 1 0 R /Encrypt 8 0 R")
+    assert [(f.symbol, f.detail) for f in scan(mail(("e.pdf", locked)))] == [
+        ("ARCHIVE_ENCRYPTED", "e.pdf/x.bin: embedded file of an encrypted PDF")
+    ]
+
+
+def test_pdf_object_streams_are_decoded_under_limits() -> None:
+    bomb = a_pdf(CATALOG, b"null", pdf_stream(b"/Type /ObjStm /N 1 /First 4", b" " * (8 << 20)))
+    started = time.thread_time()
+    budget = archives.Budget(archives.Limits(1000, 100 << 20, 100.0, 1 << 20))
+    (problem,) = documents.scan_pdf(bomb, "bomb.pdf", budget).problems
+    assert isinstance(problem, archives.Bomb)  # after the first MiB, from about a KiB
+    assert str(problem).startswith("bomb.pdf: a PDF stream inflates to 1048576 bytes from ")
+    assert time.thread_time() - started < 0.5
+    assert budget.bytes == 100 << 20  # nothing of the bomb was kept
+    assert symbols(scan(mail(("bomb.pdf", bomb)))) == {"ARCHIVE_BOMB"}
+    text = bytes(random.Random(5).choice(b"abcdefgh ") for _ in range(50_000))
+    big = a_pdf(CATALOG, b"null", pdf_stream(b"/Type /ObjStm /N 1 /First 4", text))
+    assert symbols(scan(mail(("big.pdf", big)), max_total_uncompressed=10_000)) == {"ARCHIVE_LIMIT"}
+    assert scan(mail(("big.pdf", big))) == []
+    # A damaged object stream is read as far as it goes.
+    cut = a_pdf(OPEN_JS, b"null", object_stream((5, b"<< /S /JavaScript /JS 9 0 R >>")))
+    at = cut.index(b"stream\n") + 7
+    damaged = cut[: at + 40] + b"\x00" * 8 + cut[at + 48 :]
+    assert isinstance(scan(mail(("d.pdf", damaged))), list)
+
+
+def test_ordinary_large_pdf_is_scanned_quickly() -> None:
+    rng = random.Random(1)
+    pages = [pdf_stream(b"/Type /XObject /Subtype /Image", rng.randbytes(200_000), False)]
+    pages += [pdf_stream(b"", b"BT (page %d) Tj ET" % i * 50) for i in range(300)]
+    big = a_pdf(CATALOG, *pages * 40)
+    assert len(big) > 8_000_000
+    assert scan(mail(("report.pdf", big))) == []
+    # The PDF scan alone, in CPU time (about 0.2 s; the bound leaves room for slow machines).
+    budget = archives.Budget(archives.Limits(1000, 100 << 20, 100.0, 1 << 20))
+    started = time.thread_time()
+    found = documents.scan_pdf(big, "report.pdf", budget)
+    assert time.thread_time() - started < 1.5
+    assert not found.names and not found.problems and not found.embedded
+
+
+def test_damaged_documents_never_raise() -> None:
+    rng = random.Random(7)
+    samples = [
+        xls(boundsheet("Auto_Open", dt=1, state=2)),
+        ppt(vba=True),
+        a_pdf(OPEN_JS, b"null", object_stream((5, b"<< /S /JavaScript /JS (x) >>"))),
+        a_pdf(CATALOG, b"null", filespec(b"a.exe", 7), pdf_stream(b"/Type /EmbeddedFile", pe())),
+    ]
+    budget = archives.Budget(archives.Limits(1000, 1 << 20, 100.0, 1 << 20))
+    for sample in samples:
+        for _ in range(60):
+            damaged = bytearray(sample)
+            for _ in range(rng.randint(1, 20)):
+                damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+            damaged = damaged[: rng.randint(len(damaged) // 2, len(damaged))]
+            assert isinstance(scan(mail(("x.doc", bytes(damaged)))), list)
+            documents.scan_pdf(bytes(damaged), "x", budget)
+            documents.xlm_sheets(bytes(damaged))
+            documents.ppt_has_vba(bytes(damaged))
 
 
 # --- policy per domain, registration -----------------------------------------------------------

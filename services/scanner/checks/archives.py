@@ -1,30 +1,42 @@
-"""Opening archives safely: zip, 7z, tar, gzip, bzip2 and xz, one level at a time, under limits.
+"""Opening archives safely: zip, 7z, rar, tar, gzip, bzip2 and xz, one level at a time, under
+limits.
 
 Nothing here trusts a declared size. A zip bomb is recognised from the archive's own metadata
 (entry count, declared sizes and ratios, overlapping entries) before a byte is inflated; every
 decompression then reads at most what is left of the message's byte budget, plus one byte to
 tell "exactly full" from "too much". The caller recurses (and counts the depth).
+
+rar is the one format whose decompression is not Python's: ``rarfile`` parses its headers
+(pure Python) and reads stored members itself, and runs an external unpacker, ``unar``, for
+compressed ones, in a subprocess bounded in time, memory and output.
 """
 
 from __future__ import annotations
 
 import bz2
+import contextlib
 import io
 import itertools
 import lzma
+import math
+import resource
 import struct
+import subprocess
 import tarfile
+import threading
+import time
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import py7zr
 import py7zr.exceptions
 import py7zr.helpers
 import py7zr.io
 import py7zr.py7zr
+import rarfile  # type: ignore[import-untyped]  # ships no type hints
 
 # A zip local file header is 30 bytes before its name and extra field.
 _LOCAL_HEADER = 30
@@ -36,15 +48,20 @@ class Limits:
     max_total_uncompressed: int  # bytes decompressed per message
     max_ratio: float  # uncompressed / compressed, above which a large member is a bomb
     bomb_min_size: int  # the ratio rule applies from this many uncompressed bytes
+    # Seconds external unpackers (unar, for rar) may run per message, all runs together; kept
+    # under the scanner's check_timeout (20 s) so that a slow archive is a finding, not a retry.
+    tool_seconds: float = 15.0
 
 
 class Budget:
-    """What is left for one message: members to look at and bytes to decompress."""
+    """What is left for one message: members to look at, bytes to decompress, and seconds of
+    external unpackers."""
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self.entries = limits.max_entries
         self.bytes = limits.max_total_uncompressed
+        self.tool_seconds = limits.tool_seconds
 
     def take_entry(self, where: str) -> None:
         if self.entries <= 0:
@@ -77,6 +94,11 @@ class LimitExceeded(ArchiveProblem):
 
 class Corrupt(ArchiveProblem):
     """The archive cannot be read: truncated, malformed or an unsupported method."""
+
+
+class Opaque(ArchiveProblem):
+    """The archive's directory was read (its members were looked at by name) but some contents
+    could not be extracted: no unpacker installed, or they are in another volume."""
 
 
 @dataclass(frozen=True)
@@ -240,8 +262,10 @@ def sevenzip_members(data: bytes, where: str, budget: Budget) -> Iterator[Member
     """Every file member of a 7z archive. The header is read first and its declared sizes are
     checked (entry count, ratio per file, per solid block and overall, the byte budget) before
     anything is decompressed; decompression then writes into capped in-memory buffers and stops
-    at the first byte over the budget, whatever the header declared."""
+    at the first byte over the budget, whatever the header declared. Before py7zr reads the
+    header at all, ``check_7z_header`` bounds what reading it can cost."""
     limits = budget.limits
+    check_7z_header(data, where)
     try:
         archive = py7zr.SevenZipFile(io.BytesIO(data), mode="r")
     except py7zr.exceptions.PasswordRequired as exc:
@@ -292,6 +316,137 @@ def sevenzip_members(data: bytes, where: str, budget: Budget) -> Iterator[Member
         content = product.getvalue()
         budget.take_bytes(where, len(content))
         yield Member(names[key], content)
+
+
+# py7zr reads (and, for an encoded header, decompresses) the whole header before any of our
+# checks sees it; these bound that work first. 1,000 entries (max_entries) take about 150 KB of
+# header; 7-Zip compresses headers with LZMA, so the decoded size is the one that costs.
+MAX_7Z_HEADER = 1 << 20  # bytes of header as stored
+MAX_7Z_DECODED_HEADER = 16 << 20  # bytes an encoded header declares it decodes to
+_7Z_SIGNATURE = b"7z\xbc\xaf\x27\x1c"
+
+
+def check_7z_header(data: bytes, where: str) -> None:
+    """Read the 32-byte signature header (magic, version, start-header CRC, next-header offset,
+    size and CRC) and refuse before py7zr runs: a next header outside the data or failing its
+    CRC (``Corrupt``), larger than ``MAX_7Z_HEADER``, or encoded (kEncodedHeader, 0x17) with
+    folders declaring more than ``MAX_7Z_DECODED_HEADER`` bytes decoded (``LimitExceeded``)."""
+    if len(data) < 32 or data[:6] != _7Z_SIGNATURE:
+        raise Corrupt(f"{where}: unreadable 7z (no signature header)")
+    start_crc, offset, size, header_crc = struct.unpack_from("<IQQI", data, 8)
+    if zlib.crc32(data[12:32]) != start_crc:
+        raise Corrupt(f"{where}: unreadable 7z (bad signature header CRC)")
+    begin = 32 + offset
+    if begin > len(data) or size > len(data) - begin:
+        raise Corrupt(
+            f"{where}: unreadable 7z (its header, {size} bytes at {begin}, lies outside the "
+            f"{len(data)} bytes)"
+        )
+    if size > MAX_7Z_HEADER:
+        raise LimitExceeded(f"{where}: a 7z header of {size} bytes (limit {MAX_7Z_HEADER})")
+    header = data[begin : begin + size]
+    if zlib.crc32(header) != header_crc:
+        raise Corrupt(f"{where}: unreadable 7z (bad header CRC)")
+    if header[:1] == b"\x17":  # kEncodedHeader: StreamsInfo of the packed header follows
+        declared = _encoded_header_size(_7zReader(header, 1, where))
+        if declared > MAX_7Z_DECODED_HEADER:
+            raise LimitExceeded(
+                f"{where}: a 7z header declaring {declared} bytes decoded "
+                f"(limit {MAX_7Z_DECODED_HEADER})"
+            )
+
+
+class _7zReader:
+    """Bytes and 7z NUMBERs (a first byte whose leading one bits count the bytes that follow)
+    from a header; running past its end is ``Corrupt``. Every loop over a declared count reads
+    at least one byte an item, so a forged count ends at the header's end (at most 1 MiB)."""
+
+    def __init__(self, data: bytes, position: int, where: str) -> None:
+        self.data = data
+        self.position = position
+        self.where = where
+
+    def take(self, count: int) -> bytes:
+        if count > len(self.data) - self.position:
+            raise Corrupt(f"{self.where}: unreadable 7z (truncated header)")
+        chunk = self.data[self.position : self.position + count]
+        self.position += count
+        return chunk
+
+    def byte(self) -> int:
+        return self.take(1)[0]
+
+    def number(self) -> int:
+        first = self.byte()
+        extra = 0
+        while extra < 8 and first & (0x80 >> extra):
+            extra += 1
+        value = int.from_bytes(self.take(extra), "little")
+        if extra < 8:
+            value += (first & ((0x80 >> extra) - 1)) << (8 * extra)
+        return value
+
+    def expect(self, wanted: int, what: str) -> None:
+        if self.byte() != wanted:
+            raise Corrupt(f"{self.where}: unreadable 7z ({what} expected in the header)")
+
+    def digests(self, count: int) -> None:
+        defined = (
+            count if self.byte() else sum(bin(b).count("1") for b in self.take(-(-count // 8)))
+        )
+        self.take(4 * defined)
+
+
+def _encoded_header_size(reader: _7zReader) -> int:
+    """The sum of every unpack size the encoded header's folders declare (as py7zr reads them:
+    optional PackInfo 0x06, optional UnpackInfo 0x07, then SubStreamsInfo 0x08 or kEnd)."""
+    property_id = reader.byte()
+    if property_id == 0x06:  # PackInfo: pack position, stream count, sizes, CRCs
+        reader.number()
+        streams = reader.number()
+        property_id = reader.byte()
+        if property_id == 0x09:
+            for _ in range(streams):
+                reader.number()
+            property_id = reader.byte()
+            if property_id == 0x0A:
+                reader.digests(streams)
+                property_id = reader.byte()
+        if property_id != 0x00:
+            raise Corrupt(f"{reader.where}: unreadable 7z (end of PackInfo expected)")
+        property_id = reader.byte()
+    if property_id != 0x07:  # no UnpackInfo: nothing to decode (py7zr refuses it)
+        return 0
+    reader.expect(0x0B, "kFolder")
+    folders = reader.number()
+    reader.expect(0x00, "folders in the header")  # "external": not supported
+    outputs = [_folder_outputs(reader) for _ in range(folders)]
+    reader.expect(0x0C, "kCodersUnpackSize")
+    return sum(reader.number() for count in outputs for _ in range(count))
+
+
+def _folder_outputs(reader: _7zReader) -> int:
+    """Skip one folder (its coders, bind pairs and packed streams); its output stream count."""
+    inputs = outputs = 0
+    for _ in range(reader.number()):
+        flags = reader.byte()
+        reader.take(flags & 0x0F)  # codec id
+        if flags & 0x10:  # complex coder: stream counts
+            inputs += reader.number()
+            outputs += reader.number()
+        else:
+            inputs += 1
+            outputs += 1
+        if flags & 0x20:  # properties
+            reader.take(reader.number())
+    for _ in range(max(outputs - 1, 0)):  # bind pairs
+        reader.number()
+        reader.number()
+    packed = inputs - max(outputs - 1, 0)
+    if packed > 1:
+        for _ in range(packed):
+            reader.number()
+    return outputs
 
 
 def _7z_output_names(files: list[py7zr.py7zr.ArchiveFile]) -> dict[str, str]:
@@ -393,6 +548,208 @@ class _CappedFactory(py7zr.io.WriterFactory):
         product = _CappedWriter(self)
         self.products[filename] = product
         return product
+
+
+# --- rar ---------------------------------------------------------------------------------------
+
+# The external unpacker for compressed members: unar (The Unarchiver; Debian's ``unar``, installed
+# by ``make install``: scripts/ensure-rar-tool.sh). The only one in Debian main that rarfile
+# drives for rar 2.9 ("rar4") and rar 5, every method, solid archives: Debian's 7-Zip is built
+# without rar, unrar-free takes none of rarfile's options, and rarfile gives bsdtar a broken
+# command line. The proprietary unrar is not used even where installed: one tool, the tested one.
+RAR_TOOL = "unar"
+# unar allocates the whole dictionary a member declares (RAR 5 allows 4 GiB: 4 GiB of memory and
+# 11 s before one byte is written). WinRAR's default is 32 MiB (4 MiB for RAR 4).
+MAX_RAR_DICTIONARY = 256 << 20
+# A backstop on each unar run, set as it starts: address space (the dictionary plus unar's
+# own ~100 MiB), and no file written (it writes to a pipe only).
+_TOOL_MEMORY = 1 << 30
+# What rarfile and the tool may raise on a malformed archive (its own errors, and what its
+# parsers let through).
+_RAR_ERRORS = (
+    rarfile.Error,
+    OSError,
+    EOFError,
+    ValueError,
+    KeyError,
+    IndexError,
+    TypeError,
+    AttributeError,
+    NotImplementedError,
+    RuntimeError,
+    struct.error,
+    UnicodeDecodeError,
+    zlib.error,
+)
+_RAR_SPLIT = rarfile.RAR_FILE_SPLIT_BEFORE | rarfile.RAR_FILE_SPLIT_AFTER
+
+
+def rar_tool() -> bool:
+    """Whether the unpacker runs (rarfile tries ``unar -version`` and remembers the answer once
+    it is yes). Checked only when a compressed member needs it."""
+    try:
+        rarfile.tool_setup(unrar=False, unar=True, bsdtar=False, sevenzip=False, sevenzip2=False)
+    except rarfile.RarCannotExec:
+        return False
+    return True
+
+
+def rar_members(data: bytes, where: str, budget: Budget) -> Iterator[Member]:
+    """Every file member of a rar archive (RAR 4 and RAR 5), judged from its headers before
+    anything is extracted: entry count, each member's declared size against its packed size,
+    the whole archive's, the byte budget, and each compressed member's dictionary. Encrypted
+    members are named, not read; an encrypted directory is ``Encrypted``. Stored members are
+    read by rarfile itself; compressed ones through unar, capped in bytes and time. Members that
+    cannot be extracted (no unar; a split volume) are yielded by name only, then ``Opaque``."""
+    limits = budget.limits
+    headers = 0
+    volume = False
+
+    def count(header: Any) -> None:  # every header as rarfile parses it: bounds the parse
+        nonlocal headers, volume
+        headers += 1
+        if headers > 10 * limits.max_entries:
+            raise Bomb(f"{where}: more than {10 * limits.max_entries} rar headers")
+        if header.type == rarfile.RAR_BLOCK_MAIN and header.flags & rarfile.RAR_MAIN_VOLUME:
+            volume = True
+
+    try:
+        archive = rarfile.RarFile(
+            io.BytesIO(data), errors="strict", part_only=True, info_callback=count
+        )
+        infos = list(archive.infolist())
+        hidden = archive.needs_password() and not infos
+    except _RAR_ERRORS as exc:
+        raise Corrupt(f"{where}: unreadable rar ({exc or type(exc).__name__})") from exc
+    if hidden:
+        raise Encrypted(f"{where}: encrypted rar (member names hidden)")
+    if len(infos) > limits.max_entries:
+        raise Bomb(f"{where}: {len(infos)} entries (limit {limits.max_entries})")
+    # Directories, links (their content is a path) and copies of another member are no files.
+    files = [i for i in infos if i.is_file() and getattr(i, "file_redir", None) is None]
+    _check_rar_headers(files, len(data), where, budget)
+    not_extracted = ""
+    for info in files:
+        budget.take_entry(where)
+        name = str(info.filename)
+        if info.needs_password():
+            yield Member(name, None, encrypted=True)
+        elif volume or info.flags & _RAR_SPLIT:
+            not_extracted = "part of a multi-volume rar, contents not extracted"
+            yield Member(name, None)
+        elif info.compress_type != rarfile.RAR_M0 and not rar_tool():
+            not_extracted = f"contents not extracted: no rar tool installed ({RAR_TOOL})"
+            yield Member(name, None)
+        else:
+            content = _read_rar_member(archive, info, where, budget)
+            budget.take_bytes(where, len(content))
+            yield Member(name, content)
+    if not_extracted:
+        raise Opaque(f"{where}: rar archive, {not_extracted}")
+
+
+def _check_rar_headers(files: list[Any], size: int, where: str, budget: Budget) -> None:
+    limits = budget.limits
+    total = 0
+    for info in files:
+        declared, packed = int(info.file_size or 0), int(info.compress_size or 0)
+        total += declared
+        if getattr(info, "file_flags", 0) & rarfile.RAR5_FILE_FLAG_UNKNOWN_SIZE:
+            # Unpackers then write all the data there is; rarfile reads the declared size only
+            # (0 in a forged header), so what we would judge is not what the recipient gets.
+            raise Corrupt(f"{where}: {info.filename!r} declares no size (unknown-size flag)")
+        if _is_bomb(declared, packed, limits):
+            raise Bomb(
+                f"{where}: {info.filename!r} declares {declared} bytes from {packed} "
+                f"(ratio over {limits.max_ratio:g})"
+            )
+        flags = getattr(info, "file_compress_flags", None)  # RAR 5: dictionary in bits 10-14
+        if flags is not None and info.compress_type != rarfile.RAR_M0:
+            dictionary = (128 << 10) << ((flags >> 10) & 0x1F)
+            if dictionary > MAX_RAR_DICTIONARY and not info.needs_password():
+                raise LimitExceeded(
+                    f"{where}: {info.filename!r} needs a {dictionary >> 20} MiB dictionary "
+                    f"(limit {MAX_RAR_DICTIONARY >> 20} MiB)"
+                )
+    if _is_bomb(total, size, limits):
+        raise Bomb(f"{where}: declares {total} bytes from {size} (ratio over {limits.max_ratio:g})")
+    if total > budget.bytes:
+        raise LimitExceeded(
+            f"{where}: declares {total} bytes uncompressed (limit {limits.max_total_uncompressed})"
+        )
+
+
+def _read_rar_member(archive: Any, info: Any, where: str, budget: Budget) -> bytes:
+    """One member's bytes, read in steps and capped at the budget (rarfile also stops at the
+    declared size and then checks the CRC, so a tool writing more or other bytes is caught).
+    When unar runs (rarfile's ``PipeReader``), a watchdog kills it once the message's tool time
+    is spent, and its memory and file writes are limited as it starts."""
+    name = info.filename
+    if info.compress_type != rarfile.RAR_M0 and budget.tool_seconds <= 0:
+        raise LimitExceeded(
+            f"{where}: {name!r}: the rar unpacker ran more than {budget.limits.tool_seconds:g} s"
+        )
+    started = time.monotonic()
+    try:
+        stream = archive.open(info)
+    except _RAR_ERRORS as exc:
+        raise Corrupt(f"{where}: {name!r} unreadable ({exc or type(exc).__name__})") from exc
+    process = getattr(stream, "_proc", None)  # rarfile 4.5's PipeReader: the unpacker's process
+    killed = threading.Event()
+    watchdog = None
+    if isinstance(process, subprocess.Popen):
+        _limit_tool(process, budget.tool_seconds)
+        watchdog = threading.Timer(max(budget.tool_seconds, 0.0), _kill, (process, killed))
+        watchdog.daemon = True
+        watchdog.start()
+    chunks: list[bytes] = []
+    produced = 0
+    try:
+        while produced <= budget.bytes:
+            chunk: bytes = stream.read(min(_STEP, budget.cap() - produced))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            produced += len(chunk)
+    except _RAR_ERRORS as exc:
+        if killed.is_set():
+            raise LimitExceeded(
+                f"{where}: {name!r}: the rar unpacker ran more than "
+                f"{budget.limits.tool_seconds:g} s"
+            ) from exc
+        raise Corrupt(f"{where}: {name!r} unreadable ({exc or type(exc).__name__})") from exc
+    finally:
+        with contextlib.suppress(*_RAR_ERRORS):
+            stream.close()  # waits for the unpacker: the watchdog is still armed
+        if watchdog is not None:
+            watchdog.cancel()
+            budget.tool_seconds -= time.monotonic() - started
+    if killed.is_set():
+        raise LimitExceeded(
+            f"{where}: {name!r}: the rar unpacker ran more than {budget.limits.tool_seconds:g} s"
+        )
+    return b"".join(chunks)
+
+
+def _limit_tool(process: subprocess.Popen[Any], seconds: float) -> None:
+    """Limit a running unpacker (it has only just started): address space, CPU seconds, and no
+    file written. A process that is gone already needs no limit."""
+    cpu = max(1, math.ceil(seconds) + 1)
+    for limit, value in (
+        (resource.RLIMIT_AS, _TOOL_MEMORY),
+        (resource.RLIMIT_CPU, cpu),
+        (resource.RLIMIT_FSIZE, 0),
+    ):
+        try:
+            resource.prlimit(process.pid, limit, (value, value))
+        except (OSError, ValueError):
+            return
+
+
+def _kill(process: subprocess.Popen[Any], killed: threading.Event) -> None:
+    killed.set()
+    with contextlib.suppress(OSError):
+        process.kill()
 
 
 # --- single-stream compressors -----------------------------------------------------------------

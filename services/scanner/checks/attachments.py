@@ -19,7 +19,7 @@ import olefile  # type: ignore[import-untyped]  # ships no type hints
 
 from moat.model import Category, Finding
 from moat.settings import AttachmentSettings
-from services.scanner.checks import archives
+from services.scanner.checks import archives, documents
 from services.scanner.checks.archives import ArchiveProblem, Budget, Limits, Member
 from services.scanner.checks.base import ParsedMessage
 from services.scanner.checks.filetypes import (
@@ -223,6 +223,25 @@ class Inspector:
             )
         elif found.kind == Kind.ARCHIVE or archive is not None:
             self.open_archive(path, normal or path, data, found, depth, archive)
+        elif documents.looks_like_pdf(data, found, attachment):
+            self.pdf(path, data, depth)
+
+    def pdf(self, path: str, data: bytes, depth: int) -> None:
+        """A PDF's active content (``documents.scan_pdf``); its embedded files are files, one
+        level down, as an archive's members."""
+        extract = depth < self.settings.max_depth
+        scan = documents.scan_pdf(data, path, self.budget, extract=extract)
+        if scan.active:
+            self.add(
+                "ATTACHMENT_PDF_ACTIVE",
+                f"{path}: {scan.describe()}",
+                Category(self.settings.pdf_active_action),
+            )
+        for problem in scan.problems:
+            self.archive_problem(problem)
+        for member in scan.embedded:
+            if member.data is not None:
+                self.file(f"{path}/{member.name}", member.name, member.data, depth + 1, True)
 
     def open_archive(
         self,
@@ -243,8 +262,9 @@ class Inspector:
         try:
             for member in self.members(path, name, data, found, archive):
                 member_path = f"{path}/{member.name}"
-                if member.data is None:
-                    self.encrypted(member_path, "encrypted archive member")
+                if member.data is None:  # encrypted, or not extracted: judged by its name
+                    if member.encrypted:
+                        self.encrypted(member_path, "encrypted archive member")
                     member_ext = extension(normalise_name(member.name))
                     if member_ext in self.blocked_extensions:
                         self.add(
@@ -274,6 +294,8 @@ class Inspector:
             return archives.tar_members(data, path, self.budget)
         if found.label == "7z":
             return archives.sevenzip_members(data, path, self.budget)
+        if found.label == "rar":
+            return archives.rar_members(data, path, self.budget)
         if found.label == "gzip":
             return [archives.gunzip(data, name, path, self.budget)]
         if found.label == "bzip2":
@@ -323,6 +345,8 @@ class Inspector:
             )
         elif isinstance(exc, archives.Corrupt):
             self.add("ARCHIVE_CORRUPT", str(exc), Category(self.settings.corrupt_archive_action))
+        elif isinstance(exc, archives.Opaque):
+            self.add("ARCHIVE_OPAQUE", str(exc), Category(self.settings.opaque_archive_action))
         else:
             self.add("ARCHIVE_LIMIT", str(exc))
 
@@ -346,6 +370,11 @@ class Inspector:
                 for entry in entries
             ):
                 return FileType(Kind.MACRO, "Office document with VBA macros (OLE2)")
+            legacy = documents.legacy_office(ole, entries)  # XLM sheets, PowerPoint 97 VBA
+            if legacy == documents.ENCRYPTED_WORKBOOK:
+                self.encrypted(path, legacy.label)
+            if legacy is not None:
+                return legacy
         except Exception:
             return found
         finally:
@@ -359,7 +388,9 @@ def _zip_kind(archive: zipfile.ZipFile, found: FileType) -> FileType:
     if any(n.endswith("vbaproject.bin") for n in names):
         return FileType(Kind.MACRO, "Office document with VBA macros (vbaProject.bin)")
     if "[content_types].xml" in names:
-        return FileType(Kind.DOCUMENT, "Office Open XML document")
+        return documents.ooxml_macros(archive, names) or FileType(
+            Kind.DOCUMENT, "Office Open XML document"
+        )
     if "mimetype" in names and "meta-inf/manifest.xml" in names:
         modules = [n for n in names if n.startswith("basic/") and n.endswith(".xml")]
         if any(

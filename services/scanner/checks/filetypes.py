@@ -22,8 +22,8 @@ class Kind(StrEnum):
     SCRIPT = "script"
     MACRO = "macro"  # an Office document carrying VBA (assigned after a look inside)
     DISK_IMAGE = "disk_image"
-    ARCHIVE = "archive"  # a container we may open: zip, 7z, tar, gzip, bzip2, xz
-    OPAQUE_ARCHIVE = "opaque_archive"  # a container we recognise but do not open: rar, cab...
+    ARCHIVE = "archive"  # a container we may open: zip, 7z, rar, tar, gzip, bzip2, xz
+    OPAQUE_ARCHIVE = "opaque_archive"  # a container we recognise but do not open: cab, ace...
     DOCUMENT = "document"  # pdf, OLE2/OOXML/ODF without macros, rtf
     MEDIA = "media"  # images, audio, video
     OTHER = "other"  # text or anything unrecognised
@@ -69,7 +69,7 @@ _MAGIC: tuple[tuple[int, bytes, FileType], ...] = (
     (0, b"\xfd7zXZ\x00", FileType(Kind.ARCHIVE, "xz")),
     (257, b"ustar", FileType(Kind.ARCHIVE, "tar")),
     (0, b"7z\xbc\xaf\x27\x1c", FileType(Kind.ARCHIVE, "7z")),
-    (0, b"Rar!\x1a\x07", FileType(Kind.OPAQUE_ARCHIVE, "rar")),
+    (0, b"Rar!\x1a\x07", FileType(Kind.ARCHIVE, "rar")),  # RAR 4 (\x00) and RAR 5 (\x01\x00)
     (0, b"MSCF\x00\x00\x00\x00", FileType(Kind.OPAQUE_ARCHIVE, "cab")),
     (7, b"**ACE**", FileType(Kind.OPAQUE_ARCHIVE, "ace")),
     (0, b"\x28\xb5\x2f\xfd", FileType(Kind.OPAQUE_ARCHIVE, "zstd")),
