@@ -93,6 +93,9 @@ RSPAMD_OFF_ALWAYS = (
 # message (blocklists, ASN, SPF/DKIM/DMARC, hfilter's HELO/From host checks). With them off
 # and a ``Hostname`` header (no PTR lookup), rspamd makes no DNS query per message.
 RSPAMD_OFF_LOCAL = ("rbl", "surbl", "emails", "asn", "spf", "dkim", "dmarc", "hfilter", "mx_check")
+# The ``auth`` profile: as ``local``, but SPF, DKIM and DMARC run (against FakeDNS), as Moat's
+# auth check does: the like-for-like comparison when Moat's auth is on.
+RSPAMD_AUTH = ("spf", "dkim", "dmarc")
 ACTIONS = ("no action", "greylist", "add header", "rewrite subject", "soft reject", "reject")
 DNS_FAIL = re.compile(r"(DNSFAIL|TEMPFAIL)$")
 
@@ -534,7 +537,10 @@ def ensure_rspamd(timeout: float) -> None:
 
 
 def rspamd_modules_off(profile: str) -> list[str]:
-    return list(RSPAMD_OFF_ALWAYS) + (list(RSPAMD_OFF_LOCAL) if profile == "local" else [])
+    if profile == "dns":
+        return list(RSPAMD_OFF_ALWAYS)
+    local = [m for m in RSPAMD_OFF_LOCAL if profile == "local" or m not in RSPAMD_AUTH]
+    return list(RSPAMD_OFF_ALWAYS) + local
 
 
 def write_rspamd_config(root: Path, port: int, dns_port: int, profile: str) -> Path:
@@ -545,7 +551,7 @@ def write_rspamd_config(root: Path, port: int, dns_port: int, profile: str) -> P
         (local / sub).mkdir(parents=True, exist_ok=True)
     for module in rspamd_modules_off(profile):
         (local / "override.d" / f"{module}.conf").write_text("enabled = false;\n")
-    if profile == "local":  # the phishing module's per-URL DNS lookup (phishtank.rspamd.com)
+    if profile != "dns":  # the phishing module's per-URL DNS lookup (phishtank.rspamd.com)
         (local / "local.d" / "phishing.conf").write_text("phishtank_enabled = false;\n")
     (root / "options.override").write_text(
         "# every lookup goes to the bench's FakeDNS (NXDOMAIN for everything)\n"
@@ -647,7 +653,7 @@ class RspamdInstance:
 
 def rspamd_headers(sample: Sample, profile: str) -> dict[str, str]:
     headers = {"Rcpt": RCPT}
-    if profile == "local":
+    if profile != "dns":
         headers["Hostname"] = "unknown"  # the MTA's rDNS result: no PTR lookup by rspamd
     if sample.mail_from:
         headers["From"] = sample.mail_from
@@ -825,9 +831,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--skip-rspamd", action="store_true")
     p.add_argument(
         "--rspamd-profile",
-        choices=("local", "dns"),
+        choices=("local", "auth", "dns"),
         default="local",
-        help="local: DNS blocklist modules off too; dns: they run, answered by FakeDNS",
+        help="local: DNS modules off too; auth: SPF/DKIM/DMARC run (like Moat's auth check), "
+        "the rest off; dns: they all run; FakeDNS answers",
     )
     p.add_argument("--rspamd-start-timeout", type=float, default=300.0)
     p.add_argument("--phase-timeout", type=float, default=900.0, help="longest one side may run")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from dnslib import AAAA, MX, PTR, QTYPE, RCODE, RR, TXT, A, DNSRecord
+from dnslib import AAAA, EDNS0, MX, PTR, QTYPE, RCODE, RR, TXT, A, DNSRecord
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
 Records = dict[str, dict[str, list[str]]]
@@ -34,6 +34,8 @@ class _ZoneResolver(BaseResolver):  # type: ignore[misc]
 
     def resolve(self, request: DNSRecord, handler: Any) -> DNSRecord:
         reply = request.reply()
+        if any(rr.rtype == QTYPE.OPT for rr in request.ar):
+            reply.add_ar(EDNS0(udp_len=4096))  # EDNS0 asked, EDNS0 answered (RFC 6891 7)
         name = str(request.q.qname).rstrip(".").lower()
         qtype = QTYPE[request.q.qtype]
         with self.lock:
