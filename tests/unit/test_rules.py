@@ -231,6 +231,17 @@ def test_lookalikes_in_reply_to_and_links() -> None:
     assert scan(email(html='<a href="https://www.moat.test/reset">Reset</a>')) == []
 
 
+def test_lookalikes_in_the_envelope_sender() -> None:
+    raw = email(headers={"From": "IT <it@outside.test>"})
+    found = {f.symbol: f.detail for f in scan(raw, mail_from="bounce@examp1e.test")}
+    assert set(found) == {"HOMOGRAPH_DOMAIN"}
+    assert found["HOMOGRAPH_DOMAIN"].startswith("MAIL FROM ")
+    found = {f.symbol: f.detail for f in scan(raw, mail_from="bounce@example-billing.test")}
+    assert set(found) == {"COMBOSQUAT_DOMAIN"}
+    assert scan(raw, mail_from="bounce@mail.example.test") == []  # its own subdomain
+    assert scan(raw, mail_from="") == []  # the null sender
+
+
 @pytest.mark.parametrize(
     ("from_address", "how"),
     [

@@ -565,6 +565,11 @@ class HeaderRulesCheck:
         for where, pairs in (("From", senders), ("Reply-To", reply_to)):
             for _, each in pairs:
                 self._lookalike(_domain_of(each), where, message.policy.rules, hits)
+        # The envelope sender: where bounces and replies of some clients go, and what a
+        # recipient's mail client may show ("on behalf of") when it differs from From.
+        if message.envelope.mail_from:
+            envelope_domain = _domain_of(message.envelope.mail_from)
+            self._lookalike(envelope_domain, "MAIL FROM", message.policy.rules, hits)
 
     def _lookalike(
         self,
