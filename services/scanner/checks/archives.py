@@ -238,10 +238,8 @@ class Encrypted(ArchiveProblem):
     """The archive's directory itself is encrypted: not even its member names can be read."""
 
 
-# What py7zr raises on a malformed archive (its own errors, and what its parsers let through).
-_7Z_ERRORS = (
-    py7zr.exceptions.ArchiveError,
-    py7zr.exceptions.AbsolutePathError,
+# What an archive library's parser lets through on malformed input, besides its own errors.
+_PARSER_ERRORS: tuple[type[Exception], ...] = (
     ValueError,
     OSError,
     EOFError,
@@ -254,7 +252,13 @@ _7Z_ERRORS = (
     struct.error,
     UnicodeDecodeError,
     zlib.error,
+)
+# What py7zr raises on a malformed archive.
+_7Z_ERRORS: tuple[type[Exception], ...] = (
+    py7zr.exceptions.ArchiveError,
+    py7zr.exceptions.AbsolutePathError,
     lzma.LZMAError,
+    *_PARSER_ERRORS,
 )
 
 
@@ -566,21 +570,7 @@ MAX_RAR_DICTIONARY = 256 << 20
 _TOOL_MEMORY = 1 << 30
 # What rarfile and the tool may raise on a malformed archive (its own errors, and what its
 # parsers let through).
-_RAR_ERRORS = (
-    rarfile.Error,
-    OSError,
-    EOFError,
-    ValueError,
-    KeyError,
-    IndexError,
-    TypeError,
-    AttributeError,
-    NotImplementedError,
-    RuntimeError,
-    struct.error,
-    UnicodeDecodeError,
-    zlib.error,
-)
+_RAR_ERRORS: tuple[type[Exception], ...] = (rarfile.Error, *_PARSER_ERRORS)
 _RAR_SPLIT = rarfile.RAR_FILE_SPLIT_BEFORE | rarfile.RAR_FILE_SPLIT_AFTER
 
 
