@@ -35,6 +35,7 @@ from services.api.routes import feedback
 from services.scanner import cli
 from services.scanner.checks import build_checks, parse
 from services.scanner.checks.classifier import ClassifierCheck, finding
+from services.scanner.classifier import evaluation
 from services.scanner.classifier.engine import Classifier
 from services.scanner.classifier.model import SHIPPED_MODEL, Model
 from services.scanner.classifier.store import FeedbackStore, message_digest
@@ -207,6 +208,32 @@ def test_a_learning_step_moves_the_logit_by_rate_times_error_whatever_the_size()
         before = model.margin(features)  # 0: probability 0.5, error 0.5 either way
         model.update(features, spam=True, rate=2.0, max_steps=1)
         assert model.margin(features) - before == pytest.approx(1.0, rel=1e-4)
+
+
+def test_evaluation_on_the_later_collections_trains_on_the_early_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = random.Random(11)
+    for folder in ("ham", "spam"):
+        (tmp_path / folder).mkdir()
+    for index in range(12):
+        for prefix, spam in (("easy_ham", False), ("spam", True), ("easy_ham_2", False)):
+            (tmp_path / ("spam" if spam else "ham") / f"{prefix}.{index:05d}.x").write_bytes(
+                make_mail(rng, spam)
+            )
+        (tmp_path / "spam" / f"spam_2.{index:05d}.x").write_bytes(make_mail(rng, True))
+    assert evaluation.main(["--later", str(tmp_path), "--no-learn"]) == 0
+    report = capsys.readouterr().out
+    assert "by a model trained on the early ones (24 messages): 24 messages (12 spam, 12 ham)" in (
+        report
+    )
+    assert "p>=0.5: precision 100.00%  recall 100.00%  FPR 0.00%" in report
+    for path in (tmp_path / "spam").glob("spam_2.*"):
+        path.unlink()
+    for path in (tmp_path / "ham").glob("easy_ham_2.*"):
+        path.unlink()
+    with pytest.raises(SystemExit):  # no later collections: a usage error, not a crash
+        evaluation.main(["--later", str(tmp_path)])
 
 
 def test_saved_model_round_trips(tmp_path: Path) -> None:
