@@ -470,6 +470,17 @@ def _7z_output_names(files: list[py7zr.py7zr.ArchiveFile]) -> dict[str, str]:
     return names
 
 
+def _check_declared_total(total: int, size: int, where: str, left: int, limits: Limits) -> None:
+    """A whole archive's declared uncompressed size, against its own size (a bomb by ratio) and
+    against the ``left`` bytes it may decompress."""
+    if _is_bomb(total, size, limits):
+        raise Bomb(f"{where}: declares {total} bytes from {size} (ratio over {limits.max_ratio:g})")
+    if total > left:
+        raise LimitExceeded(
+            f"{where}: declares {total} bytes uncompressed (limit {limits.max_total_uncompressed})"
+        )
+
+
 def _check_7z_sizes(
     entries: list[py7zr.py7zr.ArchiveFile], size: int, where: str, limits: Limits
 ) -> None:
@@ -500,12 +511,7 @@ def _check_7z_sizes(
                 f"{where}: a solid block declares {declared} bytes from {packed} "
                 f"(ratio over {limits.max_ratio:g})"
             )
-    if _is_bomb(total, size, limits):
-        raise Bomb(f"{where}: declares {total} bytes from {size} (ratio over {limits.max_ratio:g})")
-    if total > limits.max_total_uncompressed:
-        raise LimitExceeded(
-            f"{where}: declares {total} bytes uncompressed (limit {limits.max_total_uncompressed})"
-        )
+    _check_declared_total(total, size, where, limits.max_total_uncompressed, limits)
 
 
 class _Overrun(Exception):
@@ -661,12 +667,7 @@ def _check_rar_headers(files: list[Any], size: int, where: str, budget: Budget) 
                     f"{where}: {info.filename!r} needs a {dictionary >> 20} MiB dictionary "
                     f"(limit {MAX_RAR_DICTIONARY >> 20} MiB)"
                 )
-    if _is_bomb(total, size, limits):
-        raise Bomb(f"{where}: declares {total} bytes from {size} (ratio over {limits.max_ratio:g})")
-    if total > budget.bytes:
-        raise LimitExceeded(
-            f"{where}: declares {total} bytes uncompressed (limit {limits.max_total_uncompressed})"
-        )
+    _check_declared_total(total, size, where, budget.bytes, limits)
 
 
 def _read_rar_member(archive: Any, info: Any, where: str, budget: Budget) -> bytes:
