@@ -30,7 +30,7 @@ import rarfile  # type: ignore[import-untyped]
 from moat.model import Category, Finding, VerdictName
 from moat.settings import AttachmentSettings, ScannerSettings, Settings
 from services.scanner.checks import archives, build_checks, documents, parse
-from services.scanner.checks.attachments import AttachmentCheck
+from services.scanner.checks.attachments import AttachmentCheck, inspect_message
 from services.scanner.checks.filetypes import Kind, sniff
 from services.scanner.verdict import decide
 from tests.support import rar
@@ -757,6 +757,24 @@ def test_a_hanging_rar_unpacker_is_killed_at_the_time_limit(
     assert budget.tool_seconds <= 0  # spent: the next member would not even start
     with pytest.raises(archives.LimitExceeded, match="ran more than"):
         list(archives.rar_members(data, "again.rar", budget))
+    assert time.monotonic() - started < 5
+
+
+def test_the_unpacker_time_is_a_share_of_the_check_timeout(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    fake = tmp_path / "unar"
+    fake.write_text('#!/bin/sh\n[ "$1" = -version ] && exit 0\nexec sleep 60\n')
+    fake.chmod(0o755)
+    monkeypatch.setattr(rarfile, "CURRENT_SETUP", None)
+    monkeypatch.setattr(rarfile, "UNAR_TOOL", str(fake))
+    data = rar.rar5([rar.Entry("a.txt", b"hello", method=3)])
+    policy = ScannerSettings(check_timeout=1.0)
+    started = time.monotonic()
+    findings = inspect_message(
+        parse("m1", mail(("slow.rar", data)), policy=policy), policy.attachments
+    )
+    assert "ran more than 0.75 s" in only(findings, "ARCHIVE_LIMIT").detail
     assert time.monotonic() - started < 5
 
 

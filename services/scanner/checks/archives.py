@@ -48,9 +48,14 @@ class Limits:
     max_total_uncompressed: int  # bytes decompressed per message
     max_ratio: float  # uncompressed / compressed, above which a large member is a bomb
     bomb_min_size: int  # the ratio rule applies from this many uncompressed bytes
-    # Seconds external unpackers (unar, for rar) may run per message, all runs together; kept
-    # under the scanner's check_timeout (20 s) so that a slow archive is a finding, not a retry.
+    # Seconds external unpackers (unar, for rar) may run per message, all runs together; the
+    # check sets TOOL_SHARE of scanner.check_timeout, so a slow archive is a finding, not a retry.
     tool_seconds: float = 15.0
+
+
+# Of the check's time budget (``scanner.check_timeout``), the part external unpackers may use:
+# the rest is for the check's own work and the verdict.
+TOOL_SHARE = 0.75
 
 
 class Budget:

@@ -93,7 +93,7 @@ def _needs_thread(message: ParsedMessage) -> bool:
 
 def inspect_message(message: ParsedMessage, settings: AttachmentSettings) -> list[Finding]:
     """Every finding for one message; never raises on malformed input."""
-    inspector = Inspector(settings)
+    inspector = Inspector(settings, message.policy.check_timeout * archives.TOOL_SHARE)
     inspector.mime_structure(message)
     for index, part in enumerate(message.parts[: settings.max_mime_parts]):
         inspector.part(index, part.filename, part.content_type, part.payload, part.part)
@@ -103,7 +103,7 @@ def inspect_message(message: ParsedMessage, settings: AttachmentSettings) -> lis
 class Inspector:
     """One message's inspection: its findings and what is left of its archive budget."""
 
-    def __init__(self, settings: AttachmentSettings) -> None:
+    def __init__(self, settings: AttachmentSettings, tool_seconds: float = 15.0) -> None:
         self.settings = settings
         self.blocked_types = {Kind(kind) for kind in settings.blocked_types}
         self.blocked_extensions = {e.lower().lstrip(".") for e in settings.blocked_extensions}
@@ -113,6 +113,7 @@ class Inspector:
                 max_total_uncompressed=settings.max_total_uncompressed,
                 max_ratio=settings.max_ratio,
                 bomb_min_size=settings.bomb_min_size,
+                tool_seconds=tool_seconds,
             )
         )
         self.findings: dict[tuple[str, str], Finding] = {}
