@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import json
 import random
+import re
 import ssl
 import threading
 import time
@@ -35,7 +36,7 @@ from services.api.routes import feedback
 from services.scanner import cli
 from services.scanner.checks import build_checks, parse
 from services.scanner.checks.classifier import ClassifierCheck, finding
-from services.scanner.classifier import evaluation
+from services.scanner.classifier import evaluation, tokenizer
 from services.scanner.classifier.engine import Classifier
 from services.scanner.classifier.model import SHIPPED_MODEL, Model
 from services.scanner.classifier.store import FeedbackStore, message_digest
@@ -525,3 +526,46 @@ def test_every_tricky_message_is_classified_without_raising() -> None:
         return count
 
     assert asyncio.run(all_of_them()) == len(paths)
+
+
+def test_the_url_pattern_finds_what_the_plain_case_insensitive_one_does() -> None:
+    reference = re.compile(
+        r"""(?:(?:https?|ftp)://|www\.)[^\s<>"'()\[\]{}\\^`|]{1,2000}""", re.IGNORECASE
+    )
+    rng = random.Random(5)
+    fragments = [
+        "http",
+        "HTTPS",
+        "httP\u017f",
+        "ftp",
+        "fTp",
+        "www",
+        "WwW",
+        "w",
+        "h",
+        "://",
+        ":/",
+        ".",
+        "[",
+        "]",
+        "x",
+        " ",
+        "\u00e9",
+        "_",
+        "-",
+    ]
+    samples = [
+        "".join(rng.choice(fragments) for _ in range(rng.randint(1, 12))) for _ in range(20_000)
+    ]
+    samples += [
+        "HTTPS://x",
+        "http\u017f://y",
+        "xhttp://z",
+        "wwww.a",
+        "Www.b",
+        "ftp://",
+        "hhttp://c",
+    ]
+    assert sum(bool(reference.findall(s)) for s in samples) > 500  # the samples do hold URLs
+    for sample in samples:
+        assert tokenizer._URL.findall(sample) == reference.findall(sample), sample

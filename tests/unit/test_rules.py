@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import random
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -18,7 +20,7 @@ from pydantic import ValidationError
 
 from moat.model import Category, Finding, MessageEnvelope
 from moat.settings import DnsSettings, DomainSettings, RulesSettings, Settings
-from services.scanner.checks import ParsedMessage, build_checks, parse, run_checks
+from services.scanner.checks import ParsedMessage, build_checks, parse, run_checks, urls
 from services.scanner.checks.headers import (
     Domain,
     HeaderRulesCheck,
@@ -683,3 +685,41 @@ def test_corpus_sample_never_raises() -> None:
         message: ParsedMessage = parse(path.name, path.read_bytes())
         check.findings(message)
         extract_urls(message)
+
+
+def test_the_text_url_pattern_finds_what_the_plain_case_insensitive_one_does() -> None:
+    chars = r"""[^\s<>"'`{}|\\^\[\]\x00-\x1f]"""
+    reference = re.compile(
+        rf"(?i)\b(?:https?://\[[0-9a-f:.%]{{2,64}}\]{chars}*|(?:https?://|www\.){chars}+)"
+    )
+    rng = random.Random(5)
+    fragments = [
+        "http",
+        "HTTPS",
+        "httP\u017f",
+        "www",
+        "WwW",
+        "w",
+        "h",
+        "://",
+        ":/",
+        ".",
+        "[",
+        "]",
+        "::1",
+        "Fe8",
+        "%",
+        "x",
+        " ",
+        "\u00e9",
+        "_",
+        "-",
+    ]
+    samples = [
+        "".join(rng.choice(fragments) for _ in range(rng.randint(1, 12))) for _ in range(20_000)
+    ]
+    samples += ["http://[::1]x", "HTTP://[FE80::1%25eth0]/a", "http://[zz", "xwww.a", "_http://y"]
+    assert sum(bool(reference.findall(s)) for s in samples) > 300  # the samples do hold URLs
+    for sample in samples:
+        found = [m.group(0) for m in urls._TEXT_URL.finditer(sample)]
+        assert found == [m.group(0) for m in reference.finditer(sample)], sample
