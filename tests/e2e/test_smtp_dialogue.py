@@ -89,6 +89,8 @@ def test_syntax_errors_get_5xx_with_enhanced_codes(gateway: Gateway) -> None:
         client.ehlo("client.test")
         code, text = client.docmd("MAIL FROM:<broken")
         assert code == 501 and text.startswith(b"5.1.7 "), (code, text)
+        code, text = client.docmd("MAIL FROM:<")  # email's parser raises IndexError on it
+        assert code == 553 and text.startswith(b"5.1.3 "), (code, text)
         code, text = client.docmd("MAIL alice@outside.test")
         assert code == 501 and text.startswith(b"5.5.4 "), (code, text)
         code, text = client.docmd("RCPT TO:<bob@example.test>")
