@@ -2,6 +2,7 @@
 
 python -m services.scanner check FILE...           classify message files, one JSON line each
 python -m services.scanner learn --spam|--ham FILE...  learn them into the classifier's store
+python -m services.scanner forget                  undo everything learned
 """
 
 from __future__ import annotations
@@ -84,6 +85,29 @@ async def learn_files(settings: Settings, files: list[Path], spam: bool) -> int:
     return status
 
 
+async def forget_all(settings: Settings) -> int:
+    """Undo everything learned (every scanner picks it up at its next poll); one JSON line."""
+    from moat.db import create_engine
+    from services.scanner.classifier.store import FeedbackStore
+
+    store = FeedbackStore(create_engine(settings.database_url))
+    try:
+        forgotten = await store.forget()
+    finally:
+        await store.close()
+    print(
+        json.dumps(
+            {
+                "generation": forgotten.generation,
+                "features_reset": forgotten.features,
+                "messages_forgotten": forgotten.messages,
+            }
+        ),
+        flush=True,
+    )
+    return 0
+
+
 def main(settings: Settings, argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.scanner")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -97,11 +121,17 @@ def main(settings: Settings, argv: list[str]) -> int:
     label.add_argument("--spam", action="store_true", help="the files are spam")
     label.add_argument("--ham", action="store_true", help="the files are ham (not spam)")
     learn.add_argument("files", nargs="+", type=Path)
+    commands.add_parser(
+        "forget",
+        help="undo everything learned: back to the shipped model (e.g. after a model upgrade)",
+    )
     args = parser.parse_args(argv)
     if args.command == "check":
         return asyncio.run(check_files(settings, args.files, args.rcpt))
     if args.command == "learn":
         return asyncio.run(learn_files(settings, args.files, args.spam))
+    if args.command == "forget":
+        return asyncio.run(forget_all(settings))
     return 2
 
 

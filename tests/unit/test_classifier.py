@@ -381,6 +381,43 @@ def test_learn_command_writes_the_store(
     assert "classifier" in {f["check"] for f in checked["findings"]}
 
 
+def test_forget_takes_every_replica_back_to_the_shipped_weights(
+    database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model_path = tmp_path / "model.npz"
+    synthetic_model().save(model_path)
+    settings = settings_for(database_url, model_path=str(model_path), learn_max_steps=20)
+    section = settings.scanner.classifier
+    raw = make_mail(random.Random(11), False, unique="zzforgettoken")
+
+    async def scenario() -> None:
+        learner = Classifier(section, create_engine(database_url))
+        replica = Classifier(section, create_engine(database_url))  # another scanner's
+
+        async def probability() -> float:
+            await replica.refresh(force=True)
+            return replica.model.probability(replica.features_of(parse("m", raw)))
+
+        try:
+            shipped = await probability()
+            assert (await learner.learn(raw, True, "cli")).learned
+            assert await probability() > 0.9 > shipped
+            assert learner.store is not None
+            forgotten = await learner.store.forget()
+            assert forgotten.messages == 1 and forgotten.features > 0
+            assert await probability() == pytest.approx(shipped, abs=1e-6)
+            assert np.array_equal(replica.model.weights, replica.model.base)
+            assert (await learner.learn(raw, True, "cli")).learned  # learnable again
+        finally:
+            await learner.close()
+            await replica.close()
+
+    asyncio.run(scenario())
+    assert cli.main(settings, ["forget"]) == 0
+    line = json.loads(capsys.readouterr().out)
+    assert line["messages_forgotten"] == 1 and line["features_reset"] > 0
+
+
 # --- the feedback API over HTTPS -------------------------------------------------------------
 
 

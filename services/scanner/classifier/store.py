@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from moat.db import (
@@ -61,6 +61,13 @@ class Learned:
     learned: bool  # False: this message was learned with this label before (nothing changed)
     generation: int
     previous_label: str | None = None
+
+
+@dataclass(frozen=True)
+class Forgotten:
+    generation: int
+    features: int  # deltas set back to 0
+    messages: int  # learned digests dropped
 
 
 class FeedbackStore:
@@ -142,6 +149,25 @@ class FeedbackStore:
                 .values(generation=generation, updated_at=db_now())
             )
             return Learned(True, generation, None if previous is None else str(previous))
+
+    async def forget(self) -> Forgotten:
+        """Everything learned, undone: every delta set to 0 under a new generation (so that every
+        replica, polling, goes back to the shipped weights) and every learned digest dropped (so
+        the same messages can be learned again, e.g. over a new model)."""
+        async with self.engine.begin() as conn:
+            generation = await self._lock_state(conn) + 1
+            features = await conn.execute(
+                update(classifier_deltas)
+                .where(classifier_deltas.c.delta != 0)
+                .values(delta=0.0, generation=generation)
+            )
+            messages = await conn.execute(delete(classifier_learned))
+            await conn.execute(
+                update(classifier_state)
+                .where(classifier_state.c.id == 1)
+                .values(generation=generation, updated_at=db_now())
+            )
+            return Forgotten(generation, int(features.rowcount), int(messages.rowcount))
 
     async def _lock_state(self, conn: AsyncConnection) -> int:
         """The state row, locked for this transaction (created on first use)."""
