@@ -740,14 +740,18 @@ def test_multi_volume_rar_is_opaque(build: Any) -> None:
     assert "multi-volume" in only(findings, "ARCHIVE_OPAQUE").detail
 
 
-def test_a_hanging_rar_unpacker_is_killed_at_the_time_limit(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+@pytest.fixture
+def hanging_unar(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """An unar that answers -version and then never finishes unpacking."""
     fake = tmp_path / "unar"
     fake.write_text('#!/bin/sh\n[ "$1" = -version ] && exit 0\nexec sleep 60\n')
     fake.chmod(0o755)
     monkeypatch.setattr(rarfile, "CURRENT_SETUP", None)
     monkeypatch.setattr(rarfile, "UNAR_TOOL", str(fake))
+
+
+@pytest.mark.usefixtures("hanging_unar")
+def test_a_hanging_rar_unpacker_is_killed_at_the_time_limit() -> None:
     budget = archives.Budget(archives.Limits(10, 1 << 20, 100.0, 1 << 20, tool_seconds=0.5))
     data = rar.rar5([rar.Entry("a.txt", b"hello", method=3), rar.Entry("b.txt", b"bye", method=3)])
     started = time.monotonic()
@@ -760,14 +764,8 @@ def test_a_hanging_rar_unpacker_is_killed_at_the_time_limit(
     assert time.monotonic() - started < 5
 
 
-def test_the_unpacker_time_is_a_share_of_the_check_timeout(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    fake = tmp_path / "unar"
-    fake.write_text('#!/bin/sh\n[ "$1" = -version ] && exit 0\nexec sleep 60\n')
-    fake.chmod(0o755)
-    monkeypatch.setattr(rarfile, "CURRENT_SETUP", None)
-    monkeypatch.setattr(rarfile, "UNAR_TOOL", str(fake))
+@pytest.mark.usefixtures("hanging_unar")
+def test_the_unpacker_time_is_a_share_of_the_check_timeout() -> None:
     data = rar.rar5([rar.Entry("a.txt", b"hello", method=3)])
     policy = ScannerSettings(check_timeout=1.0)
     started = time.monotonic()

@@ -51,6 +51,7 @@ from services.scanner.classifier.training import (
 )
 from tests.harness import free_port, wait_for
 from tests.support.corpus import CORPUS
+from tests.support.generated import fragment_strings
 
 # --- synthetic mail --------------------------------------------------------------------------
 
@@ -569,31 +570,9 @@ def test_the_url_pattern_finds_what_the_plain_case_insensitive_one_does() -> Non
     reference = re.compile(
         r"""(?:(?:https?|ftp)://|www\.)[^\s<>"'()\[\]{}\\^`|]{1,2000}""", re.IGNORECASE
     )
-    rng = random.Random(5)
-    fragments = [
-        "http",
-        "HTTPS",
-        "httP\u017f",
-        "ftp",
-        "fTp",
-        "www",
-        "WwW",
-        "w",
-        "h",
-        "://",
-        ":/",
-        ".",
-        "[",
-        "]",
-        "x",
-        " ",
-        "\u00e9",
-        "_",
-        "-",
-    ]
-    samples = [
-        "".join(rng.choice(fragments) for _ in range(rng.randint(1, 12))) for _ in range(20_000)
-    ]
+    fragments = ["http", "HTTPS", "httP\u017f", "ftp", "fTp", "www", "WwW", "w", "h", "://"]
+    fragments += [":/", ".", "[", "]", "x", " ", "\u00e9", "_", "-"]
+    samples = fragment_strings(fragments, 20_000, seed=5, longest=12)
     samples += [
         "HTTPS://x",
         "http\u017f://y",

@@ -14,6 +14,7 @@ from services.ingress.handler import (
     count_received_headers,
     is_mailbox,
 )
+from tests.support.generated import fragment_strings
 
 
 @pytest.mark.parametrize(
@@ -101,37 +102,11 @@ def test_mail_and_rcpt_addresses_are_read_as_aiosmtpd_reads_them(local_part_limi
     ours = MoatSMTP.__new__(MoatSMTP)
     theirs = SMTP.__new__(SMTP)
     ours.local_part_limit = theirs.local_part_limit = local_part_limit
-    fragments = [
-        "<",
-        ">",
-        "a",
-        "Bob",
-        ".",
-        "@",
-        "example",
-        ".test",
-        "-",
-        "_",
-        "+",
-        "=",
-        "!",
-        " ",
-        "\t",
-        "SIZE=5120",
-        "BODY=8BITMIME",
-        "(c)",
-        ")",
-        '"q q"',
-        "[192.0.2.1]",
-        "\u00e9",
-        ":",
-        ",",
-        "\\",
-    ]
+    fragments = ["<", ">", "a", "Bob", ".", "@", "example", ".test", "-", "_", "+", "=", "!"]
+    fragments += [" ", "\t", "SIZE=5120", "BODY=8BITMIME", "(c)", ")", '"q q"', "[192.0.2.1]"]
+    fragments += ["\u00e9", ":", ",", "\\"]
+    samples = fragment_strings(fragments, 8_000, seed=7, longest=14, shortest=0)
     rng = random.Random(7)
-    samples = [
-        "".join(rng.choice(fragments) for _ in range(rng.randint(0, 14))) for _ in range(8_000)
-    ]
     samples += [
         "<alice@outside.test> SIZE=5120 BODY=8BITMIME",
         "<bob@example.test>",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import random
 import re
 import socket
 import time
@@ -40,6 +39,7 @@ from services.scanner.checks.urls import (
     url_domains,
 )
 from tests.support.fakedns import FakeDNS
+from tests.support.generated import fragment_strings
 
 PROTECTED = ("moat.test", "example.test")
 ARRIVAL = "Mon, 02 Jun 2025 10:00:00 +0000"
@@ -692,32 +692,9 @@ def test_the_text_url_pattern_finds_what_the_plain_case_insensitive_one_does() -
     reference = re.compile(
         rf"(?i)\b(?:https?://\[[0-9a-f:.%]{{2,64}}\]{chars}*|(?:https?://|www\.){chars}+)"
     )
-    rng = random.Random(5)
-    fragments = [
-        "http",
-        "HTTPS",
-        "httP\u017f",
-        "www",
-        "WwW",
-        "w",
-        "h",
-        "://",
-        ":/",
-        ".",
-        "[",
-        "]",
-        "::1",
-        "Fe8",
-        "%",
-        "x",
-        " ",
-        "\u00e9",
-        "_",
-        "-",
-    ]
-    samples = [
-        "".join(rng.choice(fragments) for _ in range(rng.randint(1, 12))) for _ in range(20_000)
-    ]
+    fragments = ["http", "HTTPS", "httP\u017f", "www", "WwW", "w", "h", "://", ":/", ".", "["]
+    fragments += ["]", "::1", "Fe8", "%", "x", " ", "\u00e9", "_", "-"]
+    samples = fragment_strings(fragments, 20_000, seed=5, longest=12)
     samples += ["http://[::1]x", "HTTP://[FE80::1%25eth0]/a", "http://[zz", "xwww.a", "_http://y"]
     assert sum(bool(reference.findall(s)) for s in samples) > 300  # the samples do hold URLs
     for sample in samples:
