@@ -20,15 +20,8 @@ def utcnow() -> datetime:
 
 
 class MessageStatus(StrEnum):
-    """The life of a message. Terminal states: delivered, partially_delivered, bounced,
-    quarantined, failed, rejected.
-
-    received ─► queued ─► delivering ─► delivered | partially_delivered | bounced
-                   │           └──► deferred ─► (retry) delivering ...
-                   └──► quarantined
-    any non-terminal state ─► failed (dead-lettered; an administrator may retry it)
-    received ─► rejected (the sender got 451: never processed)
-    """
+    """The life of a message. Which state may follow which, and what each means, is the
+    table in ``moat/lifecycle.py``."""
 
     RECEIVED = "received"  # stored; the publish for scanning is not yet known to be confirmed
     QUEUED = "queued"  # published for scanning, confirmed by the broker
@@ -38,8 +31,11 @@ class MessageStatus(StrEnum):
     PARTIALLY_DELIVERED = "partially_delivered"  # some recipients delivered, the others bounced
     BOUNCED = "bounced"
     QUARANTINED = "quarantined"
+    RELEASED = "released"  # let out of quarantine; handed to delivery
     FAILED = "failed"
     REJECTED = "rejected"
+    DELETED = "deleted"  # deleted from quarantine by an administrator; the record is kept
+    PURGED = "purged"  # its raw copy removed by retention; the record is kept
 
 
 class RecipientStatus(StrEnum):
@@ -47,9 +43,9 @@ class RecipientStatus(StrEnum):
     DEFERRED = "deferred"
     DELIVERED = "delivered"
     BOUNCED = "bounced"
-
-
-RECIPIENT_DONE = frozenset({RecipientStatus.DELIVERED, RecipientStatus.BOUNCED})
+    QUARANTINED = "quarantined"
+    DELETED = "deleted"
+    PURGED = "purged"
 
 
 class Category(StrEnum):

@@ -1,30 +1,39 @@
 """Every query Moat runs, one method per step of a message's life.
 
 Write steps go through a ``BatchWriter``: concurrent steps of a process share one transaction and
-run as bulk statements. Steps that may be repeated after a crash (redelivery) are conditional:
-they lock the rows, change only those still in the state the step expects, and report whether
-they did, so a repeated step never yields a second verdict or a second delivery.
+run as bulk statements. Every change of state is one the lifecycle table (``moat/lifecycle.py``)
+allows from the state the row is in: the rows are locked, checked against the table, and the
+``UPDATE`` itself is conditional on the allowed source states. A step that may be repeated after
+a crash (redelivery) therefore changes nothing the second time and reports so, and a late event
+can never overwrite a state that moved on; a refused transition is logged.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import Select, bindparam, func, insert, or_, select, update
+from sqlalchemy import Select, bindparam, func, insert, literal_column, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from moat import lifecycle
 from moat.batch import BatchWriter
 from moat.db import READ_ONLY, db_now, events, messages, recipients
+from moat.lifecycle import DELIVERABLE, RECIPIENT_TO_DELIVER, SCANNABLE
 from moat.model import Finding, MessageEnvelope, MessageStatus, RecipientStatus, Verdict
 
-SCANNABLE = (MessageStatus.RECEIVED, MessageStatus.QUEUED)
-DELIVERABLE = (MessageStatus.DELIVERING, MessageStatus.DEFERRED)
-IN_FLIGHT = SCANNABLE + DELIVERABLE  # not yet in a terminal state
+log = logging.getLogger(__name__)
+
+
+def _one_of(column: Any, states: Iterable[str]) -> Any:
+    """``column IN ('a', 'b')`` with the states written into the SQL: a state list is a fixed
+    part of a statement, and bound (expanding) parameters are refused in executemany()."""
+    return column.in_([literal_column(f"'{state}'") for state in sorted(states)])
 
 
 def _locking(*conditions: Any) -> Select[Any]:
@@ -42,12 +51,13 @@ def _locking(*conditions: Any) -> Select[Any]:
 # The write path's statements, built once: building one took SQLAlchemy ~250 us, four times
 # what running it on SQLite takes, and they run on every batch of every message.
 _LOCK_ANY = _locking()
-_LOCK_SCANNABLE = _locking(messages.c.status.in_(SCANNABLE))
+_LOCK_SCANNABLE = _locking(_one_of(messages.c.status, SCANNABLE))
 _LOCK_CLAIMABLE = _locking(
-    messages.c.status.in_(DELIVERABLE),
+    _one_of(messages.c.status, DELIVERABLE),
     or_(messages.c.lease_until.is_(None), messages.c.lease_until < bindparam("now")),
 )
-_LOCK_IN_FLIGHT = _locking(messages.c.status.in_(IN_FLIGHT))
+_LOCK_DELIVERABLE = _locking(_one_of(messages.c.status, DELIVERABLE))
+_LOCK_FAILABLE = _locking(_one_of(messages.c.status, lifecycle.sources(MessageStatus.FAILED)))
 _LOCK_FAILED = _locking(messages.c.status == MessageStatus.FAILED)
 _INSERT_MESSAGES = insert(messages)
 _INSERT_RECIPIENTS = insert(recipients)
@@ -56,13 +66,13 @@ _MARK_QUEUED = (
     update(messages)
     .where(
         messages.c.id.in_(bindparam("ids", expanding=True)),
-        messages.c.status == MessageStatus.RECEIVED,
+        _one_of(messages.c.status, lifecycle.sources(MessageStatus.QUEUED)),
     )
     .values(status=MessageStatus.QUEUED, updated_at=bindparam("now"))
 )
 _SET_VERDICT = (
     update(messages)
-    .where(messages.c.id == bindparam("b_id"))
+    .where(messages.c.id == bindparam("b_id"), _one_of(messages.c.status, SCANNABLE))
     .values(
         status=bindparam("b_status"),
         verdict=bindparam("b_verdict"),
@@ -77,6 +87,23 @@ _SET_LEASE = (
     .where(messages.c.id == bindparam("b_id"))
     .values(lease_until=bindparam("b_lease"))
 )
+_RENEW_LEASE = (
+    update(messages)
+    .where(
+        messages.c.id.in_(bindparam("ids", expanding=True)),
+        _one_of(messages.c.status, DELIVERABLE),
+        messages.c.lease_until.is_not(None),
+    )
+    .values(lease_until=bindparam("until"))
+)
+_QUARANTINE_RECIPIENTS = (
+    update(recipients)
+    .where(
+        recipients.c.message_id.in_(bindparam("ids", expanding=True)),
+        _one_of(recipients.c.status, lifecycle.recipient_sources(RecipientStatus.QUARANTINED)),
+    )
+    .values(status=RecipientStatus.QUARANTINED, updated_at=bindparam("now"))
+)
 _RECIPIENTS_OF = (
     select(recipients)
     .where(recipients.c.message_id.in_(bindparam("ids", expanding=True)))
@@ -84,7 +111,7 @@ _RECIPIENTS_OF = (
 )
 _RECIPIENT_ATTEMPT = (
     update(recipients)
-    .where(recipients.c.id == bindparam("b_id"))
+    .where(recipients.c.id == bindparam("b_id"), _one_of(recipients.c.status, RECIPIENT_TO_DELIVER))
     .values(
         status=bindparam("b_status"),
         reply=bindparam("b_reply"),
@@ -95,7 +122,7 @@ _RECIPIENT_ATTEMPT = (
 )
 _MESSAGE_ATTEMPT = (
     update(messages)
-    .where(messages.c.id == bindparam("b_id"))
+    .where(messages.c.id == bindparam("b_id"), _one_of(messages.c.status, DELIVERABLE))
     .values(
         status=bindparam("b_status"),
         attempts=messages.c.attempts + 1,
@@ -193,6 +220,16 @@ class NewMessage:
         )
 
 
+def _refused(message_id: str, current: str, target: str, service: str) -> None:
+    log.warning(
+        "%s: refused %s -> %s (from %s): not an allowed transition",
+        message_id,
+        current,
+        target,
+        service,
+    )
+
+
 def _domain(address: str) -> str:
     return address.rpartition("@")[2].lower().rstrip(".")
 
@@ -220,7 +257,8 @@ class Repository:
                 "claim": self._bulk_claim,
                 "attempt": self._bulk_attempt,
                 "release": self._bulk_release,
-                "status": self._bulk_status,
+                "renew": self._bulk_renew,
+                "status": self._bulk_transition,
                 "dead_letter": self._bulk_dead_letter,
                 "retry": self._bulk_retry,
             },
@@ -244,9 +282,7 @@ class Repository:
 
     async def mark_rejected(self, message_id: str, reason: str) -> None:
         """Ingress: the sender got 451 for this message; it must never be processed."""
-        await self.writes.submit(
-            "status", (message_id, MessageStatus.REJECTED, "ingress", "rejected", reason)
-        )
+        await self.transition(message_id, MessageStatus.REJECTED, "ingress", "rejected", reason)
 
     async def record_verdict(
         self, message_id: str, verdict: Verdict, status: MessageStatus
@@ -266,19 +302,34 @@ class Repository:
         )
         return record
 
-    async def record_attempt(self, result: AttemptResult) -> None:
+    async def record_attempt(self, result: AttemptResult) -> bool:
         """Delivery: one attempt's per-recipient outcomes, the message's new state, the lease
-        released, and the DSN (already spooled) if one is due, all in one transaction."""
-        await self.writes.submit("attempt", result)
+        released, and the DSN (already spooled) if one is due, all in one transaction. False if
+        the message is no longer one delivery may work on (nothing is written then)."""
+        recorded: bool = await self.writes.submit("attempt", result)
+        return recorded
 
     async def release_lease(self, message_id: str) -> None:
         await self.writes.submit("release", message_id)
 
-    async def mark_failed(self, message_id: str, service: str, reason: str) -> None:
-        """Any consumer: the message is dead-lettered."""
-        await self.writes.submit(
-            "status", (message_id, MessageStatus.FAILED, service, "failed", reason)
+    async def renew_lease(self, message_id: str, lease: timedelta) -> None:
+        """Delivery: still working on it; hold the lease ``lease`` longer from now."""
+        await self.writes.submit("renew", (message_id, lease))
+
+    async def mark_failed(self, message_id: str, service: str, reason: str) -> bool:
+        """Any consumer: the message is dead-lettered. False (and nothing written) if it is in
+        a state that cannot fail, e.g. delivered already."""
+        return await self.transition(message_id, MessageStatus.FAILED, service, "failed", reason)
+
+    async def transition(
+        self, message_id: str, target: MessageStatus, service: str, event: str, reason: str
+    ) -> bool:
+        """Move a message to ``target`` if the lifecycle allows it from its current state,
+        with ``reason`` recorded and an event in its timeline; False if it was refused."""
+        moved: bool = await self.writes.submit(
+            "status", (message_id, target, service, event, reason)
         )
+        return moved
 
     async def retry_failed(self, message_id: str) -> MessageStatus | None:
         """Admin: put a failed message back where it failed: scanning if it has no verdict
@@ -338,6 +389,9 @@ class Repository:
         if rows:
             conn.execute(_SET_VERDICT, rows)
             conn.execute(_INSERT_EVENTS, history)
+        held = [row["b_id"] for row in rows if row["b_status"] == MessageStatus.QUARANTINED]
+        if held:
+            conn.execute(_QUARANTINE_RECIPIENTS, {"ids": held, "now": now})
         return results
 
     def _bulk_claim(
@@ -365,8 +419,21 @@ class Repository:
             results.append(claimed.pop(message_id, None))
         return results
 
-    def _bulk_attempt(self, conn: Connection, items: list[AttemptResult]) -> list[None]:
+    def _bulk_attempt(self, conn: Connection, items: list[AttemptResult]) -> list[bool]:
         now = db_now()
+        current = self._lock(conn, [item.message_id for item in items], _LOCK_DELIVERABLE)
+        results, recorded = [], []
+        for item in items:
+            row = current.pop(item.message_id, None)  # the same message twice: first wins
+            ok = row is not None and lifecycle.allowed(row.status, item.status)
+            if not ok:
+                _refused(item.message_id, row.status if row else "gone", item.status, "delivery")
+            results.append(ok)
+            if ok:
+                recorded.append(item)
+        items = recorded
+        if not items:
+            return results
         outcome_rows = [
             {
                 "b_id": o.recipient_id,
@@ -406,50 +473,54 @@ class Repository:
             self._insert_messages(
                 conn, [item.bounce], MessageStatus.DELIVERING, "delivery", bounce_of=item.message_id
             )
-        return [None] * len(items)
+        return results
 
     def _bulk_release(self, conn: Connection, ids: list[str]) -> list[None]:
         conn.execute(_RELEASE, {"ids": ids})
         return [None] * len(ids)
 
-    def _bulk_dead_letter(self, conn: Connection, items: list[tuple[str, str]]) -> list[bool]:
-        pending = self._lock(conn, [item[0] for item in items], _LOCK_IN_FLIGHT)
+    def _bulk_renew(self, conn: Connection, items: list[tuple[str, timedelta]]) -> list[None]:
         now = db_now()
+        for message_id, lease in items:
+            conn.execute(_RENEW_LEASE, {"ids": [message_id], "until": now + lease})
+        return [None] * len(items)
+
+    def _bulk_dead_letter(self, conn: Connection, items: list[tuple[str, str]]) -> list[bool]:
+        pending = self._lock(conn, [item[0] for item in items], _LOCK_FAILABLE)
         results = []
         for message_id, reason in items:
-            marked = pending.pop(message_id, None) is not None
-            results.append(marked)
-            if marked:
-                conn.execute(
-                    update(messages)
-                    .where(messages.c.id == message_id)
-                    .values(
-                        status=MessageStatus.FAILED, reason=reason, lease_until=None, updated_at=now
-                    )
-                )
-                conn.execute(insert(events).values(_event(message_id, "broker", "failed", reason)))
+            row = pending.pop(message_id, None)
+            results.append(row is not None)
+            if row is not None:
+                self._move(conn, message_id, row.status, MessageStatus.FAILED, reason)
+                conn.execute(_INSERT_EVENTS, [_event(message_id, "broker", "failed", reason)])
         return results
 
-    def _bulk_status(
+    def _bulk_transition(
         self, conn: Connection, items: list[tuple[str, MessageStatus, str, str, str]]
-    ) -> list[None]:
-        """Rare terminal changes (rejected, failed), with their reason."""
+    ) -> list[bool]:
+        """Rarer changes (rejected, failed, deleted, purged...), each with its reason; each
+        only if the lifecycle allows it from the row's current state."""
         existing = self._lock(conn, [item[0] for item in items], _LOCK_ANY)
-        now = db_now()
-        for message_id, status, service, event_name, reason in items:
-            if message_id not in existing:
-                continue  # no such message: nothing to record it on
-            conn.execute(
-                update(messages)
-                .where(messages.c.id == message_id)
-                .values(status=status, reason=reason, lease_until=None, updated_at=now)
-            )
-            conn.execute(insert(events).values(_event(message_id, service, event_name, reason)))
-        return [None] * len(items)
+        status_now = {message_id: MessageStatus(row.status) for message_id, row in existing.items()}
+        results = []
+        for message_id, target, service, event_name, reason in items:
+            current = status_now.get(message_id)
+            if current is None:
+                results.append(False)  # no such message: nothing to record it on
+                continue
+            if not lifecycle.allowed(current, target):
+                _refused(message_id, current, target, service)
+                results.append(False)
+                continue
+            self._move(conn, message_id, current, target, reason)
+            conn.execute(_INSERT_EVENTS, [_event(message_id, service, event_name, reason)])
+            status_now[message_id] = target
+            results.append(True)
+        return results
 
     def _bulk_retry(self, conn: Connection, ids: list[str]) -> list[MessageStatus | None]:
         failed = self._lock(conn, ids, _LOCK_FAILED)
-        now = db_now()
         results: list[MessageStatus | None] = []
         for message_id in ids:
             row = failed.pop(message_id, None)
@@ -457,22 +528,41 @@ class Repository:
                 results.append(None)
                 continue
             status = MessageStatus.RECEIVED if row.verdict is None else MessageStatus.DELIVERING
+            self._move(conn, message_id, row.status, status, None, next_attempt_at=db_now())
             conn.execute(
-                update(messages)
-                .where(messages.c.id == message_id)
-                .values(
-                    status=status,
-                    reason=None,
-                    lease_until=None,
-                    next_attempt_at=now,
-                    updated_at=now,
-                )
-            )
-            conn.execute(
-                insert(events).values(_event(message_id, "api", "retried", f"back to {status}"))
+                _INSERT_EVENTS, [_event(message_id, "api", "retried", f"back to {status}")]
             )
             results.append(status)
         return results
+
+    def _move(
+        self,
+        conn: Connection,
+        message_id: str,
+        current: str,
+        target: MessageStatus,
+        reason: str | None,
+        **values: Any,
+    ) -> None:
+        """Change one locked row's state (the caller checked the lifecycle), conditional on
+        the state it was read in; recipients follow where the table says they do."""
+        lifecycle.check(message_id, MessageStatus(current), target)
+        now = db_now()
+        conn.execute(
+            update(messages)
+            .where(messages.c.id == message_id, messages.c.status == current)
+            .values(status=target, reason=reason, lease_until=None, updated_at=now, **values)
+        )
+        follows = lifecycle.RECIPIENTS_FOLLOW.get(target)
+        if follows is not None:
+            conn.execute(
+                update(recipients)
+                .where(
+                    recipients.c.message_id == message_id,
+                    _one_of(recipients.c.status, lifecycle.recipient_sources(follows)),
+                )
+                .values(status=follows, updated_at=now)
+            )
 
     def _lock(
         self, conn: Connection, ids: list[str], statement: Select[Any], **params: Any
@@ -556,16 +646,21 @@ class Repository:
     async def overdue_for_delivery(
         self, grace: timedelta, limit: int = 500
     ) -> list[tuple[str, int]]:
-        """Mail whose next delivery attempt should have happened ``grace`` ago and that no
-        worker holds: its request was lost (crash before publish). Returns (id, attempt)."""
+        """Mail delivery should be working on but is not: its next attempt should have happened
+        ``grace`` ago and no worker holds it (its request was lost: a crash before publish), or
+        its lease ran out (the worker holding it died: a live one keeps renewing it). Returns
+        (id, attempt)."""
         now = db_now()
         async with self.reader.connect() as conn:
             rows = await conn.execute(
                 select(messages.c.id, messages.c.attempts)
                 .where(
-                    messages.c.status.in_(DELIVERABLE),
-                    messages.c.next_attempt_at < now - grace,
-                    or_(messages.c.lease_until.is_(None), messages.c.lease_until < now),
+                    _one_of(messages.c.status, DELIVERABLE),
+                    or_(
+                        messages.c.lease_until < now,
+                        (messages.c.lease_until.is_(None))
+                        & (messages.c.next_attempt_at < now - grace),
+                    ),
                 )
                 .order_by(messages.c.next_attempt_at)
                 .limit(limit)

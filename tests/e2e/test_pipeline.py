@@ -78,7 +78,9 @@ def test_eicar_in_an_attachment_is_quarantined(
     record = gateway.wait_status(message_id, "quarantined")
     assert record["verdict"]["verdict"] == "virus"
     assert "EICAR_TEST_FILE" in {f["symbol"] for f in record["verdict"]["findings"]}
-    assert record["recipients"][0]["status"] == "pending"
+    # Held, not waiting for delivery; its raw copy is kept for review.
+    assert record["recipients"][0]["status"] == "quarantined"
+    assert list((gateway.workdir / "spool").rglob(f"{message_id}.eml"))
     assert relay_sink.with_token(token) == []
 
 
