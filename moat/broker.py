@@ -1,5 +1,5 @@
-"""The AMQP side of every service: one robust connection, confirmed publishing, and the consumer
-base class that owns acknowledgement.
+"""The AMQP side of every service: one supervised connection, confirmed publishing, and the
+consumer base class that owns acknowledgement.
 
 Acknowledgement rule: a consumer acks only after its work is committed (database written and the
 next publish confirmed). A crash anywhere before that means redelivery, so every handler is
@@ -9,6 +9,12 @@ idempotent. Errors decide what happens next by their type:
 - anything else: transient; the message is returned to its queue after a short pause. The broker
   counts deliveries; on the last one allowed by ``x-delivery-limit`` the consumer marks it
   ``failed`` and dead-letters it itself, so the failure is recorded with its reason.
+
+Work is not tied to the connection it came on: a handler runs in a task of the consumer's own,
+so a lost connection does not cut a delivery or a commit in half. The work finishes; its ack
+then has nowhere to go, the broker delivers the message again, and the idempotent handler
+recognises it as done. A stop (``Consumer.stop``) takes no new messages, lets the ones in hand
+finish within a bound, and hands back the rest without counting them as failed deliveries.
 """
 
 from __future__ import annotations
@@ -23,7 +29,12 @@ from enum import Enum
 from typing import Generic, TypeVar
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
 from pamqp.commands import Basic
 from pydantic import ValidationError
 
@@ -68,10 +79,15 @@ class Broker:
         self.topology = topology
         self._connection: AbstractConnection | None = None
         self._publish_channel: AbstractChannel | None = None
-        self._consumers: list[tuple[str, int, ConsumerCallback]] = []
+        self._consumers: dict[str, tuple[int, ConsumerCallback]] = {}
+        self._consuming: dict[str, tuple[AbstractQueue, str]] = {}  # queue -> (queue, tag)
         self._ready = asyncio.Event()
         self._lost = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._ready.is_set()
 
     async def connect(self, max_delay: float = 10.0) -> None:
         """Connect (waiting for the broker as long as it takes), then keep the connection up in
@@ -114,8 +130,10 @@ class Broker:
                 await publish_channel.declare_queue(
                     spec.name, durable=True, arguments=spec.arguments
                 )
-            for queue, prefetch, callback in self._consumers:
-                await self._start_consumer(connection, queue, prefetch, callback)
+            consuming = {
+                queue: await self._start_consumer(connection, queue, prefetch, callback)
+                for queue, (prefetch, callback) in self._consumers.items()
+            }
         except BaseException:
             with contextlib.suppress(Exception):
                 await connection.close()
@@ -123,6 +141,7 @@ class Broker:
         self._lost = asyncio.Event()
         connection.close_callbacks.add(lambda *_: self._lost.set())
         self._connection, self._publish_channel = connection, publish_channel
+        self._consuming = consuming
         self._ready.set()
 
     async def _supervise(self, max_delay: float) -> None:
@@ -142,9 +161,11 @@ class Broker:
         body: ScanRequest | DeliveryRequest,
         *,
         expiration_ms: int | None = None,
+        timeout: float | None = None,
     ) -> None:
         """Publish persistently and wait for the broker's confirm; raise PublishError if the
-        message is not known to be safe in its queue within ``publish_timeout``."""
+        message is not known to be safe in its queue within ``timeout`` (default
+        ``publish_timeout``), which includes waiting for a lost connection to come back."""
         message = aio_pika.Message(
             encode_body(body),
             content_type="application/json",
@@ -152,16 +173,29 @@ class Broker:
             message_id=body.message_id,
             expiration=expiration_ms / 1000 if expiration_ms is not None else None,
         )
-        timeout = self.settings.publish_timeout
+        await self._publish(queue, message, timeout or self.settings.publish_timeout)
+
+    async def _publish(self, queue: str, message: aio_pika.Message, timeout: float) -> None:
         try:
             async with asyncio.timeout(timeout):
-                await self._ready.wait()
-                assert self._publish_channel is not None
-                confirmation = await self._publish_channel.default_exchange.publish(
-                    message, routing_key=queue, mandatory=True
-                )
+                while True:
+                    await self._ready.wait()
+                    channel = self._publish_channel
+                    assert channel is not None
+                    try:
+                        confirmation = await channel.default_exchange.publish(
+                            message, routing_key=queue, mandatory=True
+                        )
+                        break
+                    except Exception:
+                        if not channel.is_closed and channel is self._publish_channel:
+                            raise
+                        # The connection went while we published: wait for the next one.
+                        await asyncio.sleep(0.1)
         except TimeoutError as exc:
             raise PublishError(f"no confirm from the broker within {timeout}s") from exc
+        except PublishError:
+            raise
         except Exception as exc:  # connection lost, channel closed, message returned
             raise PublishError(f"{type(exc).__name__}: {exc}") from exc
         if not isinstance(confirmation, Basic.Ack):
@@ -214,18 +248,33 @@ class Broker:
 
     async def consume(self, queue: str, prefetch: int, callback: ConsumerCallback) -> None:
         """Consume ``queue`` now and again after every reconnection."""
-        self._consumers.append((queue, prefetch, callback))
+        self._consumers[queue] = (prefetch, callback)
         if self._connection is not None and self._ready.is_set():
-            await self._start_consumer(self._connection, queue, prefetch, callback)
+            self._consuming[queue] = await self._start_consumer(
+                self._connection, queue, prefetch, callback
+            )
+
+    async def cancel(self, queue: str) -> None:
+        """Stop consuming ``queue`` (basic.cancel): the broker sends no more of its messages;
+        those in hand stay ours to ack or hand back."""
+        self._consumers.pop(queue, None)
+        consuming = self._consuming.pop(queue, None)
+        if consuming is not None and self._ready.is_set():
+            declared, tag = consuming
+            try:
+                await asyncio.wait_for(declared.cancel(tag), self.settings.publish_timeout)
+            except Exception as exc:  # the connection is going anyway
+                log.info("could not cancel the %s consumer: %s", queue, exc)
 
     @staticmethod
     async def _start_consumer(
         connection: AbstractConnection, queue: str, prefetch: int, callback: ConsumerCallback
-    ) -> None:
+    ) -> tuple[AbstractQueue, str]:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
         declared = await channel.get_queue(queue, ensure=False)
-        await declared.consume(callback)
+        tag = await declared.consume(callback)
+        return declared, tag
 
 
 class Consumer(ABC, Generic[Body]):
@@ -233,14 +282,13 @@ class Consumer(ABC, Generic[Body]):
 
     queue: str
     body_type: type[Body]
+    service: str
 
     def __init__(self, broker: Broker, prefetch: int) -> None:
         self.broker = broker
         self.prefetch = prefetch
-        self._in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._stopping = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.stopping = False
 
     @abstractmethod
     async def handle(self, body: Body) -> None:
@@ -253,31 +301,37 @@ class Consumer(ABC, Generic[Body]):
     async def start(self) -> None:
         await self.broker.consume(self.queue, self.prefetch, self._on_message)
 
-    async def stop(self, timeout: float = 15.0) -> None:
-        """Take no new messages and let the ones in hand finish, so that a stop does not cut
-        an SMTP transaction or a commit in half (that would mean a duplicate later)."""
-        self._stopping = True
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def stop(self, timeout: float) -> None:
+        """Take no new messages, let those in hand finish for up to ``timeout`` seconds (a
+        stop should not cut an SMTP transaction or a commit in half: that would mean a
+        duplicate later), then cancel the rest, which hand their messages back."""
+        self.stopping = True
+        await self.broker.cancel(self.queue)
+        if not self._tasks:
+            return
+        log.info("%s: finishing %d message(s) in hand", self.queue, len(self._tasks))
+        _, unfinished = await asyncio.wait(set(self._tasks), timeout=timeout)
+        if unfinished:
             log.warning(
-                "%d %s messages still in hand at stop; the broker will redeliver them",
-                self._in_flight,
+                "%s: %d message(s) still in hand after %.0fs; handing them back",
                 self.queue,
+                len(unfinished),
+                timeout,
             )
+            for task in unfinished:
+                task.cancel()
+            await asyncio.wait(unfinished, timeout=self.broker.settings.publish_timeout + 1)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        if self._stopping:
-            await message.nack(requeue=True)
-            return
-        self._in_flight += 1
-        self._idle.clear()
-        try:
-            await self._process(message)
-        finally:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
+        # aiormq cancels its consumer callbacks when the channel closes; the work runs in a
+        # task of ours so that a lost connection does not cut it in half.
+        task = asyncio.create_task(self._process(message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
         try:
@@ -286,42 +340,81 @@ class Consumer(ABC, Generic[Body]):
                 raise PoisonMessage(f"a {body.kind} request has no place in queue {self.queue}")
         except (ValidationError, PoisonMessage) as exc:
             log.error("dead-lettering an unreadable message from %s: %s", self.queue, exc)
-            await message.reject(requeue=False)
+            await _settle(message.reject(requeue=False), self.queue, "reject")
             return
 
         deliveries = _delivery_count(message) + 1
         last_chance = deliveries >= self.broker.settings.delivery_limit
         try:
             await self.handle(body)
+        except asyncio.CancelledError:
+            # A stop, not a failure: the message goes back uncounted, to be done again.
+            await asyncio.shield(self._hand_back(message, body))
+            raise
         except PoisonMessage as exc:
+            log.error("%s %s is poison: %s", self.queue, body.message_id, exc)
             await self._dead_letter(message, body, f"poison: {exc}")
         except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"
             if last_chance:
                 log.exception("%s %s failed %d times", self.queue, body.message_id, deliveries)
-                await self._dead_letter(message, body, f"failed {deliveries} times; last: {reason}")
+                # The reason is for people reading the API; the exception is in the log.
+                await self._dead_letter(
+                    message,
+                    body,
+                    f"gave up after {deliveries} tries: an internal error "
+                    f"({type(exc).__name__}); the {self.service} log has the details",
+                )
             else:
                 log.warning(
-                    "%s %s failed (attempt %d), will retry: %s",
+                    "%s %s failed (attempt %d), will retry: %s: %s",
                     self.queue,
                     body.message_id,
                     deliveries,
-                    reason,
+                    type(exc).__name__,
+                    exc,
                 )
                 # A short pause so a transient fault (database restarting) is not hammered.
                 await asyncio.sleep(min(0.2 * 2**deliveries, 10) * random.uniform(0.5, 1.0))
-                await message.nack(requeue=True)
+                await _settle(message.nack(requeue=True), self.queue, "nack")
         else:
-            await message.ack()
+            await _settle(message.ack(), self.queue, "ack")
+
+    async def _hand_back(self, message: AbstractIncomingMessage, body: Body) -> None:
+        """Give an unfinished message back to the broker without counting a delivery: a copy
+        goes to the end of the queue (confirmed), then the original is acked. Should that fail
+        the original stays unacked, and the broker takes it back when the channel closes."""
+        try:
+            await self.broker.publish(self.queue, body)
+        except PublishError as exc:
+            log.warning("%s %s: could not hand back (%s)", self.queue, body.message_id, exc)
+            return
+        await _settle(message.ack(), self.queue, "ack")
+        log.info("%s %s handed back unfinished", self.queue, body.message_id)
 
     async def _dead_letter(self, message: AbstractIncomingMessage, body: Body, reason: str) -> None:
         try:
             await self.mark_failed(body, reason)
         except Exception:
             log.exception("could not record %s as failed; returning it to the queue", body)
-            await message.nack(requeue=True)
+            await _settle(message.nack(requeue=True), self.queue, "nack")
             return
-        await message.reject(requeue=False)
+        await _settle(message.reject(requeue=False), self.queue, "reject")
+
+
+async def _settle(answer: Awaitable[None], queue: str, what: str) -> None:
+    """Send an ack, nack or reject. When the channel the message came on is gone (the
+    connection was lost while we worked), the broker already took the message back and will
+    deliver it again; the work is recorded, so the redelivery is recognised as done."""
+    try:
+        await answer
+    except Exception as exc:
+        log.info(
+            "%s: could not %s (%s: %s); the broker will redeliver",
+            queue,
+            what,
+            type(exc).__name__,
+            exc,
+        )
 
 
 def _delivery_count(message: AbstractIncomingMessage) -> int:

@@ -13,6 +13,7 @@ TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 MESSAGE_TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
 LOOP_DETECTED = "554 5.4.0 Too many Received: headers, mail loop suspected"
 TEMPORARY_FAILURE = "451 4.3.0 Temporary failure, please try again later"
+SHUTTING_DOWN = "421 4.3.2 Service shutting down, closing transmission channel"
 BAD_RECIPIENT_SYNTAX = "501 5.1.3 Bad recipient address syntax"
 BAD_SENDER_SYNTAX = "501 5.1.7 Bad sender address syntax"
 

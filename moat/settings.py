@@ -77,6 +77,10 @@ class BrokerSettings(BaseModel):
     publish_timeout: float = 10.0
     # Quorum queues count deliveries; past this many the message is dead-lettered (failed).
     delivery_limit: int = 5
+    # Seconds a worker that finished its work (verdict or attempt recorded) waits for a lost
+    # broker connection to come back to publish the next step, before it gives up and leaves
+    # it to the recovery sweeps.
+    handoff_timeout: float = 60.0
 
 
 class DnsSettings(BaseModel):
@@ -411,8 +415,10 @@ class DeliverySettings(BaseModel):
     smarthost: str | None = None  # host:port for mail to domains we don't protect (bounces)
     connect_timeout: float = 30.0
     command_timeout: float = 300.0
-    # A worker holds a message this long while delivering it; after that the sweep may retake it.
-    lease_seconds: int = 900
+    # A worker holds a message it is delivering with a lease of this many seconds, renewed every
+    # third of it while it works; a lease that runs out means the worker died, and the sweep
+    # hands the message to another one.
+    lease_seconds: int = 120
     # How often the recovery sweep looks for mail whose next step was lost (crash, lost publish).
     sweep_interval: float = 60.0
     sweep_grace: float = 300.0
@@ -438,6 +444,8 @@ class Settings(BaseSettings):
 
     env: Literal["dev", "test", "prod"] = "dev"
     log_level: str = "INFO"
+    # Seconds a service takes to stop gracefully (finish or hand back the work in hand).
+    shutdown_timeout: float = 20.0
     domains: dict[str, DomainSettings] = {}
     database_url: str = "sqlite+aiosqlite:///var/moat.db"
     spool_dir: Path = Path("var/spool")

@@ -74,10 +74,11 @@ class SinkHandler:
     """An aiosmtpd handler standing in for a mail server: records what it accepts and answers
     RCPT per recipient as the test planned (default 250)."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0.0) -> None:
         self.messages: list[Received] = []
         self.plans: dict[str, list[int]] = {}
         self.lock = threading.Lock()
+        self.delay = delay  # seconds to answer DATA: a slow server keeps deliveries in flight
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
@@ -97,12 +98,14 @@ class SinkHandler:
             self.messages.append(
                 Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
             )
+        if self.delay:  # like a server that queued the message and is slow to say so
+            await asyncio.sleep(self.delay)
         return "250 2.0.0 Ok: sunk"
 
 
 class Sink:
-    def __init__(self) -> None:
-        self.handler = SinkHandler()
+    def __init__(self, delay: float = 0.0) -> None:
+        self.handler = SinkHandler(delay)
         self.port = free_port()
         self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
 

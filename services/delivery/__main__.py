@@ -53,7 +53,7 @@ async def main(settings: Settings) -> None:
     try:
         await runtime.wait_for_stop_signal()
     finally:
-        await consumer.stop()
+        await consumer.stop(settings.shutdown_timeout)
         for task in background:
             task.cancel()
         await smtp.close()

@@ -31,9 +31,6 @@ _HARD_LIMIT = 998
 _CRLF = "\r\n"
 
 # re.ASCII: \d would otherwise accept any Unicode digit, and a status has to be ASCII.
-_ENHANCED_AT_START = re.compile(
-    r"\s*(?:\d{3}[ -])?([245])\.(\d{1,3})\.(\d{1,3})(?![\w.])", re.ASCII
-)
 _STATUS = re.compile(r"[245]\.\d{1,3}\.\d{1,3}", re.ASCII)
 _SMTP_REPLY = re.compile(r"\d{3}(?:[ -]|$)", re.ASCII)
 # What may appear in a host name or address literal ("[192.0.2.1]", "[IPv6:2001:db8::1]").
@@ -53,27 +50,6 @@ class FailedRecipient:
     diagnostic: str
     remote_mta: str | None
     last_attempt: datetime
-
-
-def enhanced_status(code: int | None, text: str) -> str:
-    """The RFC 3463 status of a reply: the enhanced code at the start of `text` if present and
-    consistent with the class of `code` (2/4/5), else f"{class}.0.0"; for code None (no reply,
-    e.g. connection failure) "4.4.1".
-
-    `text` may be the reply's text alone or the whole reply line (with `code` in front). A code
-    whose class is not 2, 4 or 5 is a protocol violation by the server; it gets "4.5.0" (other
-    protocol status, transient) because "1.0.0" or "3.0.0" are not valid statuses, and a broken
-    exchange is worth retrying rather than bouncing at once.
-    """
-    if code is None:
-        return "4.4.1"
-    reply_class = code // 100
-    if reply_class not in (2, 4, 5):
-        return "4.5.0"
-    match = _ENHANCED_AT_START.match(text)
-    if match is not None and int(match.group(1)) == reply_class:
-        return ".".join(match.groups())
-    return f"{reply_class}.0.0"
 
 
 def build_dsn(

@@ -1,45 +1,67 @@
 """SMTP transactions to next hops, reporting a reply for every recipient, over cached
 connections (like Postfix's connection cache: a session that ended well serves the next
-message to the same host for a few seconds, saving the connect, greeting and EHLO)."""
+message to the same host for a few seconds, saving the connect, greeting and EHLO).
+
+This module reports what happened and never judges it: every network trouble (a refused
+connection, a timeout, a reset, a name that does not resolve, a 421 greeting, a drop after the
+final dot) becomes a ``Reply`` for each recipient it concerns, and ``outcomes.judge`` decides.
+It never raises for anything a next hop does.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import socket
+import ssl
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import aiosmtplib
 
-from moat.model import RecipientStatus
+from services.delivery.outcomes import NoReply, Reply
 from services.delivery.routing import Route
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class Reply:
-    code: int | None  # None: no reply at all (connection failed, timed out)
-    text: str
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.text}" if self.code is not None else self.text
-
-
-def classify(reply: Reply) -> RecipientStatus:
-    """2xx delivered; 5xx bounced; 4xx, no reply or anything odd is deferred (retried)."""
-    if reply.code is not None and 200 <= reply.code < 300:
-        return RecipientStatus.DELIVERED
-    if reply.code is not None and 500 <= reply.code < 600:
-        return RecipientStatus.BOUNCED
-    return RecipientStatus.DEFERRED
+# What a next hop (or the network to it) can make a session raise.
+_NETWORK_TROUBLE = (aiosmtplib.SMTPException, OSError, TimeoutError)
 
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())[:900]
+
+
+def failure_reply(exc: BaseException, route: Route, *, after_data: bool = False) -> Reply:
+    """The ``Reply`` for a session that broke with ``exc``: a greeting's own reply when there
+    was one, else why no reply came."""
+    where = f"{route.host}:{route.port}"
+    if isinstance(exc, aiosmtplib.SMTPConnectResponseError | aiosmtplib.SMTPHeloError):
+        return Reply(exc.code, _one_line(exc.message), greeting=True)
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return Reply(exc.code, _one_line(exc.message))
+    cause = exc.__cause__ if isinstance(exc, aiosmtplib.SMTPConnectError) else exc
+    kind: NoReply
+    if after_data and not isinstance(exc, aiosmtplib.SMTPConnectError):
+        kind, what = NoReply.DROPPED_AFTER_DATA, "connection lost after the message was sent"
+    elif isinstance(exc, TimeoutError) or isinstance(cause, TimeoutError):
+        kind, what = NoReply.TIMEOUT, "no answer in time"
+    elif isinstance(cause, socket.gaierror):
+        kind, what = NoReply.DNS, "host name lookup failed"
+    elif isinstance(cause, ConnectionRefusedError):
+        kind, what = NoReply.REFUSED, "connection refused"
+    elif isinstance(cause, ssl.SSLError):
+        kind, what = NoReply.TLS, "TLS failed"
+    elif isinstance(exc, aiosmtplib.SMTPConnectError) and not isinstance(
+        cause, aiosmtplib.SMTPServerDisconnected
+    ):
+        kind, what = NoReply.REFUSED, "cannot connect"
+    else:
+        kind, what = NoReply.RESET, "connection lost"
+    detail = _one_line(str(cause or exc)) or type(exc).__name__
+    return Reply(None, f"{what}: {where}: {detail}"[:900], failure=kind)
 
 
 class _StaleConnection(Exception):
@@ -70,7 +92,11 @@ class SmtpClient:
         """Relay ``data`` to ``route``; a reply per recipient. Never raises for SMTP or network
         trouble: that becomes a reply (code None for no answer)."""
         for _ in range(3):  # a cached session may have been closed by the server meanwhile
-            client, reused = await self._session(route)
+            try:
+                client, reused = await self._session(route)
+            except _NETWORK_TROUBLE as exc:
+                reply = failure_reply(exc, route)
+                return {rcpt: reply for rcpt in rcpt_tos}
             try:
                 replies = await self._transaction(
                     client, route, mail_from, rcpt_tos, data, smtp_utf8=smtp_utf8, reused=reused
@@ -78,23 +104,15 @@ class SmtpClient:
             except _StaleConnection:
                 client.close()
                 continue
-            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-                client.close()
-                reason = Reply(
-                    None,
-                    _one_line(
-                        f"conversation with {route.host}:{route.port} "
-                        f"failed: {type(exc).__name__}: {exc}"
-                    ),
-                )
-                return {rcpt: reason for rcpt in rcpt_tos}
             except BaseException:
                 client.close()
                 raise
             self._keep(route, client)
             return replies
-        reason = Reply(None, f"connection to {route.host}:{route.port} kept closing")
-        return {rcpt: reason for rcpt in rcpt_tos}
+        reply = Reply(
+            None, f"connection to {route.host}:{route.port} kept closing", failure=NoReply.RESET
+        )
+        return {rcpt: reply for rcpt in rcpt_tos}
 
     async def _session(self, route: Route) -> tuple[aiosmtplib.SMTP, bool]:
         idle = self._idle[(route.host, route.port)]
@@ -154,6 +172,8 @@ class SmtpClient:
         smtp_utf8: bool,
         reused: bool,
     ) -> dict[str, Reply]:
+        """One MAIL, RCPT..., DATA. Recipients that got a reply keep it when the session breaks
+        later; the others get the breakage (and the client is closed)."""
         encoding = "ascii"
         if smtp_utf8:
             if not client.supports_extension("smtputf8"):
@@ -169,36 +189,52 @@ class SmtpClient:
             options.append("BODY=8BITMIME")
         if smtp_utf8:
             options.append("SMTPUTF8")
-        try:
-            await client.mail(mail_from, options=options, encoding=encoding)
-        except aiosmtplib.SMTPServerDisconnected as exc:
-            if reused:
-                raise _StaleConnection from exc
-            raise
-        except aiosmtplib.SMTPResponseException as exc:
-            if reused and exc.code == 421:
-                raise _StaleConnection from exc
-            await client.rset()
-            reply = Reply(exc.code, _one_line(exc.message))
-            return {rcpt: reply for rcpt in rcpt_tos}
         replies: dict[str, Reply] = {}
         accepted: list[str] = []
-        for rcpt in rcpt_tos:
-            try:
-                await client.rcpt(rcpt, encoding=encoding)
-                accepted.append(rcpt)
-            except aiosmtplib.SMTPResponseException as exc:
-                replies[rcpt] = Reply(exc.code, _one_line(exc.message))
-        if not accepted:
-            await client.rset()
-            return replies
+        in_data = False
         try:
-            response = await client.data(data)
-            reply = Reply(response.code, _one_line(response.message))
-        except aiosmtplib.SMTPResponseException as exc:
-            reply = Reply(exc.code, _one_line(exc.message))
+            try:
+                await client.mail(mail_from, options=options, encoding=encoding)
+            except aiosmtplib.SMTPServerDisconnected as exc:
+                if reused:
+                    raise _StaleConnection from exc
+                raise
+            except aiosmtplib.SMTPResponseException as exc:
+                if reused and exc.code == 421:
+                    raise _StaleConnection from exc
+                reply = Reply(exc.code, _one_line(exc.message))
+                await _reset_or_close(client)
+                return {rcpt: reply for rcpt in rcpt_tos}
+            for rcpt in rcpt_tos:
+                try:
+                    await client.rcpt(rcpt, encoding=encoding)
+                    accepted.append(rcpt)
+                except aiosmtplib.SMTPResponseException as exc:
+                    replies[rcpt] = Reply(exc.code, _one_line(exc.message))
+            if not accepted:
+                await _reset_or_close(client)
+                return replies
+            in_data = True
+            try:
+                response = await client.data(data)
+                reply = Reply(response.code, _one_line(response.message))
+            except aiosmtplib.SMTPResponseException as exc:
+                reply = Reply(exc.code, _one_line(exc.message))
+        except _NETWORK_TROUBLE as exc:
+            client.close()
+            broken = failure_reply(exc, route, after_data=in_data)
+            return {rcpt: replies.get(rcpt, broken) for rcpt in rcpt_tos}
         replies.update({rcpt: reply for rcpt in accepted})
         return replies
+
+
+async def _reset_or_close(client: aiosmtplib.SMTP) -> None:
+    """RSET after a refused transaction so the session can serve the next one; a server that
+    hung up (421) is simply closed."""
+    try:
+        await client.rset()
+    except _NETWORK_TROUBLE:
+        client.close()
 
 
 async def _quit(client: aiosmtplib.SMTP) -> None:

@@ -1,32 +1,28 @@
 """The delivery worker: one attempt at one message, from claim to recorded outcome.
 
-1. Claim the message for the attempt the request names (a lease in the database), so a
-   duplicate or stale request never yields a second delivery.
-2. Group the recipients still pending by domain, resolve each domain's route, and run one SMTP
-   transaction per route.
-3. Classify each recipient's reply: delivered, deferred (retry) or bounced.
+1. Claim the message for the attempt the request names (a lease in the database, renewed while
+   the attempt runs), so a duplicate or stale request never yields a second delivery.
+2. Group the recipients still to deliver by domain, resolve each domain's route, and run one
+   SMTP transaction per route.
+3. Judge each recipient's reply (``outcomes.judge``): delivered, deferred (retry) or bounced.
 4. In one transaction: per-recipient outcomes, the message's new state, and the DSN for the
    recipients that bounced (spooled first). Then publish the DSN's delivery request and the
-   message's next retry, both confirmed, and only then ack.
+   message's next retry, both confirmed, and only then ack. A message that reached a state
+   where its raw copy is no longer needed has its spool file removed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from moat.broker import Broker, Consumer, PoisonMessage
 from moat.db import db_now
-from moat.model import (
-    RECIPIENT_DONE,
-    DeliveryRequest,
-    MessageStatus,
-    RecipientStatus,
-    new_message_id,
-)
+from moat.lifecycle import NO_COPY_NEEDED, RECIPIENT_TO_DELIVER
+from moat.model import DeliveryRequest, MessageStatus, RecipientStatus, new_message_id
 from moat.repository import (
     AttemptResult,
     MessageRecord,
@@ -38,9 +34,10 @@ from moat.settings import Settings
 from moat.spool import MessageStore
 from moat.topology import DELIVER, retry_queue
 from services.delivery import dsn
+from services.delivery.outcomes import NoReply, Reply, dsn_status, final_status, judge
 from services.delivery.retry import jittered, lifetime_exceeded, retry_delay
 from services.delivery.routing import NO_ROUTE_REPLY, resolve_route
-from services.delivery.smtp_session import Reply, SmtpClient, classify
+from services.delivery.smtp_session import SmtpClient
 
 log = logging.getLogger("delivery")
 
@@ -48,20 +45,10 @@ log = logging.getLogger("delivery")
 AUTH_RESULTS_SYMBOL = "AUTH_RESULTS"
 
 
-def final_status(statuses: Sequence[RecipientStatus]) -> MessageStatus:
-    """The message's state from its recipients' states."""
-    if any(status not in RECIPIENT_DONE for status in statuses):
-        return MessageStatus.DEFERRED
-    if all(status == RecipientStatus.DELIVERED for status in statuses):
-        return MessageStatus.DELIVERED
-    if all(status == RecipientStatus.BOUNCED for status in statuses):
-        return MessageStatus.BOUNCED
-    return MessageStatus.PARTIALLY_DELIVERED
-
-
 class DeliveryConsumer(Consumer[DeliveryRequest]):
     queue = DELIVER
     body_type = DeliveryRequest
+    service = "delivery"
 
     def __init__(
         self,
@@ -83,6 +70,7 @@ class DeliveryConsumer(Consumer[DeliveryRequest]):
         if record is None:
             log.debug("%s attempt %d: already made or in progress", body.message_id, body.attempt)
             return
+        keeper = asyncio.create_task(self._keep_lease(record.id, lease))
         try:
             raw = await self.store.read(record.id)
             await self._attempt(record, raw)
@@ -90,15 +78,29 @@ class DeliveryConsumer(Consumer[DeliveryRequest]):
             # Let the redelivered request claim the message at once instead of after the lease.
             await asyncio.shield(self.repository.release_lease(record.id))
             if isinstance(exc, FileNotFoundError):
-                raise PoisonMessage(f"spool file missing for {record.id}") from exc
+                raise PoisonMessage(f"its spool file is missing ({record.id})") from exc
             raise
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
 
     async def mark_failed(self, body: DeliveryRequest, reason: str) -> None:
         await self.repository.mark_failed(body.message_id, "delivery", reason)
 
+    async def _keep_lease(self, message_id: str, lease: timedelta) -> None:
+        """Renew the lease while the attempt runs, so that it runs out only when this process
+        is gone (and the sweep then hands the message to another worker at once)."""
+        while True:
+            await asyncio.sleep(lease.total_seconds() / 3)
+            try:
+                await self.repository.renew_lease(message_id, lease)
+            except Exception as exc:  # the database is away: the lease may run out; try again
+                log.warning("%s: could not renew the lease: %s", message_id, exc)
+
     async def _attempt(self, record: MessageRecord, raw: bytes) -> None:
         settings = self.settings.delivery
-        pending = [r for r in record.recipients if r.status not in RECIPIENT_DONE]
+        pending = [r for r in record.recipients if r.status in RECIPIENT_TO_DELIVER]
         data = self._headers(record) + raw
         by_domain: dict[str, list[str]] = defaultdict(list)
         for recipient in pending:
@@ -109,7 +111,7 @@ class DeliveryConsumer(Consumer[DeliveryRequest]):
         ) -> dict[str, tuple[Reply, str | None]]:
             route = resolve_route(domain, self.settings)
             if route is None:
-                reply = Reply(None, NO_ROUTE_REPLY.format(domain=domain))
+                reply = Reply(None, NO_ROUTE_REPLY.format(domain=domain), NoReply.NO_ROUTE)
                 return {address: (reply, None) for address in addresses}
             replies = await self.smtp.send(
                 route, record.mail_from, addresses, data, smtp_utf8=record.smtp_utf8
@@ -129,25 +131,18 @@ class DeliveryConsumer(Consumer[DeliveryRequest]):
         bounced: list[dsn.FailedRecipient] = []
         for recipient in pending:
             reply, host = results[recipient.address]
-            outcome = classify(reply)
-            text = str(reply)
-            if outcome == RecipientStatus.DEFERRED and expired:
-                outcome = RecipientStatus.BOUNCED
-                text = f"message lifetime exceeded; last reply: {reply}"
-            if outcome == RecipientStatus.BOUNCED:
-                code = dsn.enhanced_status(reply.code, reply.text)
-                if reply.code is None or not 500 <= reply.code < 600:
-                    code = "4.4.7" if expired else code  # RFC 3463: delivery time expired
+            outcome = judge(reply, expired=expired)
+            if outcome.status == RecipientStatus.BOUNCED:
                 bounced.append(
                     dsn.FailedRecipient(
                         address=recipient.address,
-                        status=_permanent(code),
-                        diagnostic=text,
+                        status=dsn_status(outcome),
+                        diagnostic=outcome.reply,
                         remote_mta=host,
                         last_attempt=now.replace(tzinfo=UTC),
                     )
                 )
-            outcomes.append(RecipientOutcome(recipient.id, outcome, text, host))
+            outcomes.append(RecipientOutcome(recipient.id, outcome.status, outcome.reply, host))
 
         by_id = {o.recipient_id: o.status for o in outcomes}
         statuses = [by_id.get(r.id, r.status) for r in record.recipients]
@@ -158,18 +153,31 @@ class DeliveryConsumer(Consumer[DeliveryRequest]):
         summary = ", ".join(f"{o.status}: {o.reply}" for o in outcomes)[:2000]
 
         bounce = await self._spool_dsn(record, raw, bounced, now) if bounced else None
-        await self.repository.record_attempt(
+        recorded = await self.repository.record_attempt(
             AttemptResult(record.id, outcomes, status, next_attempt_at, summary, bounce)
         )
+        if not recorded:
+            # The message left delivery's hands meanwhile (an administrator, a dead-letter
+            # sweep); what this attempt did is in the log, and its DSN is not sent.
+            log.error("%s attempt %d not recorded: %s", record.id, attempts_made, summary[:300])
+            if bounce is not None:
+                await self.store.delete(bounce.message_id)
+            return
         log.info("%s attempt %d -> %s (%s)", record.id, attempts_made, status, summary[:300])
+        handoff = self.settings.broker.handoff_timeout
         if bounce is not None:
-            await self.broker.publish(DELIVER, DeliveryRequest(message_id=bounce.message_id))
+            await self.broker.publish(
+                DELIVER, DeliveryRequest(message_id=bounce.message_id), timeout=handoff
+            )
         if status == MessageStatus.DEFERRED:
             await self.broker.publish(
                 retry_queue(delay),
                 DeliveryRequest(message_id=record.id, attempt=attempts_made),
                 expiration_ms=int(wait * 1000),
+                timeout=handoff,
             )
+        if status in NO_COPY_NEEDED:
+            await self.store.delete(record.id)
 
     async def _spool_dsn(
         self, record: MessageRecord, raw: bytes, bounced: list[dsn.FailedRecipient], now: datetime
@@ -216,8 +224,3 @@ class DeliveryConsumer(Consumer[DeliveryRequest]):
                     + ";\r\n\t".join(methods)
                 )
         return ("\r\n".join(lines) + "\r\n").encode("utf-8", "replace")
-
-
-def _permanent(code: str) -> str:
-    """A DSN reports a failure: its status class is 5 even when the last reply was a 4xx."""
-    return "5" + code[1:] if code.startswith("4") else code

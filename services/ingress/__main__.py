@@ -14,7 +14,7 @@ from moat.model import ScanRequest
 from moat.services import build, every
 from moat.settings import Settings, load_settings, split_host_port
 from moat.topology import SCAN
-from services.ingress.handler import IngressHandler, QueuedMarker, smtp_factory
+from services.ingress.handler import IngressHandler, QueuedMarker, Sessions, smtp_factory
 
 log = logging.getLogger("ingress")
 
@@ -33,7 +33,8 @@ async def main(settings: Settings) -> None:
 
     host, port = split_host_port(settings.smtp.listen)
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(smtp_factory(settings, handler), host, port)
+    sessions = Sessions()
+    server = await loop.create_server(smtp_factory(settings, handler, sessions), host, port)
     log.info("SMTP listening on %s:%d for %d domain(s)", host, port, len(settings.domains))
     tasks = [
         asyncio.create_task(confirmed.run()),
@@ -44,8 +45,9 @@ async def main(settings: Settings) -> None:
     try:
         await runtime.wait_for_stop_signal()
     finally:
-        log.info("stopping: no new sessions")
+        log.info("stopping: no new sessions; ending %d open one(s)", len(sessions.open))
         server.close()
+        await sessions.close_all(settings.shutdown_timeout)
         await server.wait_closed()
         for task in tasks:
             task.cancel()

@@ -9,6 +9,7 @@ broker confirm; if any of those fails the sender gets ``451 4.3.0`` and retries 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from email.utils import format_datetime
@@ -88,10 +89,82 @@ _PLAIN_ADDRESS = re.compile(
 )
 
 
+class Sessions:
+    """The open SMTP sessions of one listener, so that a stop can end them politely: a
+    session that is receiving or storing a message finishes it (the sender gets its 250,
+    never a dropped connection after the final dot, which it would have to send again); every
+    other one is told ``421 4.3.2`` and closed, as Postfix does on shutdown."""
+
+    def __init__(self) -> None:
+        self.open: set[MoatSMTP] = set()
+        self._empty = asyncio.Event()
+        self._empty.set()
+
+    def add(self, session: MoatSMTP) -> None:
+        self.open.add(session)
+        self._empty.clear()
+
+    def discard(self, session: MoatSMTP) -> None:
+        self.open.discard(session)
+        if not self.open:
+            self._empty.set()
+
+    async def close_all(self, timeout: float) -> None:
+        """End every session; those still open after ``timeout`` seconds are cut."""
+        for session in list(self.open):
+            session.shut_down()
+        try:
+            await asyncio.wait_for(self._empty.wait(), timeout)
+        except TimeoutError:
+            log.warning(
+                "%d SMTP session(s) still open after %.0fs; cutting them", len(self.open), timeout
+            )
+            for session in list(self.open):
+                if session.transport is not None:
+                    session.transport.close()
+
+
 class MoatSMTP(SMTP):
-    """aiosmtpd's protocol, with an enhanced status code (RFC 3463) on every reply."""
+    """aiosmtpd's protocol, with an enhanced status code (RFC 3463) on every reply, and a
+    polite end when the service stops (see ``Sessions``)."""
 
     _in_ehlo = False
+    _in_data = False
+    _draining = False
+
+    def __init__(self, handler: Any, sessions: Sessions, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.sessions = sessions
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.sessions.add(self)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        super().connection_lost(error)
+        self.sessions.discard(self)
+
+    def shut_down(self) -> None:
+        self._draining = True
+        if not self._in_data:
+            asyncio.get_running_loop().create_task(self._goodbye())
+
+    async def _goodbye(self) -> None:
+        if self.transport is None:
+            return
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await super().push(replies.SHUTTING_DOWN)
+        if self.transport is not None:
+            self.transport.close()
+
+    async def smtp_DATA(self, arg: str) -> None:
+        self._in_data = True
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self._in_data = False
+        if self._draining:
+            await self._goodbye()
 
     async def smtp_EHLO(self, hostname: str) -> None:
         # RFC 2034: the EHLO response carries no enhanced status codes.
@@ -306,10 +379,11 @@ def _printable(text: str) -> str:
     return _UNSAFE_IN_HEADER.sub("?", text)[:255]
 
 
-def smtp_factory(settings: Settings, handler: IngressHandler) -> Any:
+def smtp_factory(settings: Settings, handler: IngressHandler, sessions: Sessions) -> Any:
     def make() -> MoatSMTP:
         return MoatSMTP(
             handler,
+            sessions,
             hostname=settings.smtp.hostname,
             ident="Moat ESMTP",
             data_size_limit=settings.smtp.max_message_size,

@@ -36,7 +36,7 @@ async def main(settings: Settings) -> None:
     try:
         await runtime.wait_for_stop_signal()
     finally:
-        await consumer.stop()
+        await consumer.stop(settings.shutdown_timeout)
         await parts.close()
 
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import logging
 
 from moat.broker import Broker, Consumer, PoisonMessage
+from moat.lifecycle import SCANNABLE
 from moat.model import Action, DeliveryRequest, MessageEnvelope, MessageStatus, ScanRequest
-from moat.repository import SCANNABLE, Repository
+from moat.repository import Repository
 from moat.spool import MessageStore
 from moat.topology import DELIVER, SCAN
 from services.scanner.scanning import Scanner
@@ -18,6 +19,7 @@ log = logging.getLogger("scanner")
 class ScanConsumer(Consumer[ScanRequest]):
     queue = SCAN
     body_type = ScanRequest
+    service = "scanner"
 
     def __init__(
         self, broker: Broker, repository: Repository, store: MessageStore, scanner: Scanner
@@ -45,7 +47,11 @@ class ScanConsumer(Consumer[ScanRequest]):
         if await self.repository.record_verdict(message_id, verdict, status):
             log.info("%s %s score=%.2f -> %s", message_id, verdict.verdict, verdict.score, status)
             if deliver:
-                await self.broker.publish(DELIVER, DeliveryRequest(message_id=message_id))
+                await self.broker.publish(
+                    DELIVER,
+                    DeliveryRequest(message_id=message_id),
+                    timeout=self.scanner.settings.broker.handoff_timeout,
+                )
             return
         await self._settle_redelivery(message_id)
 
@@ -82,6 +88,6 @@ class ScanConsumer(Consumer[ScanRequest]):
         if record is None:
             raise PoisonMessage(f"no message {message_id} in the database")
         if record.status in SCANNABLE:
-            raise PoisonMessage(f"spool file missing for {message_id}")
+            raise PoisonMessage(f"its spool file is missing ({message_id})")
         # Rejected at ingress (the sender got 451) or done with: nothing to do.
         log.info("%s is %s; not scanning it", message_id, record.status)

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from services.delivery.dsn import FailedRecipient, build_dsn, enhanced_status
+from services.delivery.dsn import FailedRecipient, build_dsn
+from services.delivery.outcomes import enhanced_status
 
 ARRIVAL = datetime(2025, 3, 1, 9, 30, 15, tzinfo=UTC)
 ATTEMPT = datetime(2025, 3, 1, 9, 31, 2, tzinfo=UTC)

@@ -1,4 +1,5 @@
-"""Settings sources and safety, the retry schedule, outcome classification and final state."""
+"""Settings sources and safety, the retry schedule, and the queue topology. (Delivery outcomes:
+test_outcomes.py.)"""
 
 from __future__ import annotations
 
@@ -9,12 +10,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from moat.model import MessageStatus, RecipientStatus
 from moat.settings import DeliverySettings, Settings, split_host_port
 from moat.topology import DEAD, DELIVER, SCAN, retry_queue, topology
 from services.delivery.retry import jittered, lifetime_exceeded, retry_delay
-from services.delivery.smtp_session import Reply, classify
-from services.delivery.worker import final_status
 
 
 def test_yaml_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -91,37 +89,6 @@ def test_lifetime() -> None:
     received = datetime(2026, 1, 1)
     assert not lifetime_exceeded(received, received + timedelta(minutes=30), settings, 600)
     assert lifetime_exceeded(received, received + timedelta(minutes=55), settings, 600)
-
-
-@pytest.mark.parametrize(
-    ("code", "status"),
-    [
-        (250, RecipientStatus.DELIVERED),
-        (251, RecipientStatus.DELIVERED),
-        (421, RecipientStatus.DEFERRED),
-        (451, RecipientStatus.DEFERRED),
-        (550, RecipientStatus.BOUNCED),
-        (554, RecipientStatus.BOUNCED),
-        (None, RecipientStatus.DEFERRED),
-        (354, RecipientStatus.DEFERRED),
-    ],
-)
-def test_classify(code: int | None, status: RecipientStatus) -> None:
-    assert classify(Reply(code, "x")) == status
-
-
-def test_final_status() -> None:
-    d, b, p, f = (
-        RecipientStatus.DELIVERED,
-        RecipientStatus.BOUNCED,
-        RecipientStatus.PENDING,
-        RecipientStatus.DEFERRED,
-    )
-    assert final_status([d, d]) == MessageStatus.DELIVERED
-    assert final_status([b]) == MessageStatus.BOUNCED
-    assert final_status([d, b]) == MessageStatus.PARTIALLY_DELIVERED
-    assert final_status([d, f]) == MessageStatus.DEFERRED
-    assert final_status([p, d]) == MessageStatus.DEFERRED
 
 
 def test_topology_is_quorum_with_limits_and_dead_letters() -> None:
