@@ -1,0 +1,82 @@
+"""Bad input ends honestly: raw bytes over a socket that a polite client would never send, and
+what becomes of them — refused in the dialogue with a precise code, or judged and stored, never
+a message that one parser reads one way and the next another, never a crash."""
+
+from __future__ import annotations
+
+import email
+from email.policy import compat32
+from pathlib import Path
+
+import pytest
+
+from moat.spool import MessageStore
+from tests.harness import Gateway, Sink, wait_for
+from tests.support.raw_smtp import RawSMTP, queue_id
+
+pytestmark = pytest.mark.e2e
+
+SEPARATORS = pytest.mark.parametrize("separator", [b"\r", b"\n"], ids=["bare-CR", "bare-LF"])
+
+
+def message(token: str, header: bytes, body: bytes = b"Hello.\r\n") -> bytes:
+    """A plain message from alice@outside.test to bob@example.test; ``header`` goes in its
+    header section as given."""
+    return (
+        b"From: alice@outside.test\r\nTo: bob@example.test\r\n"
+        + header
+        + b"Message-ID: <"
+        + token.encode()
+        + b"@outside.test>\r\nDate: Sun, 29 Nov 2026 04:00:00 +0000\r\n\r\n"
+        + body
+    )
+
+
+# --- (a) bare CR and bare LF ------------------------------------------------------------------
+
+
+@SEPARATORS
+def test_forged_headers_behind_a_bare_line_break_do_not_reach_the_relay(
+    gateway: Gateway, relay_sink: Sink, token: str, separator: bytes
+) -> None:
+    # One header line to ingress's old reading, four to every parser that takes a bare CR or
+    # LF for a line break: the scanner's, and the relay client's, which rewrites them to CRLF.
+    hidden = separator.join(
+        [
+            b"Subject: " + token.encode(),
+            b"X-Moat-Verdict: clean",
+            b"X-Moat-Score: -100",
+            b"Authentication-Results: moat.test; dkim=pass header.d=bank.test",
+        ]
+    )
+    with RawSMTP(gateway.smtp_port) as client:
+        message_id = queue_id(
+            client.transaction(
+                b"alice@outside.test", [b"bob@example.test"], message(token, hidden + b"\r\n")
+            )
+        )
+    record = gateway.wait_status(message_id, "delivered")
+
+    [arrived] = wait_for(lambda: relay_sink.with_token(token), 10, "the mail at the sink")
+    relayed = email.message_from_bytes(arrived.data, policy=compat32)
+    assert relayed.get_all("X-Moat-Verdict") == [record["verdict"]["verdict"]]  # ours alone
+    assert len(relayed.get_all("X-Moat-Score", [])) == 1
+    assert b"-100" not in arrived.data
+    assert b"bank.test" not in arrived.data
+    assert relayed["Subject"] == token  # the hidden lines were lines, and are gone
+    # The stored copy, which the scanners read, has the lines the relay got: CRLF only.
+    stored = MessageStore(Path(gateway.config["spool_dir"])).path(message_id).read_bytes()
+    assert stored.count(b"\r") == stored.count(b"\n") == stored.count(b"\r\n")
+    assert b"X-Moat-" not in stored and b"bank.test" not in stored
+
+
+@SEPARATORS
+def test_received_lines_behind_bare_line_breaks_count_as_hops(
+    gateway: Gateway, token: str, separator: bytes
+) -> None:
+    hops = separator.join(b"Received: h%d" % hop for hop in range(51)) + b"\r\n"
+    with RawSMTP(gateway.smtp_port) as client:
+        code, text = client.transaction(
+            b"alice@outside.test", [b"bob@example.test"], message(token, hops)
+        )
+    assert (code, text[:6]) == (554, b"5.4.0 "), (code, text)
