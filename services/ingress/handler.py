@@ -36,6 +36,11 @@ _NOT_IN_MAILBOX = re.compile(r"[\s<>()\[\]\\,;:\x00-\x1f\x7f]")
 
 def is_mailbox(address: str) -> bool:
     """A plausible ``local@domain`` (UTF-8 allowed, RFC 6531; quoted local parts too)."""
+    if not address.isascii():
+        try:
+            address.encode("utf-8")  # aiosmtpd keeps bytes that are not UTF-8 as surrogates
+        except UnicodeEncodeError:
+            return False
     local, at, domain = address.rpartition("@")
     if not (at and local and domain) or "." not in domain.strip("."):
         return False
@@ -176,6 +181,11 @@ class IngressHandler:
         address: str,
         mail_options: list[str],
     ) -> str:
+        # Without SMTPUTF8 the transaction is ASCII (RFC 6531 3.4): such an address could be
+        # neither relayed nor sent a DSN, so taking it would only move the failure out of
+        # sight. aiosmtpd has already read the SMTPUTF8 parameter into the envelope.
+        if not (address.isascii() or envelope.smtp_utf8):
+            return replies.SMTPUTF8_REQUIRED
         # aiosmtpd spells the null reverse-path "<>" and needs a truthy mail_from: keep it so
         # until DATA, where it becomes "".
         if address != "<>" and not is_mailbox(address):
@@ -192,6 +202,8 @@ class IngressHandler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
+        if not (address.isascii() or envelope.smtp_utf8):  # as at MAIL
+            return replies.SMTPUTF8_REQUIRED
         if not is_mailbox(address):
             return replies.BAD_RECIPIENT_SYNTAX
         domain = address.rpartition("@")[2]

@@ -80,3 +80,75 @@ def test_received_lines_behind_bare_line_breaks_count_as_hops(
             b"alice@outside.test", [b"bob@example.test"], message(token, hops)
         )
     assert (code, text[:6]) == (554, b"5.4.0 "), (code, text)
+
+
+# --- (b) non-ASCII addresses without SMTPUTF8 -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sender",
+    [
+        "jörg@outside.test".encode(),
+        "alice@öutside.test".encode(),  # a U-label domain is UTF-8 too
+        b"j\xf6rg@outside.test",  # Latin-1, not even UTF-8
+    ],
+    ids=["utf8-local", "utf8-domain", "latin1"],
+)
+def test_non_ascii_sender_without_smtputf8_is_refused_at_mail(
+    gateway: Gateway, sender: bytes
+) -> None:
+    with RawSMTP(gateway.smtp_port) as client:
+        assert client.command(b"EHLO client.test")[0] == 250
+        code, text = client.command(b"MAIL FROM:<" + sender + b">")
+        assert (code, text[:6]) == (553, b"5.6.7 "), (code, text)
+        # Refused, not broken: the session goes on.
+        assert client.command(b"MAIL FROM:<alice@outside.test>")[0] == 250
+
+
+@pytest.mark.parametrize(
+    "recipient",
+    ["bøb@example.test".encode(), "bob@exämple.test".encode(), b"b\xf8b@example.test"],
+    ids=["utf8-local", "utf8-domain", "latin1"],
+)
+def test_non_ascii_recipient_without_smtputf8_is_refused_at_rcpt(
+    gateway: Gateway, recipient: bytes
+) -> None:
+    with RawSMTP(gateway.smtp_port) as client:
+        assert client.command(b"EHLO client.test")[0] == 250
+        assert client.command(b"MAIL FROM:<alice@outside.test>")[0] == 250
+        code, text = client.command(b"RCPT TO:<" + recipient + b">")
+        assert (code, text[:6]) == (553, b"5.6.7 "), (code, text)
+        assert client.command(b"RCPT TO:<bob@example.test>")[0] == 250
+
+
+def test_an_address_that_is_not_utf8_is_bad_syntax_even_with_smtputf8(gateway: Gateway) -> None:
+    # Accepted, it failed at DATA with 451 (it cannot be stored or relayed): a retry forever.
+    with RawSMTP(gateway.smtp_port) as client:
+        assert client.command(b"EHLO client.test")[0] == 250
+        code, text = client.command(b"MAIL FROM:<j\xf6rg@outside.test> SMTPUTF8")
+        assert (code, text[:6]) == (501, b"5.1.7 "), (code, text)
+        assert client.command(b"MAIL FROM:<alice@outside.test> SMTPUTF8")[0] == 250
+        code, text = client.command(b"RCPT TO:<b\xf8b@example.test>")
+        assert (code, text[:6]) == (501, b"5.1.3 "), (code, text)
+
+
+def test_non_ascii_addresses_with_smtputf8_are_delivered(
+    gateway: Gateway, relay_sink: Sink, token: str
+) -> None:
+    sender, recipient = "jörg@outside.test", "bøb@example.test"
+    content = (
+        f"From: {sender}\r\nTo: {recipient}\r\nSubject: grüße {token}\r\n"
+        f"Message-ID: <{token}@outside.test>\r\nDate: Sun, 29 Nov 2026 04:00:00 +0000\r\n"
+        "\r\nHallo.\r\n"
+    ).encode()
+    with RawSMTP(gateway.smtp_port) as client:
+        assert client.command(b"EHLO client.test")[0] == 250
+        code, text = client.command(f"MAIL FROM:<{sender}> SMTPUTF8".encode())
+        assert code == 250, (code, text)
+        code, text = client.command(f"RCPT TO:<{recipient}>".encode())
+        assert code == 250, (code, text)
+        message_id = queue_id(client.data(content))
+    gateway.wait_status(message_id, "delivered")
+    [arrived] = wait_for(lambda: relay_sink.with_token(token), 10, "the mail at the sink")
+    assert (arrived.mail_from, arrived.rcpt_tos) == (sender, [recipient])
+    assert "grüße".encode() in arrived.data

@@ -52,6 +52,9 @@ def test_every_catalogue_reply_has_an_enhanced_code() -> None:
         ("bob.o'neil+tag@sub.example.test", True),
         ('"odd local"@example.test', True),
         ("δοκιμή@παράδειγμα.δοκιμή", True),
+        ("j\udcf6rg@example.test", False),  # Latin-1 "ö", which aiosmtpd reads as a surrogate
+        ('"j\udcf6rg"@example.test', False),
+        ("bob@ex\udce4mple.test", False),
         ("<broken", False),
         ("no-at-sign", False),
         ("bob@localhost", False),
