@@ -5,6 +5,7 @@ a message that one parser reads one way and the next another, never a crash."""
 from __future__ import annotations
 
 import email
+from collections.abc import Callable
 from email.policy import compat32
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from moat.spool import MessageStore
 from tests.harness import Gateway, Sink, wait_for
+from tests.support.mime import nested_multipart, nested_rfc822
 from tests.support.raw_smtp import RawSMTP, queue_id
 
 pytestmark = pytest.mark.e2e
@@ -152,3 +154,32 @@ def test_non_ascii_addresses_with_smtputf8_are_delivered(
     [arrived] = wait_for(lambda: relay_sink.with_token(token), 10, "the mail at the sink")
     assert (arrived.mail_from, arrived.rcpt_tos) == (sender, [recipient])
     assert "grüße".encode() in arrived.data
+
+
+# --- (c) MIME nested too deep -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "nested", [nested_multipart, nested_rfc822], ids=["multipart", "message-rfc822"]
+)
+def test_mime_nested_1200_deep_is_quarantined_by_policy(
+    gateway: Gateway, token: str, nested: Callable[[int], bytes]
+) -> None:
+    # Python's email parser descends one frame per level: 1,200 levels raised RecursionError
+    # in the scanner, and the message ended failed, dead-lettered.
+    content = message(token, b"Subject: " + token.encode() + b"\r\nMIME-Version: 1.0\r\n")
+    content = content.removesuffix(b"\r\nHello.\r\n") + nested(1200)
+    with RawSMTP(gateway.smtp_port) as client:
+        message_id = queue_id(
+            client.transaction(b"alice@outside.test", [b"bob@example.test"], content)
+        )
+    record = gateway.wait_status(
+        message_id, {"quarantined", "failed", "delivering", "delivered"}, timeout=30
+    )
+    assert record["status"] == "quarantined", (record["status"], record.get("reason"))
+    verdict = record["verdict"]
+    assert verdict["verdict"] == "policy"
+    [unscannable] = [f for f in verdict["findings"] if f["symbol"] == "MIME_UNSCANNABLE"]
+    assert unscannable["detail"] == "MIME nesting deeper than 20"
+    failures = [f["symbol"] for f in verdict["findings"] if f["category"] == "failure"]
+    assert failures == []
