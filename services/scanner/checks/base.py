@@ -115,9 +115,9 @@ class _DepthLimitedParser(BytesFeedParser):
     The parser opens each nested entity (a multipart's part, an attached message, a
     delivery-status block) in a generator one inside the other: at about 980 levels it raised
     RecursionError itself, so the tree cannot be parsed first and measured afterwards. The
-    entities open at once are counted as the parser opens and closes them, through its two
-    private hooks (CPython's ``email.feedparser`` since 3.2; tests/unit/test_checks.py pins
-    what this relies on), and one too many ends the parse."""
+    entities open at once are counted as the parser opens and closes them, through its own
+    two private hooks (not public API: tests/unit/test_checks.py pins what this relies on, and
+    fails on a Python whose parser no longer calls them), and one too many ends the parse."""
 
     def __init__(self, max_depth: int) -> None:
         super().__init__(policy=compat32)
