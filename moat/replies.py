@@ -16,6 +16,8 @@ TEMPORARY_FAILURE = "451 4.3.0 Temporary failure, please try again later"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, closing transmission channel"
 BAD_RECIPIENT_SYNTAX = "501 5.1.3 Bad recipient address syntax"
 BAD_SENDER_SYNTAX = "501 5.1.7 Bad sender address syntax"
+# A non-ASCII address at MAIL or RCPT, but no SMTPUTF8 on MAIL (RFC 6531 3.4, RFC 6533 5.6.7).
+SMTPUTF8_REQUIRED = "553 5.6.7 Must declare SMTPUTF8 to send unicode address"
 
 # aiosmtpd's own replies carry no enhanced status code, and some of its texts we improve on.
 _AIOSMTPD_REWRITES: dict[str, str] = {

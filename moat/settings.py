@@ -166,8 +166,10 @@ class AttachmentSettings(BaseModel):
     corrupt_archive_action: Literal["policy", "info"] = "policy"
     # A PDF with JavaScript or a launch action (ATTACHMENT_PDF_ACTIVE): "policy" or "info".
     pdf_active_action: Literal["policy", "info"] = "policy"
-    # MIME nesting depth (multiparts and attached messages); deeper: MIME_UNSCANNABLE.
-    max_mime_depth: int = Field(default=20, ge=1)
+    # MIME nesting depth (multiparts and attached messages); deeper: MIME_UNSCANNABLE, and
+    # the parse stops there. At most 100 (Postfix's mime_nesting_limit): email's parser goes
+    # one frame deeper per level, and Python's recursion limit is 1,000 frames.
+    max_mime_depth: int = Field(default=20, ge=1, le=100)
     # MIME parts per message, containers included; more: MIME_UNSCANNABLE.
     max_mime_parts: int = Field(default=500, ge=1)
     # Bytes of headers over all parts of a message; more: MIME_UNSCANNABLE.

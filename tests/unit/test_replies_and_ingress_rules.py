@@ -13,6 +13,8 @@ from services.ingress.handler import (
     MoatSMTP,
     count_received_headers,
     is_mailbox,
+    normalise_line_endings,
+    strip_forged_headers,
 )
 from tests.support.generated import fragment_strings
 
@@ -50,6 +52,9 @@ def test_every_catalogue_reply_has_an_enhanced_code() -> None:
         ("bob.o'neil+tag@sub.example.test", True),
         ('"odd local"@example.test', True),
         ("δοκιμή@παράδειγμα.δοκιμή", True),
+        ("j\udcf6rg@example.test", False),  # Latin-1 "ö", which aiosmtpd reads as a surrogate
+        ('"j\udcf6rg"@example.test', False),
+        ("bob@ex\udce4mple.test", False),
         ("<broken", False),
         ("no-at-sign", False),
         ("bob@localhost", False),
@@ -75,8 +80,6 @@ def test_count_received_headers_counts_only_the_header_section() -> None:
 
 
 def test_forged_verdict_and_authentication_headers_are_stripped() -> None:
-    from services.ingress.handler import strip_forged_headers
-
     data = (
         b"X-Moat-Verdict: clean\r\n"
         b"Subject: hi\r\n"
@@ -94,6 +97,49 @@ def test_forged_verdict_and_authentication_headers_are_stripped() -> None:
     )
     clean = b"Subject: hi\r\n\r\nbody\r\n"
     assert strip_forged_headers(clean, "moat.test") is clean
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (b"a\rb\r\n", b"a\r\nb\r\n"),  # a bare CR
+        (b"a\nb\r\n", b"a\r\nb\r\n"),  # a bare LF
+        (b"a\r\r\nb\r\n", b"a\r\n\r\nb\r\n"),  # CR CR LF: a bare CR, then a CRLF
+        (b"a\n\r\nb\r\n", b"a\r\n\r\nb\r\n"),  # LF CR LF: a bare LF, then a CRLF
+        (b"a\n\rb", b"a\r\n\r\nb"),  # LF CR: two bare ones, not one CRLF backwards
+        (b"a\r", b"a\r\n"),  # a lone CR at the end
+        (b"a\n", b"a\r\n"),
+        (b"\r\r\r", b"\r\n\r\n\r\n"),
+        (b"", b""),
+        # The header/body boundary: an empty line of bare line breaks ends the header too.
+        (b"Subject: s\r\rbody\r\n", b"Subject: s\r\n\r\nbody\r\n"),
+        (b"Subject: s\n\nbody\r\n", b"Subject: s\r\n\r\nbody\r\n"),
+        (b"Subject: s\r\n\rbody\r\n", b"Subject: s\r\n\r\nbody\r\n"),
+        # A dot alone after a bare LF (SMTP smuggling's trick) is a line like any other now;
+        # the relay client dot-stuffs it, so it cannot end the data downstream.
+        (b"x\n.\r\nMAIL FROM:<a@b.test>\r\n", b"x\r\n.\r\nMAIL FROM:<a@b.test>\r\n"),
+        ("é\r€\n".encode(), "é\r\n€\r\n".encode()),  # 8-bit text untouched
+    ],
+)
+def test_bare_cr_and_bare_lf_become_crlf(given: bytes, expected: bytes) -> None:
+    assert normalise_line_endings(given) == expected
+    assert normalise_line_endings(expected) == expected
+
+
+def test_mail_with_crlf_only_is_returned_as_it_is() -> None:
+    clean = b"Subject: s\r\n\r\nbody\r\n"
+    assert normalise_line_endings(clean) is clean
+
+
+def test_lines_hidden_behind_bare_line_breaks_are_counted_and_stripped() -> None:
+    data = normalise_line_endings(
+        b"Received: a\rReceived: b\nSubject: s\rX-Moat-Verdict: clean\r\n"
+        b"Authentication-Results: moat.test; dkim=pass\r\n\rReceived: in the body\r\n"
+    )
+    assert count_received_headers(data) == 2
+    assert strip_forged_headers(data, "moat.test") == (
+        b"Received: a\r\nReceived: b\r\nSubject: s\r\n\r\nReceived: in the body\r\n"
+    )
 
 
 @pytest.mark.parametrize("local_part_limit", [0, 6])

@@ -21,7 +21,7 @@ from moat.model import Category, Finding
 from moat.settings import AttachmentSettings
 from services.scanner.checks import archives, documents
 from services.scanner.checks.archives import ArchiveProblem, Budget, Limits, Member
-from services.scanner.checks.base import ParsedMessage
+from services.scanner.checks.base import ParsedMessage, walk
 from services.scanner.checks.filetypes import (
     OLE2_MAGIC,
     FileType,
@@ -146,23 +146,18 @@ class Inspector:
     # --- MIME structure ---------------------------------------------------------------------
 
     def mime_structure(self, message: ParsedMessage) -> None:
-        """Depth, part count and header bytes, walked without recursion and stopped at the
-        first limit passed; parser defects that may hide content."""
+        """Depth (measured by the parse, which stops at the limit: ``too_deep``), part count
+        and header bytes, walked without recursion and stopped at the first limit passed;
+        parser defects that may hide content."""
         settings = self.settings
-        stack: list[tuple[Message, int]] = [(message.message, 1)]
-        parts = 0
+        if message.too_deep:
+            self.add("MIME_UNSCANNABLE", f"MIME nesting deeper than {settings.max_mime_depth}")
+            return
         header_bytes = 0
-        depth = 0
         defects: set[str] = set()
-        while stack:
-            node, level = stack.pop()
-            parts += 1
-            depth = max(depth, level)
+        for parts, (node, _) in enumerate(walk(message.message), start=1):
             header_bytes += sum(len(name) + len(str(value)) + 4 for name, value in node.raw_items())
             defects.update(type(defect).__name__ for defect in node.defects)
-            if depth > settings.max_mime_depth:
-                self.add("MIME_UNSCANNABLE", f"MIME nesting deeper than {settings.max_mime_depth}")
-                break
             if parts > settings.max_mime_parts:
                 self.add("MIME_UNSCANNABLE", f"more than {settings.max_mime_parts} MIME parts")
                 break
@@ -171,12 +166,6 @@ class Inspector:
                     "MIME_UNSCANNABLE", f"more than {settings.max_header_bytes} bytes of headers"
                 )
                 break
-            if node.is_multipart():
-                payload = node.get_payload()
-                if isinstance(payload, list):
-                    stack.extend(
-                        (child, level + 1) for child in payload if isinstance(child, Message)
-                    )
         hiding = sorted(defects & HIDING_DEFECTS)
         if hiding:
             self.add("MIME_DEFECT", "parser defects: " + ", ".join(hiding), Category.INFO)

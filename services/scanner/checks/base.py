@@ -13,8 +13,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from email.feedparser import BytesFeedParser
 from email.header import decode_header, make_header
 from email.message import Message
 from email.parser import BytesParser
@@ -50,6 +51,10 @@ class ParsedMessage:
     envelope: Envelope = field(default_factory=Envelope)
     policy: ScannerSettings = field(default_factory=ScannerSettings)
     domain: str | None = None
+    # MIME nested deeper than ``policy.attachments.max_mime_depth``: the parse stopped there,
+    # ``message`` is the top-level header over an unparsed body and ``parts`` is empty, so no
+    # check can descend into it. The attachments check reports it (MIME_UNSCANNABLE: policy).
+    too_deep: bool = False
 
     @property
     def decoded_parts(self) -> tuple[bytes, ...]:
@@ -70,22 +75,79 @@ def parse(
     ``policy.default`` parses every header it touches into objects, which cost 12 ms per
     message on average over the SpamAssassin corpus against 0.3 ms, and several seconds on a
     single hostile ``Content-Type`` (a denial of service). Checks read raw header values
-    (``raw_items``) and decode what they need."""
-    message = BytesParser(policy=compat32).parsebytes(raw)
+    (``raw_items``) and decode what they need.
+
+    MIME deeper than the policy's ``max_mime_depth`` is not parsed (see ``too_deep``)."""
+    policy = policy or ScannerSettings()
+    parser = _DepthLimitedParser(policy.attachments.max_mime_depth)
+    too_deep = False
+    try:
+        parser.feed(raw)
+        message = parser.close()
+    except MimeTooDeep:
+        too_deep = True
+        message = BytesParser(policy=compat32).parsebytes(raw, headersonly=True)
     parts: list[Part] = []
-    for part in message.walk():
-        if part.is_multipart():
-            continue
-        parts.append(Part(_content_type(part), _filename(part), _decoded_payload(part), part))
+    if not too_deep:
+        for part, _ in walk(message):
+            if part.is_multipart():
+                continue
+            parts.append(Part(_content_type(part), _filename(part), _decoded_payload(part), part))
     return ParsedMessage(
         message_id,
         raw,
         message,
         tuple(parts),
         envelope or Envelope(),
-        policy or ScannerSettings(),
+        policy,
         domain,
+        too_deep,
     )
+
+
+class MimeTooDeep(Exception):
+    """The message nests MIME entities deeper than its parse may go."""
+
+
+class _DepthLimitedParser(BytesFeedParser):
+    """email's parser (``compat32``), stopped at a MIME nesting depth.
+
+    The parser opens each nested entity (a multipart's part, an attached message, a
+    delivery-status block) in a generator one inside the other: at about 980 levels it raised
+    RecursionError itself, so the tree cannot be parsed first and measured afterwards. The
+    entities open at once are counted as the parser opens and closes them, through its own
+    two private hooks (not public API: tests/unit/test_checks.py pins what this relies on, and
+    fails on a Python whose parser no longer calls them), and one too many ends the parse."""
+
+    def __init__(self, max_depth: int) -> None:
+        super().__init__(policy=compat32)
+        self._max_depth = max_depth
+        self._depth = 0
+
+    def _new_message(self) -> None:
+        if self._depth >= self._max_depth:
+            raise MimeTooDeep(f"MIME nesting deeper than {self._max_depth}")
+        self._depth += 1
+        super()._new_message()  # type: ignore[misc]
+
+    def _pop_message(self) -> Message:
+        self._depth -= 1
+        popped: Message = super()._pop_message()  # type: ignore[misc]
+        return popped
+
+
+def walk(message: Message) -> Iterator[tuple[Message, int]]:
+    """Every entity of a parsed message with its depth (the message itself is 1), in the order
+    of ``Message.walk()``, but without its recursion: nothing walking a tree recurses per level."""
+    stack: list[tuple[Message, int]] = [(message, 1)]
+    while stack:
+        entity, depth = stack.pop()
+        yield entity, depth
+        payload = entity.get_payload() if entity.is_multipart() else None
+        if isinstance(payload, list):
+            stack.extend(
+                (child, depth + 1) for child in reversed(payload) if isinstance(child, Message)
+            )
 
 
 def _content_type(part: Message) -> str:
