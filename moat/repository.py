@@ -17,7 +17,17 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import Select, bindparam, func, insert, literal_column, or_, select, update
+from sqlalchemy import (
+    Select,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -59,6 +69,7 @@ _LOCK_CLAIMABLE = _locking(
 _LOCK_DELIVERABLE = _locking(_one_of(messages.c.status, DELIVERABLE))
 _LOCK_FAILABLE = _locking(_one_of(messages.c.status, lifecycle.sources(MessageStatus.FAILED)))
 _LOCK_FAILED = _locking(messages.c.status == MessageStatus.FAILED)
+_LOCK_TERMINAL = _locking(_one_of(messages.c.status, lifecycle.TERMINAL))
 _INSERT_MESSAGES = insert(messages)
 _INSERT_RECIPIENTS = insert(recipients)
 _INSERT_EVENTS = insert(events)
@@ -261,6 +272,7 @@ class Repository:
                 "status": self._bulk_transition,
                 "dead_letter": self._bulk_dead_letter,
                 "retry": self._bulk_retry,
+                "remove": self._bulk_remove,
             },
         )
 
@@ -344,6 +356,12 @@ class Repository:
         True if it was marked now."""
         marked: bool = await self.writes.submit("dead_letter", (message_id, reason))
         return marked
+
+    async def remove_records(self, message_ids: list[str]) -> int:
+        """Retention: delete finished messages (terminal states only) with their recipients
+        and timeline. Returns how many were removed."""
+        removed: int = await self.writes.submit("remove", message_ids)
+        return removed
 
     # --- bulk handlers: one call per kind and batch --------------------------------------------
 
@@ -478,6 +496,17 @@ class Repository:
     def _bulk_release(self, conn: Connection, ids: list[str]) -> list[None]:
         conn.execute(_RELEASE, {"ids": ids})
         return [None] * len(ids)
+
+    def _bulk_remove(self, conn: Connection, batches: list[list[str]]) -> list[int]:
+        results = []
+        for ids in batches:
+            done = list(self._lock(conn, ids, _LOCK_TERMINAL))
+            if done:
+                conn.execute(delete(events).where(events.c.message_id.in_(done)))
+                conn.execute(delete(recipients).where(recipients.c.message_id.in_(done)))
+                conn.execute(delete(messages).where(messages.c.id.in_(done)))
+            results.append(len(done))
+        return results
 
     def _bulk_renew(self, conn: Connection, items: list[tuple[str, timedelta]]) -> list[None]:
         now = db_now()
@@ -666,6 +695,31 @@ class Repository:
                 .limit(limit)
             )
             return [(row.id, row.attempts) for row in rows]
+
+    async def older_than(
+        self, states: Iterable[MessageStatus], age: timedelta, limit: int, *, by: str = "updated"
+    ) -> list[str]:
+        """Messages in ``states`` last changed (``by="updated"``) or received (``"received"``)
+        more than ``age`` ago, oldest first: what retention works on, a batch at a time."""
+        column = messages.c.updated_at if by == "updated" else messages.c.received_at
+        async with self.reader.connect() as conn:
+            rows = await conn.execute(
+                select(messages.c.id)
+                .where(_one_of(messages.c.status, states), column < db_now() - age)
+                .order_by(column)
+                .limit(limit)
+            )
+            return [row.id for row in rows]
+
+    async def states_of(self, message_ids: list[str]) -> dict[str, tuple[MessageStatus, datetime]]:
+        """Status and last change of each of these messages that exists."""
+        async with self.reader.connect() as conn:
+            rows = await conn.execute(
+                select(messages.c.id, messages.c.status, messages.c.updated_at).where(
+                    messages.c.id.in_(message_ids)
+                )
+            )
+            return {row.id: (MessageStatus(row.status), row.updated_at) for row in rows}
 
     async def get(self, message_id: str, *, with_history: bool = True) -> MessageRecord | None:
         async with self.reader.connect() as conn:

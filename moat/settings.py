@@ -433,6 +433,29 @@ class DeliverySettings(BaseModel):
         return value
 
 
+DAY = 24 * 3600.0
+
+
+class RetentionSettings(BaseModel):
+    """How long Moat keeps what (moat/retention.py, run by the delivery service)."""
+
+    interval: float = Field(default=3600.0, gt=0)  # seconds between two passes
+    # Quarantined (and failed) mail older than this is purged: its raw copy removed, the
+    # record kept as 'purged'.
+    quarantine: float = Field(default=30 * DAY, gt=0)
+    # Records of finished mail (delivered, bounced, rejected, deleted, purged) older than this
+    # are removed from the database, timeline included.
+    records: float = Field(default=30 * DAY, gt=0)
+    # The raw copy of delivered or bounced mail is removed when it is done (0), or kept this
+    # many seconds (to download it or report it as spam afterwards) and removed by a pass.
+    delivered_copy: float = Field(default=0.0, ge=0)
+    # Rows or files handled per transaction: a pass never holds the database for long.
+    batch_size: int = Field(default=500, ge=1)
+    # A spool file with no record is removed once it is this old (a crash between spooling
+    # and recording left it); temporary files of interrupted writes too.
+    orphan_grace: float = Field(default=3600.0, gt=0)
+
+
 class IngressSettings(BaseModel):
     # Messages stored but whose publish was never recorded as confirmed are republished.
     sweep_interval: float = 60.0
@@ -451,6 +474,9 @@ class Settings(BaseSettings):
     domains: dict[str, DomainSettings] = {}
     database_url: str = "sqlite+aiosqlite:///var/moat.db"
     spool_dir: Path = Path("var/spool")
+    # Ingress refuses MAIL (452 4.3.1) while the spool's file system has less free space than
+    # this; None: 1.5 times smtp.max_message_size (Postfix's queue_minfree rule).
+    spool_min_free: int | None = Field(default=None, ge=0)
     admin_token: SecretStr = SecretStr(PLACEHOLDER_TOKEN)
     smtp: SmtpSettings = SmtpSettings()
     api: ApiSettings = ApiSettings()
@@ -458,6 +484,7 @@ class Settings(BaseSettings):
     ingress: IngressSettings = IngressSettings()
     scanner: ScannerSettings = ScannerSettings()
     delivery: DeliverySettings = DeliverySettings()
+    retention: RetentionSettings = RetentionSettings()
     dns: DnsSettings = DnsSettings()
     _policies: dict[str, ScannerSettings] = PrivateAttr(default_factory=dict)
 
@@ -502,6 +529,12 @@ class Settings(BaseSettings):
                 raise FileNotFoundError(f"MOAT_CONFIG points to {config_path!r}, which is no file")
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_path))
         return tuple(sources)
+
+    @property
+    def spool_free_minimum(self) -> int:
+        if self.spool_min_free is not None:
+            return self.spool_min_free
+        return self.smtp.max_message_size * 3 // 2
 
     def relay_for(self, domain: str) -> DomainSettings | None:
         return self.domains.get(domain.lower().rstrip("."))

@@ -2,7 +2,8 @@
 
 Consumes the ``deliver`` queue, and every ``delivery.sweep_interval`` republishes mail whose
 next attempt is overdue and unclaimed (its request was lost to a crash between commit and
-publish), so no message waits forever.
+publish, or the worker holding it died), so no message waits forever. It also runs the
+dead-letter sweep and, every ``retention.interval``, retention (``moat/retention.py``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from datetime import timedelta
 from moat import runtime
 from moat.dead_letters import DeadLetterSweep
 from moat.model import DeliveryRequest
+from moat.retention import Retention
 from moat.services import build, every
 from moat.settings import Settings, load_settings
 from moat.topology import DELIVER
@@ -30,6 +32,15 @@ async def main(settings: Settings) -> None:
     )
     consumer = DeliveryConsumer(parts.broker, parts.repository, parts.store, settings, smtp)
     dead_letters = DeadLetterSweep(parts.broker, parts.repository)
+    retention = Retention(parts.repository, parts.store, settings)
+    leftovers = await asyncio.to_thread(
+        parts.store.sweep_temporary, settings.retention.orphan_grace
+    )
+    if leftovers:
+        log.warning("removed %d temporary spool file(s) of interrupted writes", leftovers)
+
+    async def retain() -> None:
+        await retention.run_once()
 
     async def republish_overdue() -> None:
         grace = timedelta(seconds=settings.delivery.sweep_grace)
@@ -48,6 +59,7 @@ async def main(settings: Settings) -> None:
         asyncio.create_task(
             every(settings.delivery.sweep_interval, dead_letters.run_once, "dead-letter sweep")
         ),
+        asyncio.create_task(every(settings.retention.interval, retain, "retention")),
     ]
     log.info("consuming %s with prefetch %d", DELIVER, settings.delivery.prefetch)
     try:

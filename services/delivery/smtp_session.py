@@ -175,6 +175,11 @@ class SmtpClient:
         """One MAIL, RCPT..., DATA. Recipients that got a reply keep it when the session breaks
         later; the others get the breakage (and the client is closed)."""
         encoding = "ascii"
+        if not smtp_utf8 and not (mail_from.isascii() and all(r.isascii() for r in rcpt_tos)):
+            # Ingress refuses such an envelope (553 5.6.7); one stored before it did is not
+            # relayable over a plain (ASCII) transaction, and that is permanent.
+            reply = Reply(553, "5.6.7 a non-ASCII address needs SMTPUTF8, not declared")
+            return {rcpt: reply for rcpt in rcpt_tos}
         if smtp_utf8:
             if not client.supports_extension("smtputf8"):
                 reply = Reply(

@@ -176,7 +176,7 @@ class DeliveryConsumer(Consumer[DeliveryRequest]):
                 expiration_ms=int(wait * 1000),
                 timeout=handoff,
             )
-        if status in NO_COPY_NEEDED:
+        if status in NO_COPY_NEEDED and not self.settings.retention.delivered_copy:
             await self.store.delete(record.id)
 
     async def _spool_dsn(

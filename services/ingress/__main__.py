@@ -31,6 +31,12 @@ async def main(settings: Settings) -> None:
             confirmed.add(message_id)
             log.warning("republished %s: its first publish was never confirmed", message_id)
 
+    leftovers = await asyncio.to_thread(
+        parts.store.sweep_temporary, settings.retention.orphan_grace
+    )
+    if leftovers:
+        log.warning("removed %d temporary spool file(s) of interrupted writes", leftovers)
+
     host, port = split_host_port(settings.smtp.listen)
     loop = asyncio.get_running_loop()
     sessions = Sessions()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import re
 from email.utils import format_datetime
@@ -254,6 +255,9 @@ class IngressHandler:
         address: str,
         mail_options: list[str],
     ) -> str:
+        if not self._room_for(_declared_size(mail_options)):
+            log.warning("spool space low: MAIL from %s refused with 452 4.3.1", session.peer)
+            return replies.INSUFFICIENT_STORAGE
         # Without SMTPUTF8 the transaction is ASCII (RFC 6531 3.4): such an address could be
         # neither relayed nor sent a DSN, so taking it would only move the failure out of
         # sight. aiosmtpd has already read the SMTPUTF8 parameter into the envelope.
@@ -323,6 +327,8 @@ class IngressHandler:
         except Exception as exc:
             log.error("message from %s not accepted (%s): %s", session.peer, message_id, exc)
             await self._undo(message_id, stored=stored, recorded=recorded, reason=str(exc))
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                return replies.INSUFFICIENT_STORAGE
             return replies.TEMPORARY_FAILURE
         self.confirmed.add(message_id)
         log.info(
@@ -334,6 +340,17 @@ class IngressHandler:
             client_address,
         )
         return replies.QUEUED.format(message_id=message_id)
+
+    def _room_for(self, size: int) -> bool:
+        """Whether the spool has room for a message of ``size`` bytes (0: not declared) and
+        still the configured minimum free afterwards, as Postfix checks queue_minfree and the
+        SIZE a client declares before it takes the mail."""
+        try:
+            free = self.store.free_bytes()
+        except OSError as exc:
+            log.error("cannot tell the spool's free space: %s", exc)
+            return False
+        return free - size >= self.settings.spool_free_minimum
 
     async def handle_exception(self, error: Exception) -> str:
         log.error("unexpected error in an SMTP session", exc_info=error)
@@ -396,6 +413,15 @@ class QueuedMarker:
             log.exception(
                 "could not mark %d messages queued; the sweep will republish them", len(batch)
             )
+
+
+def _declared_size(mail_options: list[str]) -> int:
+    """The SIZE a client declared at MAIL (RFC 1870), 0 if none (aiosmtpd checked its form)."""
+    for option in mail_options:
+        name, _, value = option.partition("=")
+        if name.upper() == "SIZE" and value.isdigit():
+            return int(value)
+    return 0
 
 
 def _reverse_path(envelope: Envelope) -> str:

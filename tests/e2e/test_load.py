@@ -57,6 +57,9 @@ def test_a_thousand_messages_over_twenty_sessions(
     assert len(arrived) == MESSAGES
     duplicated = {number: n for number, n in arrived.items() if n > 1}
     assert not duplicated, f"delivered more than once: {duplicated}"
+    # Delivered mail leaves nothing behind in the spool.
+    spooled = {path.stem for path in (gateway.workdir / "spool").rglob("*.eml")}
+    assert spooled & set(ids) == set()
     print(
         f"\n{MESSAGES} messages: accepted in {accepted:.1f}s ({MESSAGES / accepted:.0f}/s), "
         f"delivered in {delivered:.1f}s ({MESSAGES / delivered:.0f}/s)"
