@@ -6,10 +6,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-# The gateway's settings: $MOAT_CONFIG if set, else ./moat.yaml if present, else the defaults.
+# The gateway's settings for `make run`: $MOAT_CONFIG if set, else ./moat.yaml if present, else
+# the defaults. Only for run: the tests build their own settings, and a user's moat.yaml must
+# not change what they see.
 ifeq ($(origin MOAT_CONFIG), undefined)
 ifneq ($(wildcard moat.yaml),)
-export MOAT_CONFIG := moat.yaml
+run: export MOAT_CONFIG := moat.yaml
 endif
 endif
 
@@ -33,7 +35,8 @@ run: install
 	$(PY) -m services
 
 test: install
-	@scripts/ensure-rabbitmq.sh
+	@# The tests use the broker on 127.0.0.1:5672, whatever MOAT_BROKER__URL the shell has.
+	@env -u MOAT_BROKER__URL scripts/ensure-rabbitmq.sh
 	@scripts/ensure-postgres.sh
 	@scripts/ensure-clamav.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
