@@ -17,14 +17,12 @@ endif
 
 .PHONY: install run test test-fast lint format bench train clean
 
+# Safe to run twice at once (make install in one shell, make run in another): the install runs
+# under a lock, and the make that waited finds the stamp fresh and installs nothing. The apt
+# steps of scripts/ take a lock of their own (scripts/apt-install.sh).
 $(INSTALLED): pyproject.toml
-	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
-		{ echo "Moat needs Python 3.11 or newer (apt-get install python3 python3-venv)"; exit 1; }
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || \
-		{ echo "could not create $(VENV): apt-get install python3-venv"; exit 1; }
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
-	@touch $@
+	@mkdir -p $(VENV)
+	@flock $(VENV)/.install.lock scripts/install-venv.sh $(PYTHON) $(VENV)
 
 install: $(INSTALLED)
 	@scripts/ensure-rar-tool.sh
