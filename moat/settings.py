@@ -442,6 +442,9 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///var/moat.db"
     spool_dir: Path = Path("var/spool")
     admin_token: SecretStr = SecretStr(PLACEHOLDER_TOKEN)
+    # Seconds a service has to finish its work and exit once told to stop (SIGTERM): the bound
+    # of each service's own graceful stop, after which ``python -m services`` kills it.
+    shutdown_timeout: float = Field(default=20.0, gt=0)
     smtp: SmtpSettings = SmtpSettings()
     api: ApiSettings = ApiSettings()
     broker: BrokerSettings = BrokerSettings()
