@@ -49,14 +49,17 @@ def write_config(workdir: Path, broker_port: int) -> dict[str, str]:
     return env | {"MOAT_CONFIG": str(workdir / "moat.yaml")}
 
 
-@pytest.mark.parametrize("service", ["ingress", "scanner", "delivery", "api"])
+@pytest.mark.parametrize(
+    "module",
+    ["services.ingress", "services.scanner", "services.delivery", "services.api", "services"],
+)
 def test_help_explains_the_service_and_starts_nothing(
-    service: str, tmp_path: Path, broker: socket.socket
+    module: str, tmp_path: Path, broker: socket.socket
 ) -> None:
     env = write_config(tmp_path, broker.getsockname()[1])
     # A service that ignored --help would run until killed: the timeout fails the test.
     result = subprocess.run(
-        [sys.executable, "-m", f"services.{service}", "--help"],
+        [sys.executable, "-m", module, "--help"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -64,7 +67,7 @@ def test_help_explains_the_service_and_starts_nothing(
         timeout=30,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(f"usage: python -m services.{service} [-h]")
+    assert result.stdout.startswith(f"usage: python -m {module} [-h]")
     assert "reads: " in result.stdout  # which settings it uses
     assert "MOAT_CONFIG" in result.stdout and "moat.example.yaml" in result.stdout
     with pytest.raises(BlockingIOError):
