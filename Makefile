@@ -6,23 +6,23 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-# The gateway's settings: $MOAT_CONFIG if set, else ./moat.yaml if present, else the defaults.
+# The gateway's settings for `make run`: $MOAT_CONFIG if set, else ./moat.yaml if present, else
+# the defaults. Only for run: the tests build their own settings, and a user's moat.yaml must
+# not change what they see.
 ifeq ($(origin MOAT_CONFIG), undefined)
 ifneq ($(wildcard moat.yaml),)
-export MOAT_CONFIG := moat.yaml
+run: export MOAT_CONFIG := moat.yaml
 endif
 endif
 
 .PHONY: install run test test-fast lint format bench train clean
 
+# Safe to run twice at once (make install in one shell, make run in another): the install runs
+# under a lock, and the make that waited finds the stamp fresh and installs nothing. The apt
+# steps of scripts/ take a lock of their own (scripts/apt-install.sh).
 $(INSTALLED): pyproject.toml
-	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
-		{ echo "Moat needs Python 3.11 or newer (apt-get install python3 python3-venv)"; exit 1; }
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || \
-		{ echo "could not create $(VENV): apt-get install python3-venv"; exit 1; }
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
-	@touch $@
+	@mkdir -p $(VENV)
+	@flock $(VENV)/.install.lock scripts/install-venv.sh $(PYTHON) $(VENV)
 
 install: $(INSTALLED)
 	@scripts/ensure-rar-tool.sh
@@ -33,7 +33,8 @@ run: install
 	$(PY) -m services
 
 test: install
-	@scripts/ensure-rabbitmq.sh
+	@# The tests use the broker on 127.0.0.1:5672, whatever MOAT_BROKER__URL the shell has.
+	@env -u MOAT_BROKER__URL scripts/ensure-rabbitmq.sh
 	@scripts/ensure-postgres.sh
 	@scripts/ensure-clamav.sh
 	$(PY) -m pytest $(PYTEST_ARGS)

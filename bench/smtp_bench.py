@@ -870,7 +870,10 @@ def _cpu_seconds(match: Callable[[str, list[str]], bool]) -> float:
 
 
 def group_cpu_seconds(pgid: int) -> float:
-    return _cpu_seconds(lambda _name, fields: int(fields[2]) == pgid)
+    """CPU of process group ``pgid`` and, when its leader leads a session, of that whole
+    session: ``python -m services`` puts each service in a process group of its own (so that a
+    terminal's Ctrl-C reaches the supervisor alone), within the session ``spawn`` made."""
+    return _cpu_seconds(lambda _name, fields: pgid in (int(fields[2]), int(fields[3])))
 
 
 def shared_cpu_seconds() -> dict[str, float]:

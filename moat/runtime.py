@@ -1,7 +1,9 @@
-"""How a service process starts and stops: logging, uvloop, and a clean stop on SIGINT/SIGTERM."""
+"""How a service process starts and stops: its command line, logging, uvloop, and a clean stop
+on SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import signal
@@ -11,6 +13,24 @@ from typing import Any
 import uvloop
 
 from moat.settings import Settings
+
+SETTINGS_HELP = """\
+settings: the YAML file named by MOAT_CONFIG (make run: ./moat.yaml), else the defaults; any
+value overridden by a MOAT_* environment variable, nested keys joined by __
+(MOAT_SMTP__LISTEN=0.0.0.0:25, MOAT_DATABASE_URL=..., MOAT_BROKER__URL=...). Every setting,
+with its default and meaning, is in moat.example.yaml."""
+
+
+def service_parser(service: str, doc: str | None, reads: str) -> argparse.ArgumentParser:
+    """The command line of ``python -m services.<service>``. A service takes no options: its
+    settings say everything. ``--help`` says what it does and what it reads, and exits before
+    the settings are loaded or anything is connected."""
+    return argparse.ArgumentParser(
+        prog=f"python -m services.{service}",
+        description=(doc or "").replace("``", "").strip(),
+        epilog=f"{reads.strip()}\n\n{SETTINGS_HELP}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def setup_logging(service: str, level: str) -> None:

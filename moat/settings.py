@@ -469,8 +469,6 @@ class Settings(BaseSettings):
 
     env: Literal["dev", "test", "prod"] = "dev"
     log_level: str = "INFO"
-    # Seconds a service takes to stop gracefully (finish or hand back the work in hand).
-    shutdown_timeout: float = 20.0
     domains: dict[str, DomainSettings] = {}
     database_url: str = "sqlite+aiosqlite:///var/moat.db"
     spool_dir: Path = Path("var/spool")
@@ -478,6 +476,10 @@ class Settings(BaseSettings):
     # this; None: 1.5 times smtp.max_message_size (Postfix's queue_minfree rule).
     spool_min_free: int | None = Field(default=None, ge=0)
     admin_token: SecretStr = SecretStr(PLACEHOLDER_TOKEN)
+    # Seconds a service has to finish the work in hand once told to stop (SIGTERM); what is not
+    # finished by then is handed back. ``python -m services`` kills a child that has not exited
+    # STOP_MARGIN seconds after that.
+    shutdown_timeout: float = Field(default=20.0, gt=0)
     smtp: SmtpSettings = SmtpSettings()
     api: ApiSettings = ApiSettings()
     broker: BrokerSettings = BrokerSettings()

@@ -12,18 +12,9 @@ if ! have_clamd; then
     exit 1
   fi
   echo "ClamAV: installing Debian's clamav-daemon (services not started)"
-  export DEBIAN_FRONTEND=noninteractive
-  # policy-rc.d answering 101 stops the packages' maintainer scripts from starting clamd and
-  # the freshclam daemon (which would download the signature databases).
-  added_policy=""
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
-    chmod 755 /usr/sbin/policy-rc.d
-    added_policy=1
-  fi
-  trap 'if [ -n "$added_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi' EXIT
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends clamav-daemon >/dev/null
+  # --no-start: neither clamd nor the freshclam daemon (which would download the signature
+  # databases) is started by the package.
+  "$(dirname "$0")/apt-install.sh" --no-recommends --no-start clamav-daemon
 fi
 have_clamd || { echo "clamd still not found after installing clamav-daemon" >&2; exit 1; }
 clamd="$(command -v clamd || echo /usr/sbin/clamd)"

@@ -14,9 +14,7 @@ if ! reachable; then
       exit 1
     fi
     echo "PostgreSQL: installing Debian's postgresql"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq postgresql >/dev/null
+    "$(dirname "$0")/apt-install.sh" postgresql
   fi
   version="$(ls /etc/postgresql | sort -V | tail -n 1)"
   echo "PostgreSQL: starting cluster $version/main"

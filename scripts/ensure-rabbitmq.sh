@@ -31,9 +31,7 @@ if ! command -v rabbitmq-server >/dev/null 2>&1; then
     exit 1
   fi
   echo "RabbitMQ: installing Debian's rabbitmq-server"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq rabbitmq-server >/dev/null
+  "$(dirname "$0")/apt-install.sh" rabbitmq-server
 fi
 
 echo "RabbitMQ: starting the installed server"

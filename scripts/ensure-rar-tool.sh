@@ -18,7 +18,5 @@ else
   exit 0
 fi
 echo "rar: installing Debian's unar"
-"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
-  apt-get install -y -qq --no-install-recommends unar >/dev/null
+"${as_root[@]}" "$(dirname "$0")/apt-install.sh" --no-recommends unar
 command -v unar >/dev/null 2>&1 || { echo "unar still not found after installing it" >&2; exit 1; }

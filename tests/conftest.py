@@ -3,6 +3,7 @@ vhost and a fresh SQLite or PostgreSQL database."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -14,6 +15,17 @@ import pytest
 from tests.harness import Gateway, Sink, database, gateway_config, rabbitmq_vhost
 
 BACKENDS = ["sqlite", "postgresql"]
+
+# The suite's own knobs: where the corpus and PostgreSQL are, how much of the corpus to run.
+# They are no gateway settings, so they stay; every other MOAT_* variable goes.
+SUITE_KNOBS = frozenset({"MOAT_CORPUS", "MOAT_TEST_POSTGRES_URL", "MOAT_AUTH_FULL_CORPUS"})
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The results must not depend on the user's settings: ``make run``'s MOAT_CONFIG, or a
+    MOAT_DOMAINS left in the shell, would otherwise reach every Settings() a test builds."""
+    for name in [n for n in os.environ if n.startswith("MOAT_") and n not in SUITE_KNOBS]:
+        del os.environ[name]
 
 
 @pytest.fixture(scope="session")

@@ -38,5 +38,15 @@ async def main(settings: Settings) -> None:
     await uvicorn.Server(config).serve()
 
 
+READS = """\
+reads: api.* (listen, tls_cert, tls_key, self_signed_dir), admin_token (set MOAT_ADMIN_TOKEN;
+outside env dev the placeholder is refused), database_url, spool_dir (feedback), broker.*
+(retries), scanner.classifier (feedback), smtp.hostname (the self-signed certificate's name),
+log_level, env.
+connects to: the database, and RabbitMQ when a message is retried; listens for HTTPS on
+api.listen."""
+
+
 if __name__ == "__main__":
+    runtime.service_parser("api", __doc__, READS).parse_args()
     runtime.run("api", load_settings(), main)

@@ -72,5 +72,14 @@ async def main(settings: Settings) -> None:
         await parts.close()
 
 
+READS = """\
+reads: delivery.* (retry schedule, lifetime, smarthost, timeouts, sweeps), domains.<name>.relay
+(where each protected domain's mail goes), smtp.hostname (our name in EHLO and DSNs),
+retention.* (purging held mail, removing old records, spool clean-up), database_url, spool_dir,
+broker.*, shutdown_timeout, log_level, env.
+connects to: the database, RabbitMQ, and the next hops over SMTP."""
+
+
 if __name__ == "__main__":
+    runtime.service_parser("delivery", __doc__, READS).parse_args()
     runtime.run("delivery", load_settings(), main)

@@ -61,5 +61,13 @@ async def main(settings: Settings) -> None:
         await parts.close()
 
 
+READS = """\
+reads: smtp.* (listen, hostname, limits), domains (the protected domains; any other recipient
+is refused), ingress.* (the sweep), spool_min_free, database_url, spool_dir, broker.*,
+shutdown_timeout, log_level, env.
+connects to: the database and RabbitMQ; listens for SMTP on smtp.listen."""
+
+
 if __name__ == "__main__":
+    runtime.service_parser("ingress", __doc__, READS).parse_args()
     runtime.run("ingress", load_settings(), main)

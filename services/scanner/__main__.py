@@ -1,5 +1,5 @@
 """The scanner: ``python -m services.scanner`` runs the service; ``python -m services.scanner
-check FILE...`` classifies files offline (see ``cli.py``).
+check|learn|forget ...`` are the offline commands (``cli.py``; ``check --help`` for each).
 
 Stateless workers: run as many replicas as throughput needs. Each takes a message id from the
 ``scan`` queue, runs every check, records the verdict with all findings, and sends clean mail on
@@ -40,7 +40,18 @@ async def main(settings: Settings) -> None:
         await parts.close()
 
 
+READS = """\
+reads: scanner.* (checks, thresholds, actions, engines), domains (each domain's scanner
+overrides), dns.*, database_url (learned classifier feedback), spool_dir, broker.*, log_level.
+connects to: the database, RabbitMQ, clamd when scanner.clamav is enabled, and DNS for the
+auth and blocklist checks. The offline commands connect to nothing but the database (learn,
+forget) and DNS (check)."""
+
+
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
-        sys.exit(cli.main(load_settings(), sys.argv[1:]))
+    parser = runtime.service_parser("scanner", __doc__, READS)
+    cli.add_commands(parser, required=False)
+    args = parser.parse_args()
+    if args.command is not None:
+        sys.exit(cli.run(load_settings(), args))
     runtime.run("scanner", load_settings(), main)

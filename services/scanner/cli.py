@@ -108,9 +108,10 @@ async def forget_all(settings: Settings) -> int:
     return 0
 
 
-def main(settings: Settings, argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.scanner")
-    commands = parser.add_subparsers(dest="command", required=True)
+def add_commands(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    """Add check, learn and forget to ``parser`` (``args.command``; None when not required and
+    none was given: ``python -m services.scanner`` alone runs the service)."""
+    commands = parser.add_subparsers(dest="command", required=required, title="offline commands")
     check = commands.add_parser("check", help="classify message files; one JSON line per file")
     check.add_argument("files", nargs="+", type=Path)
     check.add_argument("--rcpt", help="recipient address whose domain policy applies")
@@ -125,7 +126,10 @@ def main(settings: Settings, argv: list[str]) -> int:
         "forget",
         help="undo everything learned: back to the shipped model (e.g. after a model upgrade)",
     )
-    args = parser.parse_args(argv)
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    """Run the command ``add_commands`` parsed; its exit status."""
     if args.command == "check":
         return asyncio.run(check_files(settings, args.files, args.rcpt))
     if args.command == "learn":
@@ -133,6 +137,13 @@ def main(settings: Settings, argv: list[str]) -> int:
     if args.command == "forget":
         return asyncio.run(forget_all(settings))
     return 2
+
+
+def main(settings: Settings, argv: list[str]) -> int:
+    """One offline command, from its arguments (``["check", "a.eml"]``)."""
+    parser = argparse.ArgumentParser(prog="python -m services.scanner")
+    add_commands(parser, required=True)
+    return run(settings, parser.parse_args(argv))
 
 
 if __name__ == "__main__":
