@@ -15,7 +15,11 @@ run: export MOAT_CONFIG := moat.yaml
 endif
 endif
 
-.PHONY: install run test test-fast lint format bench train clean
+.PHONY: install run test test-all test-faults test-fast lint format bench train clean
+
+# `make test` leaves out the long fault runs (marker `fault`, tests/e2e/test_fault_load.py:
+# about 2.5 minutes of mail under outages and kills); `make test-all`, what CI runs, has them.
+PYTEST_MARK ?= not fault
 
 # Safe to run twice at once (make install in one shell, make run in another): the install runs
 # under a lock, and the make that waited finds the stamp fresh and installs nothing. The apt
@@ -37,7 +41,13 @@ test: install
 	@env -u MOAT_BROKER__URL scripts/ensure-rabbitmq.sh
 	@scripts/ensure-postgres.sh
 	@scripts/ensure-clamav.sh
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "$(PYTEST_MARK)" $(PYTEST_ARGS)
+
+test-all:
+	@$(MAKE) --no-print-directory test PYTEST_MARK=""
+
+test-faults:
+	@$(MAKE) --no-print-directory test PYTEST_MARK="fault"
 
 test-fast: install
 	@scripts/ensure-clamav.sh
