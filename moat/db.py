@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     event,
 )
 from sqlalchemy import create_engine as create_sync_engine
@@ -54,7 +55,13 @@ messages = Table(
     Column("lease_until", DateTime),
     Column("bounce_of", String(26)),  # set on a DSN we generated: the message it reports on
     Column("reason", Text),  # why it failed, was rejected or is deferred
+    # The main headers, decoded, stored by the scanner: what the API searches and shows.
+    Column("subject", Text),
+    Column("header_from", Text),
+    Column("header_message_id", Text),
     Index("ix_messages_status_next", "status", "next_attempt_at"),
+    Index("ix_messages_received_at", "received_at"),
+    Index("ix_messages_status_updated", "status", "updated_at"),
 )
 
 recipients = Table(
@@ -69,6 +76,10 @@ recipients = Table(
     Column("remote_host", Text),
     Column("reply", Text),  # the last reply from the remote server, or why none came
     Column("updated_at", DateTime, nullable=False),
+    # When a quarantine digest last told this recipient about this message (None: not yet).
+    Column("notified_at", DateTime),
+    Index("ix_recipients_address", "address"),
+    Index("ix_recipients_domain", "domain"),
 )
 
 events = Table(
@@ -163,4 +174,120 @@ classifier_learned = Table(
     Column("learned_at", DateTime, nullable=False),
     Column("source", String(16), nullable=False),  # cli | api
     Column("message_id", String(26)),  # the spooled message, when learned through the API
+)
+
+
+# --- the REST API: tokens, audit, sender lists, release requests, webhooks, feedback ----------
+
+# Bearer tokens the API issues. Only a hash of the secret is kept (the secret is 256 random
+# bits, so a plain SHA-256 is as good as a slow hash and lets a lookup use the index).
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", String(26), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("secret_hash", String(64), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),  # admin | reader | user | domain
+    Column("scope", Text),  # user: the recipient address; domain: the domain
+    Column("created_at", DateTime, nullable=False),
+    Column("created_by", Text, nullable=False),
+    Column("expires_at", DateTime),
+    Column("revoked_at", DateTime),
+    Column("last_used_at", DateTime),
+)
+
+# Who did what to which message, when.
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", DateTime, nullable=False, index=True),
+    Column("actor", Text, nullable=False),  # "token <name> (<id>)", "admin token", "digest link"
+    Column("action", String(32), nullable=False),
+    Column("message_id", String(26), index=True),
+    Column("detail", Text, nullable=False, default=""),
+)
+
+# Allow and block lists: a sender (an address, or a whole domain) for one recipient, one
+# protected domain, or everyone.
+sender_rules = Table(
+    "sender_rules",
+    metadata,
+    Column("id", String(26), primary_key=True),
+    Column("action", String(8), nullable=False),  # allow | block
+    Column("sender", Text, nullable=False),  # "someone@example.org" or "example.org"
+    Column("scope_kind", String(16), nullable=False),  # recipient | domain | global
+    Column("scope", Text, nullable=False, default=""),  # the address or domain; "" for global
+    Column("created_at", DateTime, nullable=False),
+    Column("created_by", Text, nullable=False),
+    Column("note", Text, nullable=False, default=""),
+    UniqueConstraint("scope_kind", "scope", "sender", name="uq_sender_rules_scope_sender"),
+)
+
+# A recipient asks an administrator to release virus or policy quarantine.
+release_requests = Table(
+    "release_requests",
+    metadata,
+    Column("id", String(26), primary_key=True),
+    Column("message_id", String(26), ForeignKey("messages.id"), nullable=False, index=True),
+    Column("recipient", Text, nullable=False),
+    Column("requested_by", Text, nullable=False),
+    Column("reason", Text, nullable=False, default=""),
+    Column("status", String(16), nullable=False),  # pending | approved | refused
+    Column("created_at", DateTime, nullable=False),
+    Column("decided_at", DateTime),
+    Column("decided_by", Text),
+)
+
+# Webhooks: URLs that receive signed JSON events, and the outbox of events to send them.
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("id", String(26), primary_key=True),
+    Column("url", Text, nullable=False),
+    Column("secret", Text, nullable=False),  # HMAC-SHA256 key; shown once, needed to sign
+    Column("events", JSON, nullable=False),  # the event names it receives
+    Column("active", Boolean, nullable=False, default=True),
+    Column("created_at", DateTime, nullable=False),
+    Column("created_by", Text, nullable=False),
+)
+
+webhook_events = Table(
+    "webhook_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("webhook_id", String(26), ForeignKey("webhooks.id"), nullable=False, index=True),
+    Column("event", String(32), nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Column("status", String(16), nullable=False),  # pending | delivered | failed
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", DateTime, nullable=False),
+    Column("last_error", Text),
+    Column("delivered_at", DateTime),
+    Index("ix_webhook_events_status_next", "status", "next_attempt_at"),
+)
+
+# Spam/ham feedback recorded by the API (a report, a release) and learned by a scanner, which
+# owns the classifier: the API never loads it.
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("message_id", String(26), nullable=False, index=True),
+    Column("label", String(4), nullable=False),  # spam | ham
+    Column("source", String(16), nullable=False),  # api | release | link
+    Column("created_at", DateTime, nullable=False),
+    Column("learned_at", DateTime, index=True),
+    Column("result", Text),  # learned | already | gone (no copy left) | failed: why
+)
+
+# One-click links (digests) work once: the nonce of each used link.
+used_links = Table(
+    "used_links",
+    metadata,
+    Column("nonce", String(32), primary_key=True),
+    Column("used_at", DateTime, nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("message_id", String(26), nullable=False),
 )

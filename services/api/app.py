@@ -17,8 +17,10 @@ from moat import __version__
 from moat.broker import Broker
 from moat.repository import Repository
 from moat.settings import Settings
+from services.api.audit import AuditLog
+from services.api.auth import TokenStore
 from services.api.models import Health
-from services.api.routes import feedback, messages
+from services.api.routes import feedback, messages, tokens
 
 log = logging.getLogger("api")
 
@@ -49,6 +51,8 @@ def create_app(settings: Settings, repository: Repository, broker: Broker) -> Fa
     app.state.settings = settings
     app.state.repository = repository
     app.state.broker = broker
+    app.state.tokens = TokenStore(repository.engine)
+    app.state.audit = AuditLog(repository.engine)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_problem(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -71,4 +75,5 @@ def create_app(settings: Settings, repository: Repository, broker: Broker) -> Fa
 
     app.include_router(messages.router)
     app.include_router(feedback.router)
+    app.include_router(tokens.router)
     return app

@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel
 
 from moat.model import Finding, MessageStatus, RecipientStatus
+from moat.repository import MessageRecord
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -16,6 +17,13 @@ def _as_utc(value: datetime) -> datetime:
 
 
 UtcDateTime = Annotated[datetime, AfterValidator(_as_utc)]
+
+
+def as_naive_utc(value: datetime) -> datetime:
+    """What the database keeps: naive UTC (a value without an offset is taken as UTC)."""
+    if value.tzinfo is None:
+        return value
+    return value.astimezone(UTC).replace(tzinfo=None)
 
 
 class RecipientPublic(BaseModel):
@@ -60,3 +68,14 @@ class MessagePublic(BaseModel):
 
 class Health(BaseModel):
     status: str
+
+
+def message_public(record: MessageRecord) -> MessagePublic:
+    verdict = None
+    if record.verdict is not None:
+        verdict = VerdictPublic(
+            verdict=record.verdict, score=record.score or 0.0, findings=record.findings or []
+        )
+    return MessagePublic.model_validate(
+        {**record.model_dump(exclude={"verdict", "score", "findings"}), "verdict": verdict}
+    )

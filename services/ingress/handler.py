@@ -19,6 +19,7 @@ from typing import Any, AnyStr
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from moat import replies
+from moat.addresses import is_mailbox
 from moat.broker import Broker
 from moat.model import ScanRequest, new_message_id, utcnow
 from moat.repository import NewMessage, Repository
@@ -32,24 +33,6 @@ _RECEIVED_LINE = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _UNSAFE_IN_HEADER = re.compile(r"[^\x21-\x7e]")
-# What aiosmtpd's lenient parser lets through but no mailbox (RFC 5321 4.1.2) may contain.
-_NOT_IN_MAILBOX = re.compile(r"[\s<>()\[\]\\,;:\x00-\x1f\x7f]")
-
-
-def is_mailbox(address: str) -> bool:
-    """A plausible ``local@domain`` (UTF-8 allowed, RFC 6531; quoted local parts too)."""
-    if not address.isascii():
-        try:
-            address.encode("utf-8")  # aiosmtpd keeps bytes that are not UTF-8 as surrogates
-        except UnicodeEncodeError:
-            return False
-    local, at, domain = address.rpartition("@")
-    if not (at and local and domain) or "." not in domain.strip("."):
-        return False
-    if _NOT_IN_MAILBOX.search(domain):
-        return False
-    quoted = len(local) >= 2 and local[0] == local[-1] == '"'
-    return quoted or not _NOT_IN_MAILBOX.search(local)
 
 
 def normalise_line_endings(data: bytes) -> bytes:

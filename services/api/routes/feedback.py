@@ -15,12 +15,12 @@ from fastapi import APIRouter, Depends, HTTPException, Request, status
 from pydantic import BaseModel
 
 from moat.spool import MessageStore
-from services.api.deps import AdminDep, RepositoryDep, get_settings
+from services.api.deps import AuditDep, RepositoryDep, WriterDep, get_settings, visible_message
 from services.scanner.classifier.engine import Classifier
 
 log = logging.getLogger("api")
 
-router = APIRouter(prefix="/v1/messages", tags=["feedback"], dependencies=[AdminDep])
+router = APIRouter(prefix="/v1/messages", tags=["feedback"])
 
 
 class Feedback(BaseModel):
@@ -64,13 +64,12 @@ async def feedback(
     request: Request,
     repository: RepositoryDep,
     classifier: ClassifierDep,
+    caller: WriterDep,
+    audit: AuditDep,
 ) -> FeedbackResult:
     """Learn the message as spam or ham. Learning the same message with the same label again
     changes nothing (``learned: false``); with the other label, it is learned again."""
-    if not (message_id.isalnum() and len(message_id) <= 26):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no message {message_id!r}")
-    if await repository.get(message_id, with_history=False) is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no message {message_id!r}")
+    await visible_message(repository, caller, message_id, with_history=False)
     store = MessageStore(get_settings(request).spool_dir)
     try:
         raw = await store.read(message_id)
@@ -88,6 +87,7 @@ async def feedback(
             headers={"Retry-After": "30"},
         ) from None
     log.info("feedback: %s learned as %s (%s)", message_id, body.label, result.learned)
+    await audit.record(caller, "feedback", message_id, body.label)
     return FeedbackResult(
         message_id=message_id,
         label=body.label,

@@ -5,51 +5,56 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, status
 
 from services.api.actions import NotRetryable, Queued, retry_message
-from services.api.deps import AdminDep, BrokerDep, RepositoryDep
-from services.api.models import MessagePublic, VerdictPublic
+from services.api.deps import (
+    AdminDep,
+    AuditDep,
+    BrokerDep,
+    CallerDep,
+    RepositoryDep,
+    not_found,
+    visible_message,
+)
+from services.api.models import MessagePublic, message_public
 
-router = APIRouter(prefix="/v1/messages", tags=["messages"], dependencies=[AdminDep])
-
-
-def _valid_id(message_id: str) -> str:
-    if not (message_id.isalnum() and len(message_id) <= 26):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no message {message_id!r}")
-    return message_id
+router = APIRouter(prefix="/v1/messages", tags=["messages"])
 
 
 @router.get("/{message_id}", response_model=MessagePublic)
-async def get_message(message_id: str, repository: RepositoryDep) -> MessagePublic:
-    record = await repository.get(_valid_id(message_id))
-    if record is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no message {message_id!r}")
-    verdict = None
-    if record.verdict is not None:
-        verdict = VerdictPublic(
-            verdict=record.verdict, score=record.score or 0.0, findings=record.findings or []
-        )
-    return MessagePublic.model_validate(
-        {**record.model_dump(exclude={"verdict", "score", "findings"}), "verdict": verdict}
-    )
+async def get_message(
+    message_id: str, repository: RepositoryDep, caller: CallerDep
+) -> MessagePublic:
+    record = await visible_message(repository, caller, message_id)
+    return message_public(record)
 
 
 @router.post(
     "/{message_id}/retry", response_model=MessagePublic, status_code=status.HTTP_202_ACCEPTED
 )
-async def retry(message_id: str, repository: RepositoryDep, broker: BrokerDep) -> MessagePublic:
+async def retry(
+    message_id: str,
+    repository: RepositoryDep,
+    broker: BrokerDep,
+    caller: AdminDep,
+    audit: AuditDep,
+) -> MessagePublic:
     """Send a failed (dead-lettered) message back to the stage where it failed."""
+    await visible_message(repository, caller, message_id, with_history=False)
     try:
-        await retry_message(repository, broker, _valid_id(message_id))
+        await retry_message(repository, broker, message_id)
     except NotRetryable:
-        if await repository.get(message_id, with_history=False) is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no message {message_id!r}") from None
         raise HTTPException(
             status.HTTP_409_CONFLICT, "only a failed message can be retried"
         ) from None
     except Queued:
+        await audit.record(caller, "retry", message_id, "recorded; the sweep will publish it")
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             "retry recorded, but the broker is unreachable; the recovery sweep will send the "
             "message on",
             headers={"Retry-After": "60"},
         ) from None
-    return await get_message(message_id, repository)
+    await audit.record(caller, "retry", message_id)
+    record = await repository.get(message_id)
+    if record is None:
+        raise not_found(message_id)
+    return message_public(record)

@@ -1,0 +1,44 @@
+"""The migrations build exactly the schema ``moat/db.py`` declares, and go down again."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy.engine import Connection
+
+from moat.db import create_engine, metadata
+from moat.migrate import alembic_config, upgrade
+
+
+def _differences(url: str) -> list[object]:
+    async def compare() -> list[object]:
+        engine = create_engine(url)
+        try:
+            async with engine.connect() as conn:
+
+                def diff(sync: Connection) -> list[object]:
+                    return list(compare_metadata(MigrationContext.configure(sync), metadata))
+
+                return await conn.run_sync(diff)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(compare())
+
+
+def test_head_matches_the_declared_schema(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'moat.db'}"
+    upgrade(url)
+    assert _differences(url) == []
+
+
+def test_down_to_the_start_and_up_again(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'moat.db'}"
+    upgrade(url)
+    command.downgrade(alembic_config(url), "base")
+    upgrade(url)
+    assert _differences(url) == []
