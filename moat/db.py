@@ -59,6 +59,10 @@ messages = Table(
     Column("subject", Text),
     Column("header_from", Text),
     Column("header_message_id", Text),
+    # Set when an administrator or a recipient let it out of quarantine: delivery says so in
+    # an X-Moat-Released header.
+    Column("released_at", DateTime),
+    Column("released_by", Text),
     Index("ix_messages_status_next", "status", "next_attempt_at"),
     Index("ix_messages_received_at", "received_at"),
     Index("ix_messages_status_updated", "status", "updated_at"),

@@ -11,7 +11,9 @@ Messages::
     received ─► queued ─► delivering ─► delivered | partially_delivered | bounced
        │          │            └──► deferred ─► (retry) ─► delivered ... | deferred
        │          └──► quarantined ─► released ─► (delivery, as delivering)
-       │                    └──► deleted | purged
+       │                  │  ▲        └──► quarantined (some recipients still held)
+       │                  │  └── (rescan) received
+       │                  └──► deleted | purged
        └──► rejected (the sender got 451)
     received, queued, delivering, deferred, released ─► failed ─► received | delivering
                                                                   (an administrator's retry)
@@ -61,14 +63,19 @@ MESSAGE_STATES: Mapping[M, State] = {
         M.FAILED,
     ),
     M.DELIVERING: _state("the verdict says deliver; handed to delivery", *_ATTEMPT_OUTCOMES),
-    M.DEFERRED: _state("some recipients wait for a retry", *_ATTEMPT_OUTCOMES),
+    M.DEFERRED: _state("some recipients wait for a retry", *_ATTEMPT_OUTCOMES, M.QUARANTINED),
     M.QUARANTINED: _state(
-        "held: spam, virus or policy; waits for review",
+        "held: spam, virus or policy; waits for review (received again: a rescan)",
         M.RELEASED,
+        M.RECEIVED,
         M.DELETED,
         M.PURGED,
     ),
-    M.RELEASED: _state("released from quarantine; handed to delivery", *_ATTEMPT_OUTCOMES),
+    M.RELEASED: _state(
+        "released from quarantine (all or some recipients); handed to delivery",
+        *_ATTEMPT_OUTCOMES,
+        M.QUARANTINED,  # delivery done with the released ones, others still held
+    ),
     M.FAILED: _state(
         "dead-lettered: a bug or a poison message; an administrator may retry it",
         M.RECEIVED,
@@ -93,7 +100,7 @@ INITIAL: frozenset[M] = frozenset({M.RECEIVED, M.DELIVERING})
 RECIPIENT_TRANSITIONS: Mapping[R, frozenset[R]] = {
     R.PENDING: frozenset({R.DELIVERED, R.DEFERRED, R.BOUNCED, R.QUARANTINED}),
     R.DEFERRED: frozenset({R.DELIVERED, R.DEFERRED, R.BOUNCED}),
-    R.QUARANTINED: frozenset({R.PENDING, R.DELETED, R.PURGED}),
+    R.QUARANTINED: frozenset({R.PENDING, R.DELETED, R.PURGED}),  # pending: released
     R.DELIVERED: frozenset(),
     R.BOUNCED: frozenset(),
     R.DELETED: frozenset(),
@@ -104,7 +111,8 @@ RECIPIENT_TRANSITIONS: Mapping[R, frozenset[R]] = {
 # holds all of a message's recipients; a release lets them go).
 RECIPIENTS_FOLLOW: Mapping[M, R] = {
     M.QUARANTINED: R.QUARANTINED,
-    M.RELEASED: R.PENDING,
+    M.RELEASED: R.PENDING,  # a release of every recipient; a partial one moves its own
+    M.RECEIVED: R.PENDING,  # a rescan: held again or not, the new verdict says
     M.DELETED: R.DELETED,
     M.PURGED: R.PURGED,
 }

@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from moat import lifecycle
 from moat.batch import BatchWriter
-from moat.db import READ_ONLY, db_now, events, messages, recipients
+from moat.db import READ_ONLY, db_now, events, feedback, messages, recipients
 from moat.lifecycle import DELIVERABLE, RECIPIENT_TO_DELIVER, SCANNABLE
 from moat.model import Finding, MessageEnvelope, MessageStatus, RecipientStatus, Verdict
 
@@ -185,6 +185,11 @@ class MessageRecord(BaseModel):
     next_attempt_at: datetime | None
     bounce_of: str | None
     reason: str | None
+    subject: str | None = None
+    header_from: str | None = None
+    header_message_id: str | None = None
+    released_at: datetime | None = None
+    released_by: str | None = None
     recipients: list[RecipientRecord] = []
     events: list[EventRecord] = []
 
@@ -209,6 +214,17 @@ class AttemptResult:
     next_attempt_at: datetime | None
     detail: str
     bounce: NewMessage | None = None
+
+
+@dataclass(frozen=True)
+class HoldResult:
+    """What a quarantine action did: whether it did anything, to which recipients, the
+    message's state afterwards, and why not when it did nothing."""
+
+    done: bool
+    recipients: tuple[str, ...]
+    status: MessageStatus | None
+    why_not: str
 
 
 @dataclass(frozen=True)
@@ -273,6 +289,9 @@ class Repository:
                 "dead_letter": self._bulk_dead_letter,
                 "retry": self._bulk_retry,
                 "remove": self._bulk_remove,
+                "notice": self._bulk_notice,
+                "feedback": self._bulk_feedback,
+                "hold_action": self._bulk_hold_action,
             },
         )
 
@@ -357,6 +376,36 @@ class Repository:
         marked: bool = await self.writes.submit("dead_letter", (message_id, reason))
         return marked
 
+    async def record_notice(self, new: NewMessage, service: str = "api") -> None:
+        """A message Moat wrote itself (a quarantine digest, an answer to a release request),
+        already spooled: recorded ready for delivery, from the null sender."""
+        await self.writes.submit("notice", (new, service))
+
+    async def release_held(
+        self, message_id: str, recipients: Sequence[str], by: str, *, rescan: bool = False
+    ) -> HoldResult:
+        """Let these quarantined recipients of a quarantined message go: they become pending
+        and the message ``released`` (delivery's to work on), or with ``rescan`` the whole
+        message goes back to ``received`` without its verdict, to be judged again (published
+        for scanning by the caller; the ingress sweep does it should the caller not)."""
+        result: HoldResult = await self.writes.submit(
+            "hold_action", ("release", message_id, tuple(recipients), by, rescan)
+        )
+        return result
+
+    async def delete_held(self, message_id: str, recipients: Sequence[str], by: str) -> HoldResult:
+        """Delete these quarantined recipients' copy of a quarantined (or failed) message; once
+        no recipient is held any more the message is ``deleted`` (and its raw copy may go)."""
+        result: HoldResult = await self.writes.submit(
+            "hold_action", ("delete", message_id, tuple(recipients), by, False)
+        )
+        return result
+
+    async def record_feedback(self, message_id: str, label: str, source: str) -> None:
+        """Spam/ham feedback on a message, for a scanner to learn (the API never loads the
+        classifier)."""
+        await self.writes.submit("feedback", (message_id, label, source))
+
     async def remove_records(self, message_ids: list[str]) -> int:
         """Retention: delete finished messages (terminal states only) with their recipients
         and timeline. Returns how many were removed."""
@@ -410,6 +459,14 @@ class Repository:
         held = [row["b_id"] for row in rows if row["b_status"] == MessageStatus.QUARANTINED]
         if held:
             conn.execute(_QUARANTINE_RECIPIENTS, {"ids": held, "now": now})
+            conn.execute(
+                _INSERT_EVENTS,
+                [
+                    _event(str(row["b_id"]), "scanner", "quarantined", str(row["b_verdict"]))
+                    for row in rows
+                    if row["b_status"] == MessageStatus.QUARANTINED
+                ],
+            )
         return results
 
     def _bulk_claim(
@@ -497,6 +554,88 @@ class Repository:
         conn.execute(_RELEASE, {"ids": ids})
         return [None] * len(ids)
 
+    def _bulk_feedback(self, conn: Connection, items: list[tuple[str, str, str]]) -> list[None]:
+        now = db_now()
+        conn.execute(
+            insert(feedback),
+            [
+                {"message_id": m, "label": label, "source": source, "created_at": now}
+                for m, label, source in items
+            ],
+        )
+        return [None] * len(items)
+
+    def _bulk_notice(self, conn: Connection, items: list[tuple[NewMessage, str]]) -> list[None]:
+        for new, service in items:
+            self._insert_messages(conn, [new], MessageStatus.DELIVERING, service)
+        return [None] * len(items)
+
+    def _bulk_hold_action(
+        self, conn: Connection, items: list[tuple[str, str, tuple[str, ...], str, bool]]
+    ) -> list[HoldResult]:
+        results = []
+        for action, message_id, wanted, by, rescan in items:
+            rows = self._lock(conn, [message_id], _LOCK_ANY)
+            row = rows.get(message_id)
+            if row is None:
+                results.append(HoldResult(False, (), None, "no such message"))
+                continue
+            current = MessageStatus(row.status)
+            held = {
+                r.address.lower(): r
+                for r in conn.execute(_RECIPIENTS_OF, {"ids": [message_id]})
+                if r.status == RecipientStatus.QUARANTINED
+            }
+            chosen = [held[a.lower()] for a in wanted if a.lower() in held]
+            why_not = ""
+            if current not in (MessageStatus.QUARANTINED, MessageStatus.FAILED) or (
+                action == "release" and current != MessageStatus.QUARANTINED
+            ):
+                why_not = f"it is {current}, not in quarantine"
+            elif not chosen and current == MessageStatus.QUARANTINED:
+                why_not = "none of those recipients is held"
+            elif rescan and len(chosen) < len(held):
+                why_not = "a rescan is of the whole message: release every recipient"
+            if why_not:
+                results.append(HoldResult(False, (), current, why_not))
+                continue
+            now = db_now()
+            addresses = tuple(r.address for r in chosen)
+            detail = f"{', '.join(addresses)} by {by}" if addresses else f"by {by}"
+            if chosen:
+                conn.execute(
+                    update(recipients)
+                    .where(
+                        recipients.c.id.in_([r.id for r in chosen]),
+                        recipients.c.status == RecipientStatus.QUARANTINED,
+                    )
+                    .values(
+                        status=RecipientStatus.PENDING
+                        if action == "release"
+                        else RecipientStatus.DELETED,
+                        updated_at=now,
+                    )
+                )
+            if action == "delete" and len(chosen) < len(held):
+                # Others are still held: the message stays in quarantine for them.
+                conn.execute(_INSERT_EVENTS, [_event(message_id, "api", "deleted", detail)])
+                results.append(HoldResult(True, addresses, current, ""))
+                continue
+            values: dict[str, Any] = {}
+            if action == "release":
+                target = MessageStatus.RECEIVED if rescan else MessageStatus.RELEASED
+                values = {"released_at": now, "released_by": by, "next_attempt_at": now}
+                if rescan:
+                    values.update(verdict=None, score=None, findings=None)
+            else:
+                target = MessageStatus.DELETED
+            # Only the chosen recipients move: the others of a partial release stay held.
+            self._move(conn, message_id, current, target, None, follow=False, **values)
+            name = "rescan" if rescan else ("released" if action == "release" else "deleted")
+            conn.execute(_INSERT_EVENTS, [_event(message_id, "api", name, detail)])
+            results.append(HoldResult(True, addresses, target, ""))
+        return results
+
     def _bulk_remove(self, conn: Connection, batches: list[list[str]]) -> list[int]:
         results = []
         for ids in batches:
@@ -571,10 +710,13 @@ class Repository:
         current: str,
         target: MessageStatus,
         reason: str | None,
+        *,
+        follow: bool = True,
         **values: Any,
     ) -> None:
         """Change one locked row's state (the caller checked the lifecycle), conditional on
-        the state it was read in; recipients follow where the table says they do."""
+        the state it was read in; recipients follow where the table says they do, unless
+        the caller moved them itself (``follow=False``)."""
         lifecycle.check(message_id, MessageStatus(current), target)
         now = db_now()
         conn.execute(
@@ -582,7 +724,7 @@ class Repository:
             .where(messages.c.id == message_id, messages.c.status == current)
             .values(status=target, reason=reason, lease_until=None, updated_at=now, **values)
         )
-        follows = lifecycle.RECIPIENTS_FOLLOW.get(target)
+        follows = lifecycle.RECIPIENTS_FOLLOW.get(target) if follow else None
         if follows is not None:
             conn.execute(
                 update(recipients)

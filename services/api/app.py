@@ -17,9 +17,11 @@ from moat import __version__
 from moat.broker import Broker
 from moat.repository import Repository
 from moat.settings import Settings
+from moat.spool import MessageStore
 from services.api.audit import AuditLog
 from services.api.auth import TokenStore
 from services.api.models import Health
+from services.api.quarantine import Quarantine
 from services.api.routes import feedback, messages, tokens
 
 log = logging.getLogger("api")
@@ -53,6 +55,9 @@ def create_app(settings: Settings, repository: Repository, broker: Broker) -> Fa
     app.state.broker = broker
     app.state.tokens = TokenStore(repository.engine)
     app.state.audit = AuditLog(repository.engine)
+    app.state.quarantine = Quarantine(
+        repository, MessageStore(settings.spool_dir), broker, app.state.audit, settings
+    )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_problem(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -19,6 +19,7 @@ from moat.repository import MessageRecord, Repository
 from moat.settings import Settings
 from services.api.audit import AuditLog
 from services.api.auth import BOOTSTRAP_ADMIN, Principal, TokenStore
+from services.api.quarantine import Quarantine
 
 _bearer = HTTPBearer(auto_error=False, description="an API token, or the admin token")
 
@@ -43,6 +44,11 @@ def get_repository(request: Request) -> Repository:
 def get_tokens(request: Request) -> TokenStore:
     tokens: TokenStore = request.app.state.tokens
     return tokens
+
+
+def get_quarantine(request: Request) -> Quarantine:
+    quarantine: Quarantine = request.app.state.quarantine
+    return quarantine
 
 
 def get_audit(request: Request) -> AuditLog:
@@ -104,6 +110,7 @@ BrokerDep = Annotated[Broker, Depends(get_broker)]
 TokensDep = Annotated[TokenStore, Depends(get_tokens)]
 AuditDep = Annotated[AuditLog, Depends(get_audit)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+QuarantineDep = Annotated[Quarantine, Depends(get_quarantine)]
 
 
 def not_found(message_id: str) -> HTTPException:

@@ -137,11 +137,14 @@ def dsn_status(outcome: Outcome) -> str:
 
 
 def final_status(statuses: Sequence[RecipientStatus]) -> MessageStatus:
-    """The message's state from its recipients' states. Recipients held in quarantine (or
-    deleted or purged from it) are not delivery's business and do not count."""
-    relevant = [s for s in statuses if s in _DELIVERY_STATES] or list(statuses)
-    if any(status in (RecipientStatus.PENDING, RecipientStatus.DEFERRED) for status in relevant):
+    """The message's state from its recipients' states. Recipients deleted or purged from
+    quarantine do not count; while some are still held in quarantine (a partial release) and
+    delivery is done with the others, the message is back in quarantine."""
+    if any(status in (RecipientStatus.PENDING, RecipientStatus.DEFERRED) for status in statuses):
         return MessageStatus.DEFERRED
+    if RecipientStatus.QUARANTINED in statuses:
+        return MessageStatus.QUARANTINED
+    relevant = [s for s in statuses if s in _DELIVERY_STATES]
     if all(status == RecipientStatus.DELIVERED for status in relevant):
         return MessageStatus.DELIVERED
     if all(status == RecipientStatus.BOUNCED for status in relevant):

@@ -18,6 +18,7 @@ import contextlib
 import logging
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 
 from moat.broker import Broker, Consumer, PoisonMessage
 from moat.db import db_now
@@ -216,6 +217,11 @@ class DeliveryConsumer(Consumer[DeliveryRequest]):
             f"X-Moat-Verdict: {record.verdict}",
             f"X-Moat-Score: {record.score or 0:.2f}",
         ]
+        if record.released_at is not None:
+            # Let out of quarantine by a person: the recipient's server (and the recipient)
+            # can see that this mail was held and why it came through anyway.
+            released = format_datetime(record.released_at.replace(tzinfo=UTC))
+            lines.append(f"X-Moat-Released: {released}")
         for finding in record.findings or []:
             if finding.symbol == AUTH_RESULTS_SYMBOL and finding.detail:
                 methods = " ".join(finding.detail.split()).split("; ")  # no CR/LF, one per line

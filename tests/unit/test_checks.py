@@ -12,6 +12,7 @@ from email.policy import SMTP, compat32
 import pytest
 from pydantic import ValidationError
 
+from moat.mime import walk
 from moat.model import Category, Finding, VerdictName
 from moat.settings import (
     AttachmentSettings,
@@ -34,7 +35,6 @@ from services.scanner.checks import (
     validate_registry,
 )
 from services.scanner.checks.attachments import AttachmentCheck
-from services.scanner.checks.base import walk
 from services.scanner.scanning import Scanner
 from tests.support.clamd import ClamdServer
 from tests.support.fakedns import FakeDNS

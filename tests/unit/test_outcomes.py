@@ -82,7 +82,10 @@ def test_final_status() -> None:
     assert final_status([D, B]) == MessageStatus.PARTIALLY_DELIVERED
     assert final_status([D, F]) == MessageStatus.DEFERRED
     assert final_status([p, D]) == MessageStatus.DEFERRED
-    assert final_status([D, q]) == MessageStatus.DELIVERED  # the held one is not delivery's
+    # Some recipients still held (a partial release): back to quarantine once the others are done.
+    assert final_status([D, q]) == MessageStatus.QUARANTINED
+    assert final_status([F, q]) == MessageStatus.DEFERRED
+    assert final_status([D, RecipientStatus.DELETED]) == MessageStatus.DELIVERED
 
 
 # --- the SMTP session reports what the network did, never raises --------------------------------

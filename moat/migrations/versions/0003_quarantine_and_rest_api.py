@@ -146,6 +146,8 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("subject", sa.Text(), nullable=True))
         batch_op.add_column(sa.Column("header_from", sa.Text(), nullable=True))
         batch_op.add_column(sa.Column("header_message_id", sa.Text(), nullable=True))
+        batch_op.add_column(sa.Column("released_at", sa.DateTime(), nullable=True))
+        batch_op.add_column(sa.Column("released_by", sa.Text(), nullable=True))
         batch_op.create_index("ix_messages_received_at", ["received_at"], unique=False)
         batch_op.create_index("ix_messages_status_updated", ["status", "updated_at"], unique=False)
 
@@ -164,6 +166,8 @@ def downgrade() -> None:
     with op.batch_alter_table("messages", schema=None) as batch_op:
         batch_op.drop_index("ix_messages_status_updated")
         batch_op.drop_index("ix_messages_received_at")
+        batch_op.drop_column("released_by")
+        batch_op.drop_column("released_at")
         batch_op.drop_column("header_message_id")
         batch_op.drop_column("header_from")
         batch_op.drop_column("subject")

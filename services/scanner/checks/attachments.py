@@ -17,11 +17,12 @@ from email.message import Message
 
 import olefile  # type: ignore[import-untyped]  # ships no type hints
 
+from moat.mime import walk
 from moat.model import Category, Finding
 from moat.settings import AttachmentSettings
 from services.scanner.checks import archives, documents
 from services.scanner.checks.archives import ArchiveProblem, Budget, Limits, Member
-from services.scanner.checks.base import ParsedMessage, walk
+from services.scanner.checks.base import ParsedMessage
 from services.scanner.checks.filetypes import (
     OLE2_MAGIC,
     FileType,

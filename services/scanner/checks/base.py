@@ -10,18 +10,14 @@ work belongs in ``asyncio.to_thread``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from email.feedparser import BytesFeedParser
-from email.header import decode_header, make_header
 from email.message import Message
-from email.parser import BytesParser
-from email.policy import compat32
 from typing import Protocol
 
+from moat.mime import content_type, decoded_payload, filename, parse_limited, walk
 from moat.model import Category, Finding
 from moat.model import MessageEnvelope as Envelope
 from moat.settings import ScannerSettings
@@ -79,20 +75,13 @@ def parse(
 
     MIME deeper than the policy's ``max_mime_depth`` is not parsed (see ``too_deep``)."""
     policy = policy or ScannerSettings()
-    parser = _DepthLimitedParser(policy.attachments.max_mime_depth)
-    too_deep = False
-    try:
-        parser.feed(raw)
-        message = parser.close()
-    except MimeTooDeep:
-        too_deep = True
-        message = BytesParser(policy=compat32).parsebytes(raw, headersonly=True)
+    message, too_deep = parse_limited(raw, policy.attachments.max_mime_depth)
     parts: list[Part] = []
     if not too_deep:
         for part, _ in walk(message):
             if part.is_multipart():
                 continue
-            parts.append(Part(_content_type(part), _filename(part), _decoded_payload(part), part))
+            parts.append(Part(content_type(part), filename(part), decoded_payload(part), part))
     return ParsedMessage(
         message_id,
         raw,
@@ -103,84 +92,6 @@ def parse(
         domain,
         too_deep,
     )
-
-
-class MimeTooDeep(Exception):
-    """The message nests MIME entities deeper than its parse may go."""
-
-
-class _DepthLimitedParser(BytesFeedParser):
-    """email's parser (``compat32``), stopped at a MIME nesting depth.
-
-    The parser opens each nested entity (a multipart's part, an attached message, a
-    delivery-status block) in a generator one inside the other: at about 980 levels it raised
-    RecursionError itself, so the tree cannot be parsed first and measured afterwards. The
-    entities open at once are counted as the parser opens and closes them, through its own
-    two private hooks (not public API: tests/unit/test_checks.py pins what this relies on, and
-    fails on a Python whose parser no longer calls them), and one too many ends the parse."""
-
-    def __init__(self, max_depth: int) -> None:
-        super().__init__(policy=compat32)
-        self._max_depth = max_depth
-        self._depth = 0
-
-    def _new_message(self) -> None:
-        if self._depth >= self._max_depth:
-            raise MimeTooDeep(f"MIME nesting deeper than {self._max_depth}")
-        self._depth += 1
-        super()._new_message()  # type: ignore[misc]
-
-    def _pop_message(self) -> Message:
-        self._depth -= 1
-        popped: Message = super()._pop_message()  # type: ignore[misc]
-        return popped
-
-
-def walk(message: Message) -> Iterator[tuple[Message, int]]:
-    """Every entity of a parsed message with its depth (the message itself is 1), in the order
-    of ``Message.walk()``, but without its recursion: nothing walking a tree recurses per level."""
-    stack: list[tuple[Message, int]] = [(message, 1)]
-    while stack:
-        entity, depth = stack.pop()
-        yield entity, depth
-        payload = entity.get_payload() if entity.is_multipart() else None
-        if isinstance(payload, list):
-            stack.extend(
-                (child, depth + 1) for child in reversed(payload) if isinstance(child, Message)
-            )
-
-
-def _content_type(part: Message) -> str:
-    try:
-        return part.get_content_type()
-    except Exception:  # a header so broken the parser's defaults fail too
-        return "application/octet-stream"
-
-
-def _filename(part: Message) -> str | None:
-    """The attachment's name, RFC 2231 and RFC 2047 encodings undone."""
-    try:
-        name = part.get_filename()
-    except Exception:
-        return None
-    if not name:
-        return None
-    name = str(name)
-    if "=?" in name:
-        with contextlib.suppress(Exception):  # a broken encoded-word: keep it as sent
-            name = str(make_header(decode_header(name)))
-    return name
-
-
-def _decoded_payload(part: Message) -> bytes:
-    try:
-        payload = part.get_payload(decode=True)
-    except Exception:  # a broken encoding: fall back to the part as it was sent
-        payload = None
-    if isinstance(payload, bytes):
-        return payload
-    raw = part.get_payload()
-    return raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else b""
 
 
 class Check(Protocol):
