@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.feedparser import BytesFeedParser
-from email.header import decode_header, make_header
+from email.header import Header, decode_header, make_header
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
@@ -116,18 +116,37 @@ def decoded_payload(part: Message) -> bytes:
 # --- what people see: the main headers, and a safe text rendering ----------------------------
 
 _HEADER_LIMIT = 998  # RFC 5322's line limit: plenty for a subject shown in a list
-_WHITESPACE = re.compile(r"\s+")
 
 
 def decoded(value: object) -> str:
-    """A header value as text: RFC 2047 encoded-words undone (a broken one kept as sent),
-    line breaks and control characters made spaces, cut at 998 characters."""
-    text = str(value)
+    """A header value as text: RFC 2047 encoded-words undone (a broken one kept as sent), raw
+    8-bit bytes read as UTF-8 (RFC 6532), line breaks and control characters made spaces, cut
+    at 998 characters. The scanner runs it on every message: the common header (printable once
+    its folding is undone) costs two C-level string passes."""
+    if isinstance(value, Header):
+        # compat32 hands a header with 8-bit bytes back as a Header of charset unknown-8bit,
+        # whose str() turns every byte into U+FFFD; its bytes are almost always UTF-8.
+        text = "".join(_chunk_text(chunk, charset) for chunk, charset in decode_header(value))
+    else:
+        text = str(value)
     if "=?" in text:
         with contextlib.suppress(Exception):
             text = str(make_header(decode_header(text)))
-    text = "".join(c if c.isprintable() else " " for c in text)
-    return _WHITESPACE.sub(" ", text).strip()[:_HEADER_LIMIT]
+    text = " ".join(text.split())
+    if not text.isprintable():
+        text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return text[:_HEADER_LIMIT]
+
+
+def _chunk_text(chunk: bytes | str, charset: str | None) -> str:
+    if isinstance(chunk, str):
+        return chunk
+    if charset in (None, "unknown-8bit", "us-ascii"):
+        charset = "utf-8"
+    try:
+        return chunk.decode(charset, errors="replace")
+    except LookupError:
+        return chunk.decode("utf-8", errors="replace")
 
 
 @dataclass(frozen=True)

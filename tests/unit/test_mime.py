@@ -41,6 +41,15 @@ def test_main_headers_are_decoded_and_one_line() -> None:
     assert headers.message_id == "<1@outside.test>"
 
 
+def test_raw_utf8_headers_are_read_as_utf8() -> None:
+    # RFC 6532 mail carries UTF-8 in the header itself; compat32 wraps such a header as
+    # "unknown-8bit", whose str() made every byte a replacement character.
+    raw = "Subject: Grüße aus\r\n Köln\x01\r\nFrom: Jürgen <j@outside.test>\r\n\r\nx\r\n"
+    headers = main_headers(parse_limited(raw.encode())[0])
+    assert headers.subject == "Grüße aus Köln"  # folding undone, the control character a space
+    assert headers.from_ == "Jürgen <j@outside.test>"
+
+
 def test_plain_text_is_preferred_and_attachments_are_listed_not_opened() -> None:
     shown = preview(_message(plain="Hello Bob.", html="<p>HTML</p>", attachment="%PDF-1.7 x"))
     assert shown.source == "text/plain"
