@@ -35,6 +35,7 @@ from moat import lifecycle
 from moat.batch import BatchWriter
 from moat.db import READ_ONLY, db_now, events, feedback, messages, recipients
 from moat.lifecycle import DELIVERABLE, RECIPIENT_TO_DELIVER, SCANNABLE
+from moat.mime import MainHeaders
 from moat.model import Finding, MessageEnvelope, MessageStatus, RecipientStatus, Verdict
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,9 @@ _SET_VERDICT = (
         verdict=bindparam("b_verdict"),
         score=bindparam("b_score"),
         findings=bindparam("b_findings"),
+        subject=bindparam("b_subject"),
+        header_from=bindparam("b_from"),
+        header_message_id=bindparam("b_message_id"),
         next_attempt_at=bindparam("b_now"),
         updated_at=bindparam("b_now"),
     )
@@ -316,10 +320,17 @@ class Repository:
         await self.transition(message_id, MessageStatus.REJECTED, "ingress", "rejected", reason)
 
     async def record_verdict(
-        self, message_id: str, verdict: Verdict, status: MessageStatus
+        self,
+        message_id: str,
+        verdict: Verdict,
+        status: MessageStatus,
+        headers: MainHeaders | None = None,
     ) -> bool:
-        """Scanner: store the verdict once; False if the message already has one."""
-        result: bool = await self.writes.submit("verdict", (message_id, verdict, status))
+        """Scanner: store the verdict once, with the main headers the API searches and shows;
+        False if the message already has one."""
+        result: bool = await self.writes.submit(
+            "verdict", (message_id, verdict, status, headers or MainHeaders())
+        )
         return result
 
     async def claim_for_delivery(
@@ -424,12 +435,12 @@ class Repository:
         return [None] * len(batches)
 
     def _bulk_verdict(
-        self, conn: Connection, items: list[tuple[str, Verdict, MessageStatus]]
+        self, conn: Connection, items: list[tuple[str, Verdict, MessageStatus, MainHeaders]]
     ) -> list[bool]:
         scannable = self._lock(conn, [item[0] for item in items], _LOCK_SCANNABLE)
         now = db_now()
         results, rows, history = [], [], []
-        for message_id, verdict, status in items:
+        for message_id, verdict, status, headers in items:
             fresh = message_id in scannable
             scannable.pop(message_id, None)  # the same message twice in a batch: first wins
             results.append(fresh)
@@ -443,6 +454,9 @@ class Repository:
                     "b_score": verdict.score,
                     "b_now": now,
                     "b_findings": [finding.model_dump(mode="json") for finding in verdict.findings],
+                    "b_subject": headers.subject,
+                    "b_from": headers.from_,
+                    "b_message_id": headers.message_id,
                 }
             )
             history.append(

@@ -7,6 +7,7 @@ import logging
 
 from moat.broker import Broker, Consumer, PoisonMessage
 from moat.lifecycle import SCANNABLE
+from moat.mime import main_headers
 from moat.model import Action, DeliveryRequest, MessageEnvelope, MessageStatus, ScanRequest
 from moat.repository import Repository
 from moat.spool import MessageStore
@@ -44,7 +45,10 @@ class ScanConsumer(Consumer[ScanRequest]):
         verdict = self.scanner.judge(result)  # raises Undecidable: retried, never clean
         deliver = verdict.action == Action.DELIVER
         status = MessageStatus.DELIVERING if deliver else MessageStatus.QUARANTINED
-        if await self.repository.record_verdict(message_id, verdict, status):
+        # The main headers of the parse the checks used (a few dictionary reads, no second
+        # parse), stored with the verdict for the API to search and show.
+        headers = main_headers(result.message.message)
+        if await self.repository.record_verdict(message_id, verdict, status, headers):
             log.info("%s %s score=%.2f -> %s", message_id, verdict.verdict, verdict.score, status)
             if deliver:
                 await self.broker.publish(
