@@ -141,10 +141,9 @@ def decoded(value: object) -> str:
 def _chunk_text(chunk: bytes | str, charset: str | None) -> str:
     if isinstance(chunk, str):
         return chunk
-    if charset in (None, "unknown-8bit", "us-ascii"):
-        charset = "utf-8"
+    codec = "utf-8" if charset in (None, "unknown-8bit", "us-ascii") else str(charset)
     try:
-        return chunk.decode(charset, errors="replace")
+        return chunk.decode(codec, errors="replace")
     except LookupError:
         return chunk.decode("utf-8", errors="replace")
 
