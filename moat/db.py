@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     event,
+    func,
 )
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import Engine, make_url
@@ -85,6 +86,9 @@ recipients = Table(
     Index("ix_recipients_address", "address"),
     Index("ix_recipients_domain", "domain"),
 )
+# Addresses are kept as the sender wrote them (Bob@Example.test), and a scope or a search
+# matches them without case: this index serves ``lower(address) = ?`` (the API's listing).
+Index("ix_recipients_address_lower", func.lower(recipients.c.address))
 
 events = Table(
     "events",
