@@ -33,10 +33,25 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from moat import lifecycle
 from moat.batch import BatchWriter
-from moat.db import READ_ONLY, db_now, events, feedback, messages, recipients
+from moat.db import (
+    READ_ONLY,
+    db_now,
+    events,
+    feedback,
+    messages,
+    recipients,
+    release_requests,
+)
 from moat.lifecycle import DELIVERABLE, RECIPIENT_TO_DELIVER, SCANNABLE
 from moat.mime import MainHeaders
-from moat.model import Finding, MessageEnvelope, MessageStatus, RecipientStatus, Verdict
+from moat.model import (
+    Finding,
+    MessageEnvelope,
+    MessageStatus,
+    RecipientStatus,
+    Verdict,
+    new_message_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +167,10 @@ _RELEASE = (
     .where(messages.c.id.in_(bindparam("ids", expanding=True)))
     .values(lease_until=None)
 )
+# Release requests with their message's subject and verdict (for whoever decides).
+_REQUESTS = select(release_requests, messages.c.subject, messages.c.verdict).join(
+    messages, messages.c.id == release_requests.c.message_id
+)
 
 
 class RecipientRecord(BaseModel):
@@ -232,6 +251,41 @@ class HoldResult:
 
 
 @dataclass(frozen=True)
+class RecipientMatch:
+    """Mail to one address (compared without case) or to any address of one domain."""
+
+    address: str | None = None
+    domain: str | None = None
+
+
+@dataclass(frozen=True)
+class MessageSearch:
+    """What ``search_messages`` looks for; every criterion given must hold."""
+
+    sender: str | None = None  # in the envelope sender or the From header, without case
+    subject: str | None = None  # in the Subject, without case
+    recipients: tuple[RecipientMatch, ...] = ()  # each must match some recipient
+    statuses: frozenset[MessageStatus] = frozenset()  # any of these (none given: any)
+    verdicts: frozenset[str] = frozenset()
+    received_after: datetime | None = None  # inclusive
+    received_before: datetime | None = None  # exclusive
+
+
+class ReleaseRequestRecord(BaseModel):
+    id: str
+    message_id: str
+    recipient: str
+    requested_by: str
+    reason: str
+    status: str  # pending | approved | refused
+    created_at: datetime
+    decided_at: datetime | None
+    decided_by: str | None
+    subject: str | None = None  # the message's, for whoever decides
+    verdict: str | None = None
+
+
+@dataclass(frozen=True)
 class NewMessage:
     message_id: str
     mail_from: str
@@ -296,6 +350,8 @@ class Repository:
                 "notice": self._bulk_notice,
                 "feedback": self._bulk_feedback,
                 "hold_action": self._bulk_hold_action,
+                "release_request": self._bulk_release_request,
+                "decide_request": self._bulk_decide_request,
             },
         )
 
@@ -416,6 +472,34 @@ class Repository:
         """Spam/ham feedback on a message, for a scanner to learn (the API never loads the
         classifier)."""
         await self.writes.submit("feedback", (message_id, label, source))
+
+    async def request_release(
+        self, message_id: str, recipients: Sequence[str], requested_by: str, reason: str
+    ) -> tuple[list[ReleaseRequestRecord], list[str]]:
+        """A pending release request for each of these recipients of a message that has none
+        yet. Returns the requests made and the recipients that had one pending already."""
+        result: tuple[list[ReleaseRequestRecord], list[str]] = await self.writes.submit(
+            "release_request", (message_id, tuple(recipients), requested_by, reason)
+        )
+        return result
+
+    async def decide_release_request(
+        self,
+        request_id: str,
+        status: str,
+        by: str | None,
+        *,
+        expected: str = "pending",
+        why: str = "",
+    ) -> ReleaseRequestRecord | None:
+        """Move a release request from ``expected`` to ``status`` (approved, refused, or back
+        to pending, ``why``, when an approval could not be carried out), with an event in the
+        message's timeline; None if it is not in ``expected`` (unknown, or decided meanwhile):
+        two deciders never both win."""
+        result: ReleaseRequestRecord | None = await self.writes.submit(
+            "decide_request", (request_id, status, by, expected, why)
+        )
+        return result
 
     async def remove_records(self, message_ids: list[str]) -> int:
         """Retention: delete finished messages (terminal states only) with their recipients
@@ -650,11 +734,93 @@ class Repository:
             results.append(HoldResult(True, addresses, target, ""))
         return results
 
+    def _bulk_release_request(
+        self, conn: Connection, items: list[tuple[str, tuple[str, ...], str, str]]
+    ) -> list[tuple[list[ReleaseRequestRecord], list[str]]]:
+        results = []
+        for message_id, wanted, requested_by, reason in items:
+            # The message's row lock makes "none pending yet, so insert" one step: two
+            # requests at once cannot both insert.
+            self._lock(conn, [message_id], _LOCK_ANY)
+            pending = {
+                row.recipient.lower()
+                for row in conn.execute(
+                    select(release_requests.c.recipient).where(
+                        release_requests.c.message_id == message_id,
+                        release_requests.c.status == "pending",
+                    )
+                )
+            }
+            now = db_now()
+            made = [
+                ReleaseRequestRecord(
+                    id=new_message_id(),
+                    message_id=message_id,
+                    recipient=address,
+                    requested_by=requested_by,
+                    reason=reason,
+                    status="pending",
+                    created_at=now,
+                    decided_at=None,
+                    decided_by=None,
+                )
+                for address in wanted
+                if address.lower() not in pending
+            ]
+            if made:
+                conn.execute(
+                    insert(release_requests),
+                    [r.model_dump(exclude={"subject", "verdict"}) for r in made],
+                )
+                conn.execute(
+                    _INSERT_EVENTS,
+                    [
+                        _event(
+                            message_id,
+                            "api",
+                            "release_requested",
+                            f"{', '.join(r.recipient for r in made)} by {requested_by}",
+                        )
+                    ],
+                )
+            results.append((made, [a for a in wanted if a.lower() in pending]))
+        return results
+
+    def _bulk_decide_request(
+        self, conn: Connection, items: list[tuple[str, str, str | None, str, str]]
+    ) -> list[ReleaseRequestRecord | None]:
+        results: list[ReleaseRequestRecord | None] = []
+        for request_id, status, by, expected, why in items:
+            decided = status != "pending"
+            changed = conn.execute(
+                update(release_requests)
+                .where(release_requests.c.id == request_id, release_requests.c.status == expected)
+                .values(
+                    status=status,
+                    decided_at=db_now() if decided else None,
+                    decided_by=by if decided else None,
+                )
+            ).rowcount
+            if not changed:
+                results.append(None)
+                continue
+            row = conn.execute(_REQUESTS.where(release_requests.c.id == request_id)).one()
+            record = ReleaseRequestRecord.model_validate(row._mapping)
+            name = f"release_{status}" if decided else "release_reopened"
+            detail = f"request for {record.recipient}" + (f" by {by}" if decided else f": {why}")
+            conn.execute(_INSERT_EVENTS, [_event(record.message_id, "api", name, detail)])
+            results.append(record)
+        return results
+
     def _bulk_remove(self, conn: Connection, batches: list[list[str]]) -> list[int]:
         results = []
         for ids in batches:
             done = list(self._lock(conn, ids, _LOCK_TERMINAL))
             if done:
+                # Release requests refer to their message: they go with it.
+                conn.execute(
+                    delete(release_requests).where(release_requests.c.message_id.in_(done))
+                )
                 conn.execute(delete(events).where(events.c.message_id.in_(done)))
                 conn.execute(delete(recipients).where(recipients.c.message_id.in_(done)))
                 conn.execute(delete(messages).where(messages.c.id.in_(done)))
@@ -895,6 +1061,88 @@ class Repository:
                 )
                 record.events = [EventRecord.model_validate(e._mapping) for e in event_rows]
             return record
+
+    async def search_messages(
+        self, search: MessageSearch, *, before_id: str | None, limit: int
+    ) -> list[MessageRecord]:
+        """Messages that match ``search``, newest first (by id: a ULID sorts by arrival, and
+        paging by id is stable while mail keeps coming), from ``before_id`` on, with their
+        recipients (no timeline).
+
+        What it costs: one statement for the page and one for its recipients (by the
+        recipients' message_id index: the page's recipients only). The page walks the
+        messages' primary key down from ``before_id`` and stops once it has ``limit`` rows, so
+        unselective criteria cost about ``limit`` rows. A recipient criterion (or a scoped
+        token) first takes that address's rows from ``ix_recipients_address_lower`` (a domain's
+        from ``ix_recipients_domain``): cost grows with that recipient's mail, not the table.
+        A time range is a range of ``ix_messages_received_at``. Substrings (sender, subject)
+        use no index: a rare one walks back through every message (retention bounds that) to
+        fill its page; the database picks the cheaper plan."""
+        query = select(messages).order_by(messages.c.id.desc()).limit(limit)
+        if before_id is not None:
+            query = query.where(messages.c.id < before_id)
+        for match in search.recipients:
+            if match.address is not None:
+                condition = func.lower(recipients.c.address) == match.address.lower()
+            else:
+                condition = recipients.c.domain == (match.domain or "").lower()
+            query = query.where(messages.c.id.in_(select(recipients.c.message_id).where(condition)))
+        if search.sender:
+            query = query.where(
+                or_(
+                    messages.c.mail_from.icontains(search.sender, autoescape=True),
+                    messages.c.header_from.icontains(search.sender, autoescape=True),
+                )
+            )
+        if search.subject:
+            query = query.where(messages.c.subject.icontains(search.subject, autoescape=True))
+        if search.statuses:
+            query = query.where(messages.c.status.in_(sorted(search.statuses)))
+        if search.verdicts:
+            query = query.where(messages.c.verdict.in_(sorted(search.verdicts)))
+        if search.received_after is not None:
+            query = query.where(messages.c.received_at >= search.received_after)
+        if search.received_before is not None:
+            query = query.where(messages.c.received_at < search.received_before)
+        async with self.reader.connect() as conn:
+            rows = await conn.execute(query)
+            found = [MessageRecord.model_validate(row._mapping) for row in rows]
+            if found:
+                by_id = {record.id: record for record in found}
+                rcpt_rows = await conn.execute(
+                    select(recipients)
+                    .where(recipients.c.message_id.in_(list(by_id)))
+                    .order_by(recipients.c.id)
+                )
+                for row in rcpt_rows:
+                    by_id[row.message_id].recipients.append(
+                        RecipientRecord.model_validate(row._mapping)
+                    )
+        return found
+
+    async def release_requests(
+        self,
+        *,
+        statuses: Iterable[str] = (),
+        message_id: str | None = None,
+        request_id: str | None = None,
+        before_id: str | None = None,
+        limit: int = 50,
+    ) -> list[ReleaseRequestRecord]:
+        """Release requests, newest first."""
+        query = _REQUESTS.order_by(release_requests.c.id.desc()).limit(limit)
+        wanted = sorted(statuses)
+        if wanted:
+            query = query.where(release_requests.c.status.in_(wanted))
+        if message_id is not None:
+            query = query.where(release_requests.c.message_id == message_id)
+        if request_id is not None:
+            query = query.where(release_requests.c.id == request_id)
+        if before_id is not None:
+            query = query.where(release_requests.c.id < before_id)
+        async with self.reader.connect() as conn:
+            rows = await conn.execute(query)
+            return [ReleaseRequestRecord.model_validate(row._mapping) for row in rows]
 
     async def count_by_status(self) -> dict[str, int]:
         async with self.reader.connect() as conn:

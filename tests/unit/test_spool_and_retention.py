@@ -188,3 +188,31 @@ def test_delivered_copy_kept_as_configured(tmp_path: Path, keep: float) -> None:
             await world.repository.close()
 
     asyncio.run(scenario())
+
+
+def test_records_with_release_requests_are_removed_with_them(tmp_path: Path) -> None:
+    # A release request refers to its message (a foreign key): removing the message alone
+    # failed on every pass, and the record stayed for ever.
+    world = World(tmp_path)
+    settings = Settings(retention={"records": 30 * DAY})
+    message_id = "01ASKED0000000000000000000"
+
+    async def scenario() -> None:
+        try:
+            await world.message(message_id, M.QUARANTINED, days_old=40)
+            made, _ = await world.repository.request_release(
+                message_id, ["b@example.test"], "user token 'b'", "mine"
+            )
+            assert len(made) == 1
+            async with world.repository.engine.begin() as conn:
+                await conn.execute(
+                    update(messages).where(messages.c.id == message_id).values(status=M.DELETED)
+                )
+            done = await Retention(world.repository, world.store, settings).run_once()
+            assert done.removed == 1
+            assert await world.repository.get(message_id) is None
+            assert await world.repository.release_requests(message_id=message_id) == []
+        finally:
+            await world.repository.close()
+
+    asyncio.run(scenario())
