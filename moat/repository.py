@@ -1069,15 +1069,17 @@ class Repository:
         paging by id is stable while mail keeps coming), from ``before_id`` on, with their
         recipients (no timeline).
 
-        What it costs: one statement for the page and one for its recipients (by the
-        recipients' message_id index: the page's recipients only). The page walks the
-        messages' primary key down from ``before_id`` and stops once it has ``limit`` rows, so
-        unselective criteria cost about ``limit`` rows. A recipient criterion (or a scoped
-        token) first takes that address's rows from ``ix_recipients_address_lower`` (a domain's
-        from ``ix_recipients_domain``): cost grows with that recipient's mail, not the table.
-        A time range is a range of ``ix_messages_received_at``. Substrings (sender, subject)
-        use no index: a rare one walks back through every message (retention bounds that) to
-        fill its page; the database picks the cheaper plan."""
+        What it costs: one statement for the page and one for its recipients (by their
+        message_id index: the page's only). Without a narrowing criterion the page walks the
+        messages' primary key down from ``before_id`` and stops after ``limit`` matching
+        rows. A recipient (or a scoped token) first takes that address's rows from
+        ``ix_recipients_address_lower``, a domain's from ``ix_recipients_domain``, then looks
+        each message up by key: cost grows with that recipient's mail, not with the table. A
+        status may be narrowed by ``ix_messages_status_updated`` and that status's rows sorted
+        (quarantined mail: what retention keeps). Substrings (sender, subject) use no index:
+        matched row by row on the walk, a rare one may read every message retention keeps.
+        Measured plans on SQLite: tests/unit/test_repository_search.py; the database picks.
+        """
         query = select(messages).order_by(messages.c.id.desc()).limit(limit)
         if before_id is not None:
             query = query.where(messages.c.id < before_id)
