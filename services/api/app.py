@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http import HTTPStatus
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,12 +22,11 @@ from moat.spool import MessageStore
 from services.api.audit import AuditLog
 from services.api.auth import TokenStore
 from services.api.models import Health
-from services.api.quarantine import Quarantine
-from services.api.routes import feedback, messages, tokens
+from services.api.problems import PROBLEM, add_problem_schema
+from services.api.quarantine import Quarantine, Refused
+from services.api.routes import feedback, messages, release_requests, tokens
 
 log = logging.getLogger("api")
-
-PROBLEM = "application/problem+json"
 
 
 def problem(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -63,6 +63,10 @@ def create_app(settings: Settings, repository: Repository, broker: Broker) -> Fa
     async def http_problem(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return problem(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
+    @app.exception_handler(Refused)
+    async def refused_problem(request: Request, exc: Refused) -> JSONResponse:
+        return problem(exc.status, exc.detail)
+
     @app.exception_handler(RequestValidationError)
     async def validation_problem(request: Request, exc: RequestValidationError) -> JSONResponse:
         return problem(
@@ -81,4 +85,12 @@ def create_app(settings: Settings, repository: Repository, broker: Broker) -> Fa
     app.include_router(messages.router)
     app.include_router(feedback.router)
     app.include_router(tokens.router)
+    app.include_router(release_requests.router)
+
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        return add_problem_schema(generate())
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
