@@ -18,8 +18,10 @@ import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from moat import __version__
 from moat.broker import Broker
@@ -30,7 +32,7 @@ from moat.spool import MessageStore
 from services.api.audit import AuditLog
 from services.api.auth import TokenStore
 from services.api.deps import get_caller, require_admin, require_staff, require_writer
-from services.api.middleware import ApiMetrics, BodyLimit, CountRequests
+from services.api.middleware import ApiMetrics, BodyLimit, CountRequests, RefuseNul
 from services.api.problems import PROBLEM, install_openapi, problem, unavailable
 from services.api.quarantine import Quarantine
 from services.api.routes import audit, feedback, health, messages, senders, stats, tokens
@@ -48,6 +50,14 @@ DATABASE_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.InterfaceError,
     ConnectionError,
 )
+
+
+def allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in app.routes:
+        if isinstance(route, APIRoute) and route.matches(request.scope)[0] != Match.NONE:
+            methods |= route.methods
+    return sorted(methods)
 
 
 def create_app(settings: Settings, repository: Repository, broker: Broker) -> FastAPI:
@@ -73,12 +83,18 @@ def create_app(settings: Settings, repository: Repository, broker: Broker) -> Fa
     )
     app.state.metrics = ApiMetrics()
     # The last added runs first: every request is counted, a 413 too.
+    app.add_middleware(RefuseNul)
     app.add_middleware(BodyLimit, limit=settings.api.max_body_bytes)
     app.add_middleware(CountRequests, metrics=app.state.metrics)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_problem(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            # Starlette names the methods of the one route it tried; a path has a route per
+            # method, and Allow must list them all (RFC 9110 15.5.6).
+            headers = {"Allow": ", ".join(allowed_methods(app, request))}
+        return problem(exc.status_code, str(exc.detail), headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_problem(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -88,8 +104,13 @@ def create_app(settings: Settings, repository: Repository, broker: Broker) -> Fa
 
     async def database_problem(request: Request, exc: Exception) -> JSONResponse:
         # An outage, not a bug: the client may try again. The cause is in our log only.
+        cause = getattr(exc, "orig", None) or exc
         log.warning(
-            "database unavailable on %s %s: %s", request.method, request.url.path, type(exc)
+            "database unavailable on %s %s: %s: %s",
+            request.method,
+            request.url.path,
+            type(cause).__name__,
+            cause,
         )
         return unavailable("the database is unreachable; try again later")
 

@@ -7,6 +7,7 @@ read into memory first, and nothing buffers a response.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -49,6 +50,42 @@ class BodyLimit:
             return message
 
         await self.app(scope, bounded, send)
+
+
+# A NUL as JSON writes it, not preceded by an escaping backslash (``\\u0000`` is text).
+_JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000", re.IGNORECASE)
+NUL_DETAIL = "the request holds a NUL character, which no field of this API takes"
+
+
+class RefuseNul:
+    """A NUL character anywhere in a request (path, query, body) answers 422. No field takes
+    one, and PostgreSQL cannot store one in text: unchecked, it reached the database and came
+    back as a database error (503), where SQLite kept it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        target = scope.get("raw_path", b"") + b"?" + scope.get("query_string", b"")
+        if b"\x00" in target or b"%00" in target:
+            await problem(422, NUL_DETAIL)(scope, receive, send)
+            return
+        tail = b""
+
+        async def checked() -> Message:
+            nonlocal tail
+            message = await receive()
+            if message["type"] == "http.request":
+                body = tail + message.get("body", b"")
+                if b"\x00" in body or _JSON_NUL.search(body):
+                    raise HTTPException(422, NUL_DETAIL)
+                tail = body[-16:]
+            return message
+
+        await self.app(scope, checked, send)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

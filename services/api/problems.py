@@ -10,6 +10,7 @@ it can answer, with that media type, derived from what the route depends on:
 | 403 | the token's role may not do this | ``WriterDep``, ``AdminDep``, ``StaffDep`` |
 | 404 | no such resource, or one outside the caller's scope | routes with a path parameter |
 | 409 | the resource's state does not allow it | routes that say so (``problem_responses``) |
+| 400 | a body that is not even text (FastAPI's "error parsing the body") | routes with a body |
 | 413 | the body is larger than ``api.max_body_bytes`` | routes that take a body |
 | 422 | a request that does not validate | routes with parameters or a body |
 | 503 | the database or broker is unreachable (``Retry-After``) | every ``/v1/`` route |
@@ -56,6 +57,7 @@ _HEADERS: dict[int, dict[str, Any]] = {
 }
 
 _DESCRIPTIONS = {
+    400: "the body is not JSON (not even UTF-8)",
     401: "no valid bearer token",
     403: "the token may not do this",
     404: "no such resource (or not yours to see)",
@@ -105,7 +107,7 @@ def derived_statuses(
     if route.dependant.query_params or route.dependant.header_params:
         statuses.add(422)
     if route.body_field is not None:
-        statuses.update((413, 422))
+        statuses.update((400, 413, 422))
     if route.path.startswith("/v1/"):
         statuses.add(503)
     return statuses

@@ -179,10 +179,10 @@ def test_the_audit_log_pages_newest_first_with_filters(gateway: Gateway, token: 
         issue(gateway, recipient=f"audit{n}-{token}@example.test")
     with as_token(gateway, issue(gateway, role="reader")) as http:
         seen: list[dict[str, Any]] = []
-        cursor: str | None = None
+        cursor: int | None = None
         while True:
             params: dict[str, Any] = {"limit": 2, "action": "token_issued"}
-            if cursor:
+            if cursor is not None:
                 params["cursor"] = cursor
             page = http.get("/v1/audit", params=params).json()
             assert page["count"] == len(page["entries"]) <= 2

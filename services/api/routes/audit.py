@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from services.api.deps import AuditDep, StaffDep
-from services.api.models import UtcDateTime, as_naive_utc
+from services.api.models import IsoDateTime, UtcDateTime, as_naive_utc
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
+
+MAX_ID = 2**31 - 1  # audit.id is a 32-bit integer in PostgreSQL
 
 
 class AuditEntryPublic(BaseModel):
@@ -28,7 +29,7 @@ class AuditEntryPublic(BaseModel):
 class AuditPage(BaseModel):
     count: int = Field(description="entries in this page")
     entries: list[AuditEntryPublic]
-    next: str | None = Field(description="the cursor of the next page; null on the last one")
+    next: int | None = Field(description="the cursor of the next page; null on the last one")
 
 
 @router.get("", response_model=AuditPage)
@@ -39,11 +40,13 @@ async def list_audit(
     action: Annotated[
         str | None, Query(max_length=32, description="e.g. released, deleted, token_issued")
     ] = None,
-    since: Annotated[datetime | None, Query(description="entries at or after (ISO 8601)")] = None,
+    since: Annotated[
+        IsoDateTime | None, Query(description="entries at or after (ISO 8601)")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: Annotated[
-        str | None,
-        Query(pattern=r"^[0-9]{1,18}$", description="the ``next`` of the previous page"),
+        int | None,
+        Query(ge=1, le=MAX_ID, description="the ``next`` of the previous page"),
     ] = None,
 ) -> AuditPage:
     """Newest first. Pages are cut by ``limit``; pass the ``next`` of a page as ``cursor`` to
@@ -51,12 +54,12 @@ async def list_audit(
     entries = await log.entries(
         message_id=message_id,
         action=action,
-        before_id=int(cursor) if cursor is not None else None,
+        before_id=cursor,
         since=as_naive_utc(since) if since is not None else None,
         limit=limit,
     )
     return AuditPage(
         count=len(entries),
         entries=[AuditEntryPublic.model_validate(entry.__dict__) for entry in entries],
-        next=str(entries[-1].id) if len(entries) == limit else None,
+        next=entries[-1].id if len(entries) == limit else None,
     )

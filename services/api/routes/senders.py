@@ -50,15 +50,27 @@ router = APIRouter(prefix="/v1/senders", tags=["senders"])
 message_router = APIRouter(prefix="/v1/messages", tags=["senders"])
 
 RULE_ID = r"^[0-9A-Za-z]{26}$"
+# The shapes the schema can say; what it cannot (a protected domain, a token's scope) is 422
+# or 403 from the route.
+_DOMAIN = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9-]{1,63})+\.?"
+SENDER_PATTERN = rf"^\s*<?(?:[^@\s<>]+@)?{_DOMAIN}>?\s*$"
+ADDRESS_PATTERN = rf"^\s*[^@\s<>]+@{_DOMAIN}\s*$"
+DOMAIN_PATTERN = rf"^\s*{_DOMAIN}\s*$"
 
 
 class SenderRuleCreate(BaseModel):
     action: Literal["allow", "block"]
     sender: str = Field(
-        min_length=1, max_length=320, description="an address, or a domain (and its subdomains)"
+        max_length=320,
+        pattern=SENDER_PATTERN,
+        description="an address, or a domain (and its subdomains)",
     )
-    recipient: str | None = Field(None, max_length=320, description="a rule for this address")
-    domain: str | None = Field(None, max_length=255, description="a rule for this domain")
+    recipient: str | None = Field(
+        None, max_length=320, pattern=ADDRESS_PATTERN, description="a rule for this address"
+    )
+    domain: str | None = Field(
+        None, max_length=255, pattern=DOMAIN_PATTERN, description="a rule for this domain"
+    )
     note: str = Field("", max_length=500, description="why, for the people reading the list")
 
     @model_validator(mode="after")

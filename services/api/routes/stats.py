@@ -4,7 +4,7 @@ For admins and readers."""
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from moat.db import db_now
 from moat.model import MessageStatus, VerdictName
 from services.api.deps import BrokerDep, RepositoryDep, StaffDep
-from services.api.models import UtcDateTime, as_naive_utc
+from services.api.models import IsoDateTime, UtcDateTime, as_naive_utc
 
 log = logging.getLogger("api")
 
@@ -51,7 +51,7 @@ async def stats(
     repository: RepositoryDep,
     broker: BrokerDep,
     since: Annotated[
-        datetime | None,
+        IsoDateTime | None,
         Query(description="start of the window (ISO 8601); default: 24 hours ago"),
     ] = None,
 ) -> Stats:
