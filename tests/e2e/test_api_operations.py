@@ -95,7 +95,8 @@ def test_feedback_through_the_api_is_learned_by_the_running_scanner(
         accepted = http.post(url, json={"label": "ham"})
     assert accepted.status_code == 202, accepted.text
     assert accepted.json() == {"message_id": held, "label": "ham", "status": "pending"}
-    assert results_of(gateway, held) == [None]  # recorded; the API learned nothing itself
+    # Recorded, not learned by the API: pending, or already claimed by a scanner.
+    assert results_of(gateway, held) in ([None], ["claimed"], ["learned"])
     wait_for(lambda: results_of(gateway, held) == ["learned"], 20, "the scanner to learn it")
     assert generation(gateway) == before + 1
     learned = rows(
