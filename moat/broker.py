@@ -246,6 +246,26 @@ class Broker:
             await channel.close()
         return changed
 
+    async def queue_stats(self) -> list[tuple[str, int, int]]:
+        """(queue, messages ready, consumers) of every queue of the topology, exact and current
+        (passive declares on a channel of their own); raises when the broker is unreachable."""
+        if self._connection is None or not self._ready.is_set():
+            raise PublishError("not connected to the broker")
+        stats = []
+        async with asyncio.timeout(self.settings.publish_timeout):
+            channel = await self._connection.channel()
+            try:
+                for spec in self.topology:
+                    declared = await channel.declare_queue(spec.name, passive=True)
+                    result = declared.declaration_result
+                    stats.append(
+                        (spec.name, int(result.message_count or 0), int(result.consumer_count or 0))
+                    )
+            finally:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+        return stats
+
     async def consume(self, queue: str, prefetch: int, callback: ConsumerCallback) -> None:
         """Consume ``queue`` now and again after every reconnection."""
         self._consumers[queue] = (prefetch, callback)

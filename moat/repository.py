@@ -1146,6 +1146,22 @@ class Repository:
             rows = await conn.execute(query)
             return [ReleaseRequestRecord.model_validate(row._mapping) for row in rows]
 
+    async def counts_since(self, since: datetime) -> tuple[dict[str, int], dict[str, int]]:
+        """Messages received since ``since``: how many are in each status, and how many got
+        each verdict (the unscanned have none)."""
+        window = messages.c.received_at >= since
+        async with self.reader.connect() as conn:
+            by_status = await conn.execute(
+                select(messages.c.status, func.count()).where(window).group_by(messages.c.status)
+            )
+            statuses = {row[0]: int(row[1]) for row in by_status}
+            by_verdict = await conn.execute(
+                select(messages.c.verdict, func.count())
+                .where(window, messages.c.verdict.is_not(None))
+                .group_by(messages.c.verdict)
+            )
+            return statuses, {row[0]: int(row[1]) for row in by_verdict}
+
     async def count_by_status(self) -> dict[str, int]:
         async with self.reader.connect() as conn:
             rows = await conn.execute(

@@ -70,6 +70,10 @@ class ApiSettings(BaseModel):
     tls_cert: Path | None = None  # default: a self-signed certificate under var/tls/
     tls_key: Path | None = None
     self_signed_dir: Path = Path("var/tls")  # where the generated certificate is kept
+    # A request body larger than this is refused with 413 before it is read into memory.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Seconds /metrics keeps its count of messages per status before it asks the database again.
+    metrics_cache_seconds: float = Field(default=15.0, ge=0)
 
 
 class BrokerSettings(BaseModel):
@@ -389,6 +393,22 @@ class RulesSettings(BaseModel):
         return domains
 
 
+class SenderListSettings(BaseModel):
+    """Allow and block lists of senders, kept through the API (``/v1/senders``) and applied by
+    the scanner and, with ``block_action: reject``, by ingress at RCPT
+    (docs/checks/sender_lists.md).
+    ``poll_interval`` is read from the global section; domains may override the rest."""
+
+    enabled: bool = True  # false: no SENDER_* findings and no refusals for this (domain's) mail
+    # A blocked sender's mail: held in quarantine (policy verdict), or refused at RCPT with
+    # 550 5.7.1 by ingress (and held by the scanner should a rule be newer than the RCPT).
+    block_action: Literal["quarantine", "reject"] = "quarantine"
+    # Seconds between two reads of the rules by each scanner and ingress process.
+    poll_interval: float = Field(default=10.0, gt=0)
+    # Score of SENDER_BLOCKED (a policy finding forces the policy verdict anyway).
+    blocked_score: float = 10.0
+
+
 class ScannerSettings(BaseModel):
     prefetch: int = 16
     check_timeout: float = 20.0
@@ -405,6 +425,7 @@ class ScannerSettings(BaseModel):
     classifier: ClassifierSettings = ClassifierSettings()
     auth: AuthSettings = AuthSettings()
     rules: RulesSettings = RulesSettings()
+    sender_lists: SenderListSettings = SenderListSettings()
 
 
 class DeliverySettings(BaseModel):

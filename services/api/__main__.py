@@ -10,6 +10,7 @@ from moat import runtime
 from moat.services import build
 from moat.settings import Settings, load_settings, split_host_port
 from moat.tls import ensure_self_signed
+from services.api import access_log
 from services.api.app import create_app
 
 log = logging.getLogger("api")
@@ -29,22 +30,24 @@ async def main(settings: Settings) -> None:
         ssl_certfile=str(cert),
         ssl_keyfile=str(key),
         log_level=settings.log_level.lower(),
-        access_log=False,
+        access_log=True,  # one line per request; query strings with secrets redacted
         server_header=False,
         proxy_headers=False,
         timeout_graceful_shutdown=5,  # an idle keep-alive client must not hold a stop forever
     )
+    access_log.install()  # after uvicorn.Config, which sets up its loggers
     log.info("HTTPS API on https://%s:%d", host, port)
     await uvicorn.Server(config).serve()
 
 
 READS = """\
-reads: api.* (listen, tls_cert, tls_key, self_signed_dir), admin_token (set MOAT_ADMIN_TOKEN;
-outside env dev the placeholder is refused), database_url, spool_dir (feedback), broker.*
-(retries), scanner.classifier (feedback), smtp.hostname (the self-signed certificate's name),
+reads: api.* (listen, tls_cert, tls_key, self_signed_dir, max_body_bytes,
+metrics_cache_seconds), admin_token (set MOAT_ADMIN_TOKEN; outside env dev the placeholder is
+refused), domains (token and rule scopes), database_url, spool_dir (raw copies), broker.*
+(retries, releases, queue figures), smtp.hostname (the self-signed certificate's name),
 log_level, env.
-connects to: the database, and RabbitMQ when a message is retried; listens for HTTPS on
-api.listen."""
+connects to: the database and RabbitMQ; listens for HTTPS on api.listen (an access log line
+per request, without secrets)."""
 
 
 if __name__ == "__main__":

@@ -1,42 +1,72 @@
-"""The FastAPI application: routes, and errors as RFC 9457 problem details (never a traceback)."""
+"""The FastAPI application: routes, and errors as RFC 9457 problem details (never a traceback).
+
+The operational contract, for every route: bodies over ``api.max_body_bytes`` answer 413
+before they are read; a database that cannot be reached answers 503 with ``Retry-After``
+(never 500); each operation documents its problems with their real media type
+(``services/api/problems.py``); ``/healthz``, ``/readyz`` and ``/metrics`` need no token.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from http import HTTPStatus
-from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from moat import __version__
 from moat.broker import Broker
 from moat.repository import Repository
+from moat.sender_rules import SenderRuleStore
 from moat.settings import Settings
 from moat.spool import MessageStore
 from services.api.audit import AuditLog
 from services.api.auth import TokenStore
-from services.api.models import Health
-from services.api.problems import PROBLEM, add_problem_schema
+from services.api.deps import get_caller, require_admin, require_staff, require_writer
+from services.api.middleware import ApiMetrics, BodyLimit, CountRequests, RefuseNul
+from services.api.problems import PROBLEM, install_openapi, problem, unavailable
 from services.api.quarantine import Quarantine, Refused
-from services.api.routes import feedback, messages, release_requests, tokens
+from services.api.routes import (
+    audit,
+    feedback,
+    health,
+    messages,
+    release_requests,
+    senders,
+    stats,
+    tokens,
+)
+
+__all__ = ["PROBLEM", "create_app", "problem"]
 
 log = logging.getLogger("api")
 
+# What a database that cannot be reached raises, by driver: SQLAlchemy wraps most, not all
+# (asyncpg's connection errors, a refused connection).
+DATABASE_ERRORS: tuple[type[Exception], ...] = (
+    SQLAlchemyError,
+    sqlite3.Error,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    ConnectionError,
+)
 
-def problem(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    body = {
-        "type": "about:blank",
-        "title": HTTPStatus(status).phrase,
-        "status": status,
-        "detail": detail,
-    }
-    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+def allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in app.routes:
+        if isinstance(route, APIRoute) and route.matches(request.scope)[0] != Match.NONE:
+            methods |= route.methods
+    return sorted(methods)
 
 
 def create_app(settings: Settings, repository: Repository, broker: Broker) -> FastAPI:
@@ -55,13 +85,25 @@ def create_app(settings: Settings, repository: Repository, broker: Broker) -> Fa
     app.state.broker = broker
     app.state.tokens = TokenStore(repository.engine)
     app.state.audit = AuditLog(repository.engine)
+    app.state.sender_rules = SenderRuleStore(repository.engine)
+    app.state.store = MessageStore(settings.spool_dir)
     app.state.quarantine = Quarantine(
-        repository, MessageStore(settings.spool_dir), broker, app.state.audit, settings
+        repository, app.state.store, broker, app.state.audit, settings
     )
+    app.state.metrics = ApiMetrics()
+    # The last added runs first: every request is counted, a 413 too.
+    app.add_middleware(RefuseNul)
+    app.add_middleware(BodyLimit, limit=settings.api.max_body_bytes)
+    app.add_middleware(CountRequests, metrics=app.state.metrics)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_problem(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            # Starlette names the methods of the one route it tried; a path has a route per
+            # method, and Allow must list them all (RFC 9110 15.5.6).
+            headers = {"Allow": ", ".join(allowed_methods(app, request))}
+        return problem(exc.status_code, str(exc.detail), headers)
 
     @app.exception_handler(Refused)
     async def refused_problem(request: Request, exc: Refused) -> JSONResponse:
@@ -73,24 +115,38 @@ def create_app(settings: Settings, repository: Repository, broker: Broker) -> Fa
             422, "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         )
 
+    async def database_problem(request: Request, exc: Exception) -> JSONResponse:
+        # An outage, not a bug: the client may try again. The cause is in our log only.
+        cause = getattr(exc, "orig", None) or exc
+        log.warning(
+            "database unavailable on %s %s: %s: %s",
+            request.method,
+            request.url.path,
+            type(cause).__name__,
+            cause,
+        )
+        return unavailable("the database is unreachable; try again later")
+
+    for error in DATABASE_ERRORS:
+        app.add_exception_handler(error, database_problem)
+
     @app.exception_handler(Exception)
     async def internal_problem(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem(500, "internal error; see the API's log")
 
-    @app.get("/healthz", response_model=Health, tags=["health"])
-    async def healthz() -> Health:
-        return Health(status="ok")
-
+    app.include_router(health.router)
     app.include_router(messages.router)
     app.include_router(feedback.router)
+    app.include_router(senders.router)
+    app.include_router(senders.message_router)
+    app.include_router(stats.router)
+    app.include_router(audit.router)
     app.include_router(tokens.router)
     app.include_router(release_requests.router)
-
-    generate = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        return add_problem_schema(generate())
-
-    app.openapi = openapi  # type: ignore[method-assign]
+    install_openapi(
+        app,
+        authenticated=get_caller,
+        restricted={require_writer, require_admin, require_staff},
+    )
     return app

@@ -43,6 +43,7 @@ class AuditLog:
         self,
         *,
         message_id: str | None = None,
+        action: str | None = None,
         before_id: int | None = None,
         since: datetime | None = None,
         limit: int = 100,
@@ -51,6 +52,8 @@ class AuditLog:
         query = select(audit).order_by(audit.c.id.desc()).limit(limit)
         if message_id is not None:
             query = query.where(audit.c.message_id == message_id)
+        if action is not None:
+            query = query.where(audit.c.action == action)
         if before_id is not None:
             query = query.where(audit.c.id < before_id)
         if since is not None:

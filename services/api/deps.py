@@ -16,7 +16,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from moat.broker import Broker
 from moat.repository import MessageRecord, Repository
+from moat.sender_rules import SenderRuleStore
 from moat.settings import Settings
+from moat.spool import MessageStore
 from services.api.audit import AuditLog
 from services.api.auth import BOOTSTRAP_ADMIN, Principal, TokenStore
 from services.api.quarantine import Quarantine
@@ -54,6 +56,16 @@ def get_quarantine(request: Request) -> Quarantine:
 def get_audit(request: Request) -> AuditLog:
     log: AuditLog = request.app.state.audit
     return log
+
+
+def get_sender_rules(request: Request) -> SenderRuleStore:
+    rules: SenderRuleStore = request.app.state.sender_rules
+    return rules
+
+
+def get_store(request: Request) -> MessageStore:
+    store: MessageStore = request.app.state.store
+    return store
 
 
 async def get_caller(
@@ -111,6 +123,8 @@ TokensDep = Annotated[TokenStore, Depends(get_tokens)]
 AuditDep = Annotated[AuditLog, Depends(get_audit)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 QuarantineDep = Annotated[Quarantine, Depends(get_quarantine)]
+SenderRulesDep = Annotated[SenderRuleStore, Depends(get_sender_rules)]
+StoreDep = Annotated[MessageStore, Depends(get_store)]
 
 
 def not_found(message_id: str) -> HTTPException:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from moat.mime import Preview
 from moat.model import Finding, MessageStatus, RecipientStatus
@@ -19,6 +20,22 @@ def _as_utc(value: datetime) -> datetime:
 
 
 UtcDateTime = Annotated[datetime, AfterValidator(_as_utc)]
+
+_ISO_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
+def _iso_only(value: object) -> object:
+    """What the schema promises (``format: date-time``) and nothing else: pydantic would also
+    take a number, or a numeric string, as seconds since 1970."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _ISO_DATETIME.match(value):
+        raise ValueError("expected an ISO 8601 date and time, e.g. 2026-01-31T12:00:00Z")
+    return value
+
+
+# A date and time given to the API (a query parameter, a field of a body): ISO 8601 only.
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_only)]
 
 
 def as_naive_utc(value: datetime) -> datetime:

@@ -11,6 +11,7 @@ from datetime import timedelta
 
 from moat import runtime
 from moat.model import ScanRequest
+from moat.sender_rules import CachedRules, SenderRuleStore
 from moat.services import build, every
 from moat.settings import Settings, load_settings, split_host_port
 from moat.topology import SCAN
@@ -22,7 +23,17 @@ log = logging.getLogger("ingress")
 async def main(settings: Settings) -> None:
     parts = await build(settings)
     confirmed = QueuedMarker(parts.repository)
-    handler = IngressHandler(settings, parts.repository, parts.store, parts.broker, confirmed)
+    sender_rules = None
+    if any(
+        settings.scanner_policy(domain).sender_lists.block_action == "reject"
+        for domain in [None, *settings.domains]
+    ):
+        sender_rules = CachedRules(
+            SenderRuleStore(parts.repository.engine), settings.scanner.sender_lists.poll_interval
+        )
+    handler = IngressHandler(
+        settings, parts.repository, parts.store, parts.broker, confirmed, sender_rules
+    )
 
     async def republish_unconfirmed() -> None:
         grace = timedelta(seconds=settings.ingress.sweep_grace)
@@ -63,8 +74,9 @@ async def main(settings: Settings) -> None:
 
 READS = """\
 reads: smtp.* (listen, hostname, limits), domains (the protected domains; any other recipient
-is refused), ingress.* (the sweep), spool_min_free, database_url, spool_dir, broker.*,
-shutdown_timeout, log_level, env.
+is refused), scanner.sender_lists (block_action: reject refuses blocked senders at RCPT; the
+rules are read from the database), ingress.* (the sweep), spool_min_free, database_url,
+spool_dir, broker.*, shutdown_timeout, log_level, env.
 connects to: the database and RabbitMQ; listens for SMTP on smtp.listen."""
 
 

@@ -23,6 +23,7 @@ from moat.addresses import is_mailbox
 from moat.broker import Broker
 from moat.model import ScanRequest, new_message_id, utcnow
 from moat.repository import NewMessage, Repository
+from moat.sender_rules import CachedRules, RuleAction
 from moat.settings import Settings
 from moat.spool import MessageStore
 from moat.topology import SCAN
@@ -211,12 +212,15 @@ class IngressHandler:
         store: MessageStore,
         broker: Broker,
         confirmed: QueuedMarker,
+        sender_rules: CachedRules | None = None,
     ) -> None:
         self.settings = settings
         self.repository = repository
         self.store = store
         self.broker = broker
         self.confirmed = confirmed
+        # Only with block_action: reject somewhere; else the scanner alone applies the lists.
+        self.sender_rules = sender_rules
 
     async def handle_EHLO(
         self,
@@ -272,6 +276,9 @@ class IngressHandler:
             return replies.RELAY_DENIED.format(domain=_printable(domain))
         if len(envelope.rcpt_tos) >= self.settings.smtp.max_recipients:
             return replies.TOO_MANY_RECIPIENTS
+        if await self._sender_blocked(_reverse_path(envelope), address, domain):
+            log.info("sender blocked: %s -> %s from %s", envelope.mail_from, address, session.peer)
+            return replies.SENDER_BLOCKED
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return replies.RECIPIENT_OK
@@ -323,6 +330,22 @@ class IngressHandler:
             client_address,
         )
         return replies.QUEUED.format(message_id=message_id)
+
+    async def _sender_blocked(self, sender: str, recipient: str, domain: str) -> bool:
+        """Whether a rule blocks ``sender`` for ``recipient`` and this domain's policy refuses
+        such mail at RCPT. Rules that cannot be read refuse nothing here: the scanner, which
+        never judges without them, holds what they block."""
+        policy = self.settings.scanner_policy(domain).sender_lists
+        if self.sender_rules is None or not sender or not policy.enabled:
+            return False
+        if policy.block_action != "reject":
+            return False
+        try:
+            rules = await self.sender_rules.current()
+        except RuntimeError:
+            return False
+        rule = rules.applicable(sender, recipient)
+        return rule is not None and rule.action == RuleAction.BLOCK
 
     def _room_for(self, size: int) -> bool:
         """Whether the spool has room for a message of ``size`` bytes (0: not declared) and

@@ -8,14 +8,21 @@ to delivery; spam and viruses stay in quarantine.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from moat import runtime
-from moat.services import build
+from moat.feedback import FeedbackQueue
+from moat.services import build, every
 from moat.settings import Settings, load_settings
+from moat.spool import MessageStore
 from moat.topology import SCAN
 from services.scanner import cli
+from services.scanner.checks.classifier import ClassifierCheck
+from services.scanner.feedback import FeedbackLearner
 from services.scanner.scanning import Scanner
 from services.scanner.worker import ScanConsumer
 
@@ -33,11 +40,32 @@ async def main(settings: Settings) -> None:
         settings.scanner.prefetch,
         ", ".join(check.name for check in scanner.checks),
     )
+    learning = _learn_feedback(settings, scanner, parts.repository.engine, parts.store)
     try:
         await runtime.wait_for_stop_signal()
     finally:
+        if learning is not None:
+            learning.cancel()
         await consumer.stop(settings.shutdown_timeout)
         await parts.close()
+
+
+def _learn_feedback(
+    settings: Settings, scanner: Scanner, engine: AsyncEngine, store: MessageStore
+) -> asyncio.Task[None] | None:
+    """The loop that learns the feedback the API records (services/scanner/feedback.py), with
+    the classifier of this scanner's check; none when the classifier reads no database."""
+    interval = settings.scanner.classifier.poll_interval
+    check = next((c for c in scanner.checks if isinstance(c, ClassifierCheck)), None)
+    if check is None or check.classifier.store is None or interval <= 0:
+        log.warning("not learning feedback: the classifier has no database to learn into")
+        return None
+    learner = FeedbackLearner(FeedbackQueue(engine), store, check.classifier)
+
+    async def learn() -> None:
+        await learner.run_once()
+
+    return asyncio.create_task(every(interval, learn, "feedback learning"))
 
 
 READS = """\

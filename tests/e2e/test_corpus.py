@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from moat.migrate import upgrade
 from moat.model import MessageEnvelope
 from moat.settings import Settings
 from services.scanner.scanning import Scanner
@@ -40,8 +41,11 @@ def corpus_files(tmp_path: Path) -> list[Path]:
 def test_every_corpus_message_gets_a_verdict(tmp_path: Path) -> None:
     files = corpus_files(tmp_path)
     assert len(files) > 8000
+    database_url = f"sqlite+aiosqlite:///{tmp_path / 'moat.db'}"  # the sender lists' rules
+    upgrade(database_url)
     with FakeDNS() as dns:
         settings = Settings(
+            database_url=database_url,
             domains={"example.test": {"relay": "127.0.0.1:25"}},
             dns={"nameservers": ["127.0.0.1"], "port": dns.port, "timeout": 1},
         )

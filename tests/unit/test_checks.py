@@ -12,6 +12,7 @@ from email.policy import SMTP, compat32
 import pytest
 from pydantic import ValidationError
 
+from moat.migrate import upgrade
 from moat.mime import walk
 from moat.model import Category, Finding, VerdictName
 from moat.settings import (
@@ -219,11 +220,14 @@ def test_max_mime_depth_is_at_most_100() -> None:
 
 
 @pytest.fixture(scope="module")
-def every_check() -> Iterator[Scanner]:
+def every_check(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scanner]:
     """A scanner with every check on, ClamAV and DNS included (real clamd, DNS on loopback),
-    allowed the deepest MIME there is."""
+    allowed the deepest MIME there is, and a database (the sender lists' rules)."""
+    database_url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('checks') / 'moat.db'}"
+    upgrade(database_url)
     with ClamdServer() as clamd, FakeDNS({}) as dns:
         settings = Settings(
+            database_url=database_url,
             domains={"example.test": {"relay": "127.0.0.1:2525"}},
             dns=DnsSettings(nameservers=["127.0.0.1"], port=dns.port, timeout=2),
             scanner=ScannerSettings(

@@ -1,6 +1,7 @@
 """The spam classifier: tokenizer, training, the finding, the feedback store on a real SQLite
-database, a second replica picking learned feedback up, the ``learn`` command, the feedback API
-over real HTTPS, and the shipped model's figures on held-out corpus messages."""
+database, a second replica picking learned feedback up, the ``learn`` command, feedback the API
+recorded learned by concurrent scanner replicas, and the shipped model's figures on held-out
+corpus messages."""
 
 from __future__ import annotations
 
@@ -9,30 +10,24 @@ import hashlib
 import json
 import random
 import re
-import ssl
-import threading
 import time
-from collections.abc import Iterator
+from datetime import timedelta
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
-import uvicorn
+from sqlalchemy import select
 
-from moat.broker import Broker
-from moat.db import create_engine
+from moat.db import classifier_learned, create_engine
+from moat.db import feedback as feedback_table
+from moat.feedback import FeedbackQueue
 from moat.migrate import upgrade
 from moat.model import Category
-from moat.repository import NewMessage, Repository
+from moat.repository import Repository
 from moat.settings import ClassifierSettings, Settings
 from moat.spool import MessageStore
-from moat.tls import ensure_self_signed
-from moat.topology import topology
-from services.api.app import create_app
-from services.api.routes import feedback
 from services.scanner import cli
 from services.scanner.checks import build_checks, parse
 from services.scanner.checks.classifier import ClassifierCheck, finding
@@ -49,7 +44,7 @@ from services.scanner.classifier.training import (
     held_out,
     train,
 )
-from tests.harness import free_port, wait_for
+from services.scanner.feedback import FeedbackLearner
 from tests.support.corpus import CORPUS
 from tests.support.generated import fragment_strings
 
@@ -419,105 +414,83 @@ def test_forget_takes_every_replica_back_to_the_shipped_weights(
     assert line["messages_forgotten"] == 1 and line["features_reset"] > 0
 
 
-# --- the feedback API over HTTPS -------------------------------------------------------------
+# --- feedback the API recorded, learned by scanners ------------------------------------------
 
 
-class ApiServer:
-    def __init__(self, settings: Settings, workdir: Path) -> None:
-        self.port = int(settings.api.listen.rsplit(":", 1)[1])
-        cert, key = ensure_self_signed(workdir / "tls", "localhost")
-        self.cafile = cert
-        repository = Repository(create_engine(settings.database_url))
-        broker = Broker(settings.broker, topology([1], 3))
-        app = create_app(settings, repository, broker)
-        app.include_router(feedback.router)
-        config = uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=self.port,
-            ssl_certfile=str(cert),
-            ssl_keyfile=str(key),
-            log_level="warning",
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> ApiServer:
-        self.thread.start()
-        wait_for(lambda: self.server.started, 20, "the API server")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(20)
-
-    def client(self, token: str) -> httpx.Client:
-        return httpx.Client(
-            base_url=f"https://127.0.0.1:{self.port}",
-            verify=ssl.create_default_context(cafile=self.cafile),
-            timeout=20,
-            headers={"Authorization": f"Bearer {token}"} if token else {},
-        )
-
-
-@pytest.fixture
-def api(database_url: str, tmp_path: Path) -> Iterator[tuple[ApiServer, Settings]]:
-    settings = Settings(
-        env="test",
-        admin_token="s3cret-token",
-        database_url=database_url,
-        spool_dir=tmp_path / "spool",
-        api={"listen": f"127.0.0.1:{free_port()}"},
-        broker={"url": "amqp://guest:guest@127.0.0.1:1/none"},  # never reached by these routes
-    )
-    with ApiServer(settings, tmp_path) as server:
-        yield server, settings
-
-
-def test_feedback_endpoint_learns_the_spooled_message_once(
-    api: tuple[ApiServer, Settings],
+def test_feedback_rows_are_learned_once_by_concurrent_replicas(
+    database_url: str, tmp_path: Path
 ) -> None:
-    server, settings = api
-    raw = make_mail(random.Random(31), True)
-    message_id = "01JTESTFEEDBACK0000000000A"
+    """Two scanner replicas learn the same pending rows at once: each row is settled once, by
+    one of them, with what became of it; a row whose copy is gone says so."""
+    model_path = tmp_path / "model.npz"
+    synthetic_model().save(model_path)
+    settings = settings_for(database_url, model_path=str(model_path))
+    store = MessageStore(tmp_path / "spool")
+    rng = random.Random(41)
+    ids = [f"01JTESTFEEDBACK00000000{n:03d}" for n in range(8)]
 
-    async def spool() -> None:
-        repository = Repository(create_engine(settings.database_url))
+    async def scenario() -> None:
+        repository = Repository(create_engine(database_url))
+        replicas = [
+            Classifier(settings.scanner.classifier, create_engine(database_url)) for _ in range(2)
+        ]
         try:
-            await repository.record_received(
-                NewMessage(message_id, "s@promo.test", ["bob@example.test"], len(raw))
-            )
+            for index, message_id in enumerate(ids[:-1]):
+                await store.write(message_id, make_mail(rng, index % 2 == 0, unique=message_id))
+            for message_id in ids:  # the last one has no copy left
+                await repository.record_feedback(message_id, "spam", "api")
+            await repository.record_feedback(ids[0], "spam", "release")  # the same again
+            learners = [
+                FeedbackLearner(FeedbackQueue(repository.engine), store, replica)
+                for replica in replicas
+            ]
+            settled = await asyncio.gather(*(learner.run_once() for learner in learners))
+            assert sum(settled) == len(ids) + 1
+            assert await FeedbackQueue(repository.engine).pending() == 0
+            async with repository.reader.connect() as conn:
+                rows = (
+                    await conn.execute(
+                        select(feedback_table.c.message_id, feedback_table.c.result).order_by(
+                            feedback_table.c.id
+                        )
+                    )
+                ).all()
+                learned = (await conn.execute(select(classifier_learned.c.message_id))).all()
+            results = {message_id: [] for message_id in ids}
+            for message_id, result in rows:
+                results[message_id].append(result)
+            # The first message's two rows: whichever came first learned it.
+            assert sorted(results.pop(ids[0])) == ["already", "learned"]
+            assert results.pop(ids[-1]) == ["gone"]
+            assert all(r == ["learned"] for r in results.values()), results
+            assert sorted(m for (m,) in learned) == ids[:-1]  # each message learned once
+            assert max(replica.generation for replica in replicas) == 7
+        finally:
+            for replica in replicas:
+                await replica.close()
+            await repository.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_claim_left_by_a_dead_replica_is_taken_again_after_its_lease(database_url: str) -> None:
+    async def scenario() -> None:
+        repository = Repository(create_engine(database_url))
+        try:
+            await repository.record_feedback("01JTESTFEEDBACK0000000000A", "ham", "api")
+            dead = FeedbackQueue(repository.engine, lease=timedelta(seconds=0.2))
+            [claimed] = await dead.claim()
+            assert await dead.claim() == []  # held: nobody else takes it
+            other = FeedbackQueue(repository.engine, lease=timedelta(seconds=0.2))
+            deadline = time.monotonic() + 5
+            while not (taken := await other.claim()):  # until the claim's lease runs out
+                assert time.monotonic() < deadline, "the claim was never taken again"
+                await asyncio.sleep(0.05)
+            assert [item.id for item in taken] == [claimed.id]
         finally:
             await repository.close()
-        await MessageStore(settings.spool_dir).write(message_id, raw)
 
-    asyncio.run(spool())
-    url = f"/v1/messages/{message_id}/feedback"
-    with server.client("") as anonymous:
-        assert anonymous.post(url, json={"label": "spam"}).status_code == 401
-    with server.client("s3cret-token") as http:
-        response = http.post(url, json={"label": "spam"})
-        assert response.status_code == 200, response.text
-        body = response.json()
-        assert body["learned"] is True and body["generation"] == 1
-        assert 0.0 <= body["probability_before"] <= 1.0
-        again = http.post(url, json={"label": "spam"}).json()
-        assert again["learned"] is False and again["generation"] == 1
-        missing = http.post(
-            "/v1/messages/01JNOSUCHMESSAGE000000000A/feedback", json={"label": "ham"}
-        )
-        assert missing.status_code == 404
-        assert missing.headers["content-type"] == "application/problem+json"
-        assert http.post(url, json={"label": "maybe"}).status_code == 422
-
-    async def stored() -> str | None:
-        store = FeedbackStore(create_engine(settings.database_url))
-        try:
-            return await store.label_of(message_digest(raw))
-        finally:
-            await store.close()
-
-    assert asyncio.run(stored()) == "spam"
+    asyncio.run(scenario())
 
 
 # --- the shipped model on real mail ----------------------------------------------------------

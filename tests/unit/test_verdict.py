@@ -84,3 +84,39 @@ def test_actions_come_from_the_policy() -> None:
 def test_findings_are_kept_in_the_verdict() -> None:
     findings = [finding(Category.INFO, symbol="A"), finding(Category.SPAM, 1.0, symbol="B")]
     assert [f.symbol for f in decide(findings, POLICY).findings] == ["A", "B"]
+
+
+ALLOWED = finding(Category.INFO, symbol="SENDER_ALLOWED")
+BLOCKED = finding(Category.POLICY, 10.0, symbol="SENDER_BLOCKED")
+
+
+@pytest.mark.parametrize(
+    ("findings", "expected"),
+    [
+        # An allow takes the spam verdict away, whatever the score...
+        ([ALLOWED, finding(Category.SPAM, 50.0)], VerdictName.CLEAN),
+        ([ALLOWED, finding(Category.SPAM, 5.0)], VerdictName.CLEAN),
+        ([ALLOWED], VerdictName.CLEAN),
+        # ...and nothing else: a virus or a policy finding holds the message all the same.
+        ([ALLOWED, finding(Category.VIRUS)], VerdictName.VIRUS),
+        ([ALLOWED, finding(Category.POLICY)], VerdictName.POLICY),
+        ([ALLOWED, finding(Category.VIRUS), finding(Category.SPAM, 50.0)], VerdictName.VIRUS),
+        # A block is a policy finding: held whatever the score, below a virus.
+        ([BLOCKED, finding(Category.SPAM, -100.0)], VerdictName.POLICY),
+        ([BLOCKED, finding(Category.VIRUS)], VerdictName.VIRUS),
+        # Only the info finding of that name counts as an allow.
+        ([finding(Category.SPAM, 50.0, symbol="SENDER_ALLOWED")], VerdictName.SPAM),
+        ([finding(Category.INFO, symbol="OTHER"), finding(Category.SPAM, 50.0)], VerdictName.SPAM),
+    ],
+)
+def test_sender_lists_in_the_verdict(findings: list[Finding], expected: VerdictName) -> None:
+    verdict = decide(findings, POLICY)
+    assert verdict.verdict == expected
+    assert verdict.score == round(sum(f.score for f in findings if f.category != "info"), 3)
+
+
+def test_an_allowed_message_keeps_its_score_and_its_allow_in_the_findings() -> None:
+    verdict = decide([ALLOWED, finding(Category.SPAM, 7.5, symbol="BAYES_SPAM")], POLICY)
+    assert verdict.verdict == VerdictName.CLEAN and verdict.action == Action.DELIVER
+    assert verdict.score == 7.5
+    assert [f.symbol for f in verdict.findings] == ["SENDER_ALLOWED", "BAYES_SPAM"]

@@ -7,7 +7,6 @@ response to ``POST`` once and never again; only its hash is kept.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Literal
 
 from fastapi import APIRouter, HTTPException, status
@@ -16,7 +15,7 @@ from pydantic import BaseModel, Field, model_validator
 from moat.addresses import is_mailbox
 from services.api.auth import Role, TokenRecord
 from services.api.deps import AdminDep, AuditDep, SettingsDep, StaffDep, TokensDep
-from services.api.models import UtcDateTime, as_naive_utc
+from services.api.models import IsoDateTime, UtcDateTime, as_naive_utc
 
 router = APIRouter(prefix="/v1/tokens", tags=["tokens"])
 
@@ -26,7 +25,7 @@ class TokenCreate(BaseModel):
     recipient: str | None = Field(None, max_length=320, description="a user token: this mail")
     domain: str | None = Field(None, max_length=255, description="a domain token")
     role: Literal["admin", "reader"] | None = Field(None, description="an admin or reader token")
-    expires_at: datetime | None = Field(None, description="ISO 8601; none: it does not expire")
+    expires_at: IsoDateTime | None = Field(None, description="ISO 8601; none: it does not expire")
 
     @model_validator(mode="after")
     def _one_kind(self) -> TokenCreate:

@@ -24,6 +24,7 @@ from services.scanner.checks.clamav import clamav_checks
 from services.scanner.checks.classifier import ClassifierCheck
 from services.scanner.checks.headers import HeaderRulesCheck
 from services.scanner.checks.reputation import ReputationCheck
+from services.scanner.checks.sender_lists import SenderListCheck
 from services.scanner.checks.testfiles import EICAR, GTUBE, EicarCheck, GtubeCheck
 
 
@@ -39,6 +40,7 @@ def build_checks(settings: Settings) -> tuple[Check, ...]:
         AuthCheck(settings, resolver),
         HeaderRulesCheck(settings),
         ReputationCheck(settings, resolver),
+        SenderListCheck(settings),
     )
     validate_registry(checks)
     return checks
