@@ -62,10 +62,18 @@ DATABASE_ERRORS: tuple[type[Exception], ...] = (
 
 
 def allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """The methods of the path the request names, as the schema lists them: a fixed path
+    (``/v1/messages/delete``) is its own resource, even where a template
+    (``/v1/messages/{message_id}``) would also match it."""
+    matching = [
+        route
+        for route in app.routes
+        if isinstance(route, APIRoute) and route.matches(request.scope)[0] != Match.NONE
+    ]
+    fixed = [route for route in matching if "{" not in route.path]
     methods: set[str] = set()
-    for route in app.routes:
-        if isinstance(route, APIRoute) and route.matches(request.scope)[0] != Match.NONE:
-            methods |= route.methods
+    for route in fixed or matching:
+        methods |= route.methods
     return sorted(methods)
 
 

@@ -6,7 +6,6 @@ scoped token sees only mail addressed to its scope, and anything else answers 40
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Body, HTTPException, Query, status
@@ -31,6 +30,7 @@ from services.api.models import (
     BulkBody,
     BulkOutcome,
     BulkResult,
+    IsoDateTime,
     MessageList,
     MessagePublic,
     PreviewPublic,
@@ -87,10 +87,10 @@ async def list_messages(
         list[VerdictName] | None, Query(description="repeat for any of several")
     ] = None,
     received_after: Annotated[
-        datetime | None, Query(description="ISO 8601, inclusive; no offset: UTC")
+        IsoDateTime | None, Query(description="ISO 8601, inclusive; no offset: UTC")
     ] = None,
     received_before: Annotated[
-        datetime | None, Query(description="ISO 8601, exclusive; no offset: UTC")
+        IsoDateTime | None, Query(description="ISO 8601, exclusive; no offset: UTC")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="messages per page")] = 50,
     cursor: Annotated[
