@@ -11,17 +11,23 @@ from moat.services import build
 from moat.settings import Settings, load_settings, split_host_port
 from moat.tls import ensure_self_signed
 from services.api.app import create_app
+from services.api.signing import SigningKeyMissing, load_signing_key
 
 log = logging.getLogger("api")
 
 
 async def main(settings: Settings) -> None:
+    try:
+        signing_key = load_signing_key(settings)
+    except SigningKeyMissing as missing:
+        log.critical("%s", missing)
+        raise SystemExit(78) from None  # EX_CONFIG: a restart does not help
     cert, key = settings.api.tls_cert, settings.api.tls_key
     if cert is None or key is None:
         cert, key = ensure_self_signed(settings.api.self_signed_dir, settings.smtp.hostname)
     host, port = split_host_port(settings.api.listen)
     parts = await build(settings, connect_broker=False)
-    app = create_app(settings, parts.repository, parts.broker)
+    app = create_app(settings, parts.repository, parts.broker, signing_key)
     config = uvicorn.Config(
         app,
         host=host,
@@ -39,12 +45,14 @@ async def main(settings: Settings) -> None:
 
 
 READS = """\
-reads: api.* (listen, tls_cert, tls_key, self_signed_dir), admin_token (set MOAT_ADMIN_TOKEN;
-outside env dev the placeholder is refused), database_url, spool_dir (feedback), broker.*
-(retries), scanner.classifier (feedback), smtp.hostname (the self-signed certificate's name),
-log_level, env.
-connects to: the database, and RabbitMQ when a message is retried; listens for HTTPS on
-api.listen."""
+reads: api.* (listen, tls_cert, tls_key, self_signed_dir, public_url, session_ttl,
+signing_key: outside env dev it does not start without one), digest.*, webhooks.*,
+admin_token (set MOAT_ADMIN_TOKEN; outside env dev the placeholder is refused),
+database_url, spool_dir (feedback, previews), broker.* (retries), scanner.classifier
+(feedback), smtp.hostname (the self-signed certificate's name, the digests' sender), log_level,
+env.
+connects to: the database, RabbitMQ (retries, releases, digests) and the webhooks' URLs;
+listens for HTTPS on api.listen (the REST API, and the quarantine web page under /ui/)."""
 
 
 if __name__ == "__main__":

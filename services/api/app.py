@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
@@ -16,13 +17,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from moat import __version__
 from moat.broker import Broker
 from moat.repository import Repository
+from moat.services import every
 from moat.settings import Settings
 from moat.spool import MessageStore
 from services.api.audit import AuditLog
 from services.api.auth import TokenStore
+from services.api.digests import Digests
+from services.api.links import Links
 from services.api.models import Health
 from services.api.quarantine import Quarantine
-from services.api.routes import feedback, messages, tokens
+from services.api.routes import digests, feedback, messages, tokens
+from services.api.signing import load_signing_key
+from services.api.ui.pages import create_ui, make_templates
+from services.api.ui.sessions import Sessions
 
 log = logging.getLogger("api")
 
@@ -39,15 +46,33 @@ def problem(status: int, detail: str, headers: dict[str, str] | None = None) -> 
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
-def create_app(settings: Settings, repository: Repository, broker: Broker) -> FastAPI:
+def create_app(
+    settings: Settings, repository: Repository, broker: Broker, signing_key: bytes | None = None
+) -> FastAPI:
+    """The API; ``signing_key`` defaults to the settings' (``load_signing_key``: outside dev
+    the API does not start without one)."""
+    key = signing_key if signing_key is not None else load_signing_key(settings)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Reads need no broker: serve them at once and connect in the background.
         connecting = asyncio.create_task(broker.connect())
+        jobs = [
+            asyncio.create_task(every(3600, housekeeping, "api housekeeping")),
+        ]
+        if settings.digest.interval > 0:
+            jobs.append(asyncio.create_task(app.state.digests.periodic()))
         yield
-        connecting.cancel()
+        for job in [connecting, *jobs]:
+            job.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
         await broker.close()
         await repository.close()
+
+    async def housekeeping() -> None:
+        # A used nonce matters only while its link or session could still be presented.
+        keep = max(settings.digest.link_ttl, settings.api.session_ttl) + 24 * 3600
+        await links.prune(timedelta(seconds=keep))
 
     app = FastAPI(title="Moat", version=__version__, lifespan=lifespan)
     app.state.settings = settings
@@ -55,8 +80,30 @@ def create_app(settings: Settings, repository: Repository, broker: Broker) -> Fa
     app.state.broker = broker
     app.state.tokens = TokenStore(repository.engine)
     app.state.audit = AuditLog(repository.engine)
-    app.state.quarantine = Quarantine(
-        repository, MessageStore(settings.spool_dir), broker, app.state.audit, settings
+    store = MessageStore(settings.spool_dir)
+    app.state.quarantine = Quarantine(repository, store, broker, app.state.audit, settings)
+    templates = make_templates()
+    links = Links(key, repository.engine, settings.api.base_url)
+    app.state.digests = Digests(repository, store, broker, links, templates, settings)
+    sessions = Sessions(
+        key,
+        app.state.tokens,
+        links,
+        settings.admin_token.get_secret_value(),
+        settings.api.session_ttl,
+    )
+    app.mount(
+        "/ui",
+        create_ui(
+            settings,
+            store,
+            app.state.quarantine,
+            app.state.tokens,
+            links,
+            sessions,
+            app.state.audit,
+            templates,
+        ),
     )
 
     @app.exception_handler(StarletteHTTPException)
@@ -81,4 +128,5 @@ def create_app(settings: Settings, repository: Repository, broker: Broker) -> Fa
     app.include_router(messages.router)
     app.include_router(feedback.router)
     app.include_router(tokens.router)
+    app.include_router(digests.router)
     return app

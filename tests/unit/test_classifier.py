@@ -467,7 +467,7 @@ def api(database_url: str, tmp_path: Path) -> Iterator[tuple[ApiServer, Settings
         admin_token="s3cret-token",
         database_url=database_url,
         spool_dir=tmp_path / "spool",
-        api={"listen": f"127.0.0.1:{free_port()}"},
+        api={"listen": f"127.0.0.1:{free_port()}", "signing_key": "k" * 32},
         broker={"url": "amqp://guest:guest@127.0.0.1:1/none"},  # never reached by these routes
     )
     with ApiServer(settings, tmp_path) as server:
