@@ -26,10 +26,11 @@ from services.api.digests import Digests
 from services.api.links import Links
 from services.api.models import Health
 from services.api.quarantine import Quarantine
-from services.api.routes import digests, feedback, messages, tokens
+from services.api.routes import digests, feedback, messages, tokens, webhooks
 from services.api.signing import load_signing_key
 from services.api.ui.pages import create_ui, make_templates
 from services.api.ui.sessions import Sessions
+from services.api.webhooks import Webhooks
 
 log = logging.getLogger("api")
 
@@ -58,6 +59,7 @@ def create_app(
         # Reads need no broker: serve them at once and connect in the background.
         connecting = asyncio.create_task(broker.connect())
         jobs = [
+            asyncio.create_task(app.state.webhooks.run()),
             asyncio.create_task(every(3600, housekeeping, "api housekeeping")),
         ]
         if settings.digest.interval > 0:
@@ -73,6 +75,7 @@ def create_app(
         # A used nonce matters only while its link or session could still be presented.
         keep = max(settings.digest.link_ttl, settings.api.session_ttl) + 24 * 3600
         await links.prune(timedelta(seconds=keep))
+        await app.state.webhooks.prune()
 
     app = FastAPI(title="Moat", version=__version__, lifespan=lifespan)
     app.state.settings = settings
@@ -84,6 +87,7 @@ def create_app(
     app.state.quarantine = Quarantine(repository, store, broker, app.state.audit, settings)
     templates = make_templates()
     links = Links(key, repository.engine, settings.api.base_url)
+    app.state.webhooks = Webhooks(repository.engine, settings.webhooks)
     app.state.digests = Digests(repository, store, broker, links, templates, settings)
     sessions = Sessions(
         key,
@@ -128,5 +132,6 @@ def create_app(
     app.include_router(messages.router)
     app.include_router(feedback.router)
     app.include_router(tokens.router)
+    app.include_router(webhooks.router)
     app.include_router(digests.router)
     return app
