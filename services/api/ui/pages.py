@@ -319,7 +319,7 @@ def create_ui(
             held=held,
             actions=actions,
             admin_only=bool(held) and not may_release(caller, record),
-            findings=sorted(record.findings or [], key=lambda f: -f.score),
+            findings=sorted((f for f in record.findings or [] if f.score), key=lambda f: -f.score),
             notice=NOTICES.get(request.query_params.get("done", "")),
         )
 
