@@ -55,6 +55,12 @@ class DigestRun:
     notice_ids: list[str] = field(default_factory=list)
 
 
+def next_run(now: float, interval: float, offset: float) -> float:
+    """The first multiple of ``interval`` (shifted by ``offset``) since the epoch after ``now``:
+    daily with offset 25200 is 07:00 UTC every day, however often the API restarts."""
+    return (math.floor((now - offset) / interval) + 1) * interval + offset
+
+
 class Digests:
     def __init__(
         self,
@@ -195,8 +201,7 @@ class Digests:
         interval, offset = self.settings.digest.interval, self.settings.digest.offset
         while True:
             now = time.time()
-            next_run = (math.floor((now - offset) / interval) + 1) * interval + offset
-            await asyncio.sleep(next_run - now)
+            await asyncio.sleep(next_run(now, interval, offset) - now)
             try:
                 await self.run()
             except Exception:
