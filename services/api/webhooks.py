@@ -123,6 +123,26 @@ class Webhooks:
         secret = SECRET_PREFIX + secrets.token_urlsafe(32)
         record = WebhookRecord(new_message_id(), url, sorted(set(wanted)), True, db_now(), by)
         async with self.engine.begin() as conn:
+            first = (
+                await conn.execute(select(webhooks.c.id).where(webhooks.c.active).limit(1))
+            ).first() is None
+            if first:
+                # While no webhook exists the dispatcher does not follow the timeline (it
+                # would write for nothing); the first one starts it at the present, instead
+                # of walking all of the past that no webhook can want.
+                top = (await conn.execute(select(func.max(events.c.id)))).scalar() or 0
+                moved = await conn.execute(
+                    update(cursors)
+                    .where(cursors.c.name == CURSOR, cursors.c.position < top)
+                    .values(position=top, updated_at=record.created_at)
+                )
+                exists = (
+                    await conn.execute(select(cursors.c.name).where(cursors.c.name == CURSOR))
+                ).first()
+                if not moved.rowcount and exists is None:
+                    await conn.execute(
+                        insert(cursors).values(name=CURSOR, position=top, updated_at=db_now())
+                    )
             await conn.execute(insert(webhooks).values(**record.__dict__, secret=secret))
         return record, secret
 
@@ -197,6 +217,19 @@ class Webhooks:
 
     async def fan_out(self) -> int:
         """Turn the next timeline rows into webhook events; returns how many rows it passed."""
+        # A look first, without the write lock (SQLite's is the whole database): most polls
+        # find nothing to do.
+        async with self.reader.connect() as conn:
+            if (
+                await conn.execute(select(webhooks.c.id).where(webhooks.c.active).limit(1))
+            ).first() is None:
+                return 0
+            position = (
+                await conn.execute(select(cursors.c.position).where(cursors.c.name == CURSOR))
+            ).scalar()
+            top = (await conn.execute(select(func.max(events.c.id)))).scalar() or 0
+        if position is not None and top <= position:
+            return 0
         try:
             async with self.engine.begin() as conn:
                 return await self._fan_out(conn)
@@ -288,6 +321,19 @@ class Webhooks:
         """POST the events that are due; returns how many were tried."""
         now = db_now()
         lease = timedelta(seconds=self.settings.timeout + 30)
+        async with self.reader.connect() as conn:
+            due = (
+                await conn.execute(
+                    select(webhook_events.c.id)
+                    .where(
+                        webhook_events.c.status == "pending",
+                        webhook_events.c.next_attempt_at <= now,
+                    )
+                    .limit(1)
+                )
+            ).first()
+        if due is None:
+            return 0
         async with self.engine.begin() as conn:
             rows = (
                 await conn.execute(

@@ -174,6 +174,9 @@ def test_restarts_resume_and_two_replicas_send_each_event_once(
     with Receiver() as receiver:
         hook = _register(gateway, receiver.url, ["quarantined"])
         receiver.secret = hook["secret"]
+        # Slow answers keep each POST in flight across several polls of both replicas: a
+        # delivery that the other replica could take as well would be sent twice.
+        receiver.delay = 0.5
         before = hold_spam(gateway, [f"di-{token}@example.test"], f"before {token}")
         wait_for(lambda: receiver.got(before), 30, "the event before the stop")
 

@@ -51,6 +51,7 @@ class Receiver:
         self.deliveries: list[Delivery] = []
         self.plan: list[int] = []  # statuses to answer, in turn; then 200
         self.always: int | None = None  # answer this every time
+        self.delay = 0.0  # seconds before answering: a slow receiver keeps POSTs in flight
         self.lock = threading.Lock()
         self.port = free_port()
         receiver = self
@@ -58,6 +59,8 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if receiver.delay:
+                    time.sleep(receiver.delay)
                 with receiver.lock:
                     verified = verify(receiver.secret, self.headers.get("Moat-Signature", ""), body)
                     status = receiver.always or (receiver.plan.pop(0) if receiver.plan else 200)
