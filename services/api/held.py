@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.parser import BytesHeaderParser
 from email.policy import compat32
-from email.utils import parseaddr
 from typing import Any
 
 from sqlalchemy import exists, func, select
@@ -107,8 +106,3 @@ async def spooled_headers(store: MessageStore, message_id: str) -> tuple[str | N
         )
 
     return await asyncio.to_thread(read)
-
-
-def sender_address(mail_from: str) -> str:
-    """The address of an envelope sender (for a sender rule)."""
-    return parseaddr(mail_from)[1] or mail_from

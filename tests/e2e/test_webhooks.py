@@ -50,6 +50,9 @@ def test_signed_events_reach_a_receiver_and_only_those_it_wants(
         assert hook["secret"].startswith("whsec_")
         held = hold_spam(gateway, [f"ann-{token}@example.test"], f"hook {token}")
         other = hold_spam(gateway, [f"ann-{token}@example.test"], f"other {token}")
+        # The body tells of the message as it is when the event goes out: wait for that
+        # before changing it.
+        wait_for(lambda: receiver.got(held) and receiver.got(other), 30, "the quarantined events")
         with WebClient(gateway) as web:
             web.sign_in(gateway.token)
             web.get(f"/ui/messages/{held}")
