@@ -161,8 +161,8 @@ def list_messages(client: httpx.Client, args: argparse.Namespace) -> None:
         "sender": args.sender,
         "recipient": args.recipient,
         "subject": args.subject,
-        "since": args.since,
-        "until": args.until,
+        "received_after": args.since,
+        "received_before": args.until,
         "limit": args.limit,
     }
     query: dict[str, Any] = {k: v for k, v in params.items() if v is not None}
@@ -192,7 +192,7 @@ def _verdict(message: dict[str, Any]) -> tuple[str, str]:
 
 def row(message: dict[str, Any]) -> str:
     verdict, score = _verdict(message)
-    sender = message.get("header_from") or message.get("mail_from") or "<>"
+    sender = message.get("from") or message.get("header_from") or message.get("mail_from") or "<>"
     subject = message.get("subject") or ""
     received = str(message.get("received_at", ""))[:19].replace("T", " ")
     return "\t".join(
