@@ -276,6 +276,17 @@ webhook_events = Table(
     Index("ix_webhook_events_status_next", "status", "next_attempt_at"),
 )
 
+# Where a job that follows a table has got to (the webhook dispatcher: the last ``events`` row
+# it turned into webhook events). Kept in the database so a restart resumes there, and locked
+# while it moves so that two replicas never handle the same rows.
+cursors = Table(
+    "cursors",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("position", Integer, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+)
+
 # Spam/ham feedback recorded by the API (a report, a release) and learned by a scanner, which
 # owns the classifier: the API never loads it.
 feedback = Table(

@@ -448,6 +448,12 @@ class Repository:
         already spooled: recorded ready for delivery, from the null sender."""
         await self.writes.submit("notice", (new, service))
 
+    def notices_in(self, conn: Connection, news: Sequence[NewMessage], service: str) -> None:
+        """Record notices (already spooled) in a transaction of the caller's own: the digest
+        marks what it told each recipient in the very transaction that records the mail
+        telling them, so a crash leaves neither a digest unmarked nor marks without one."""
+        self._insert_messages(conn, list(news), MessageStatus.DELIVERING, service)
+
     async def release_held(
         self, message_id: str, recipients: Sequence[str], by: str, *, rescan: bool = False
     ) -> HoldResult:

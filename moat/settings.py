@@ -74,6 +74,68 @@ class ApiSettings(BaseModel):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     # Seconds /metrics keeps its count of messages per status before it asks the database again.
     metrics_cache_seconds: float = Field(default=15.0, ge=0)
+    # The address people reach the API at (the base of the links in digests), e.g.
+    # https://quarantine.example.com; None: https://<listen>.
+    public_url: str | None = None
+    # The HMAC key that signs one-click links, web sessions and CSRF tokens (at least 32
+    # characters; set MOAT_API__SIGNING_KEY, never commit it). Outside env dev the API refuses
+    # to start without one; in dev one is generated into signing_key_file.
+    signing_key: SecretStr | None = None
+    signing_key_file: Path = Path("var/api-signing-key")
+    # Seconds a web page sign-in lasts.
+    session_ttl: float = Field(default=12 * 3600.0, gt=0)
+
+    @field_validator("signing_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("api.signing_key needs at least 32 characters (openssl rand -hex 32)")
+        return value
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host, port = split_host_port(self.listen)
+        if host in ("0.0.0.0", "::", ""):
+            host = socket.getfqdn()
+        return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+
+
+class DigestSettings(BaseModel):
+    """Quarantine digests (services/api/digests.py, run by the API service)."""
+
+    # Seconds between two digests; runs happen when the clock passes a multiple of it (plus
+    # offset) since 1970-01-01 UTC, so a restart neither adds nor shifts one. 0: no periodic
+    # digest (POST /v1/digests/send still sends one).
+    interval: float = Field(default=24 * 3600.0, ge=0)
+    offset: float = Field(default=0.0, ge=0)  # e.g. 25200: daily at 07:00 UTC
+    # Seconds a one-click link (release, delete, block, sign in) in a digest stays valid.
+    link_ttl: float = Field(default=7 * 24 * 3600.0, gt=0)
+    # Entries listed in one digest; the rest are counted, and the sign-in link shows them.
+    max_entries: int = Field(default=50, ge=1)
+    # Recipients handled per transaction.
+    batch_size: int = Field(default=100, ge=1)
+
+
+class WebhookSettings(BaseModel):
+    """Webhooks (services/api/webhooks.py, dispatched by the API service)."""
+
+    poll_interval: float = Field(default=2.0, gt=0)  # seconds between looks for new events
+    timeout: float = Field(default=10.0, gt=0)  # seconds one POST may take
+    # Seconds before each retry of a failed POST; after the last one the event is 'failed'.
+    retry_schedule: list[float] = [10, 60, 300, 1800, 7200, 21600]
+    # Delivered and failed events are kept this many seconds (GET .../deliveries shows them).
+    keep: float = Field(default=7 * 24 * 3600.0, gt=0)
+    # A CA bundle for receivers with certificates of a private CA; None: the system's.
+    ca_file: Path | None = None
+
+    @field_validator("retry_schedule")
+    @classmethod
+    def _positive(cls, value: list[float]) -> list[float]:
+        if any(delay <= 0 for delay in value):
+            raise ValueError("webhooks.retry_schedule: every delay must be positive (seconds)")
+        return value
 
 
 class BrokerSettings(BaseModel):
@@ -509,6 +571,8 @@ class Settings(BaseSettings):
     delivery: DeliverySettings = DeliverySettings()
     retention: RetentionSettings = RetentionSettings()
     dns: DnsSettings = DnsSettings()
+    digest: DigestSettings = DigestSettings()
+    webhooks: WebhookSettings = WebhookSettings()
     _policies: dict[str, ScannerSettings] = PrivateAttr(default_factory=dict)
 
     @field_validator("domains")

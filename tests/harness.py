@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import os
+import secrets
 import signal
 import smtplib
 import socket
@@ -460,7 +461,15 @@ def gateway_config(
             "max_message_size": 200_000,
             "max_recipients": 10,
         },
-        "api": {"listen": f"127.0.0.1:{free_port()}", "self_signed_dir": str(workdir / "tls")},
+        "api": {
+            "listen": f"127.0.0.1:{free_port()}",
+            "self_signed_dir": str(workdir / "tls"),
+            # Outside dev the API needs a key; a test that makes links of its own reads it here.
+            "signing_key": secrets.token_hex(32),
+        },
+        # No periodic digest: at midnight UTC it would mail the held mail of every running test.
+        "digest": {"interval": 0},
+        "webhooks": {"poll_interval": 0.2, "retry_schedule": [0.5, 1.0], "timeout": 5},
         "broker": {
             "url": f"amqp://guest:guest@127.0.0.1:{broker_port}/{vhost}",
             "publish_timeout": 3,

@@ -12,17 +12,23 @@ from moat.settings import Settings, load_settings, split_host_port
 from moat.tls import ensure_self_signed
 from services.api import access_log
 from services.api.app import create_app
+from services.api.signing import SigningKeyMissing, load_signing_key
 
 log = logging.getLogger("api")
 
 
 async def main(settings: Settings) -> None:
+    try:
+        signing_key = load_signing_key(settings)
+    except SigningKeyMissing as missing:
+        log.critical("%s", missing)
+        raise SystemExit(78) from None  # EX_CONFIG: a restart does not help
     cert, key = settings.api.tls_cert, settings.api.tls_key
     if cert is None or key is None:
         cert, key = ensure_self_signed(settings.api.self_signed_dir, settings.smtp.hostname)
     host, port = split_host_port(settings.api.listen)
     parts = await build(settings, connect_broker=False)
-    app = create_app(settings, parts.repository, parts.broker)
+    app = create_app(settings, parts.repository, parts.broker, signing_key)
     config = uvicorn.Config(
         app,
         host=host,
@@ -42,12 +48,14 @@ async def main(settings: Settings) -> None:
 
 READS = """\
 reads: api.* (listen, tls_cert, tls_key, self_signed_dir, max_body_bytes,
-metrics_cache_seconds), admin_token (set MOAT_ADMIN_TOKEN; outside env dev the placeholder is
-refused), domains (token and rule scopes), database_url, spool_dir (raw copies), broker.*
-(retries, releases, queue figures), smtp.hostname (the self-signed certificate's name),
-log_level, env.
-connects to: the database and RabbitMQ; listens for HTTPS on api.listen (an access log line
-per request, without secrets)."""
+metrics_cache_seconds, public_url, session_ttl, signing_key: outside env dev it does not start
+without one), digest.*, webhooks.*, admin_token (set MOAT_ADMIN_TOKEN; outside env dev the
+placeholder is refused), domains (token and rule scopes), database_url, spool_dir (raw copies,
+previews), broker.* (retries, releases, digests, queue figures), smtp.hostname (the
+self-signed certificate's name, the digests' sender), log_level, env.
+connects to: the database, RabbitMQ and the webhooks' URLs; listens for HTTPS on api.listen
+(the REST API, and the quarantine web page under /ui/; an access log line per request, without
+secrets)."""
 
 
 if __name__ == "__main__":

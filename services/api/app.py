@@ -13,6 +13,7 @@ import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 import asyncpg
 from fastapi import FastAPI, Request
@@ -27,16 +28,20 @@ from moat import __version__
 from moat.broker import Broker
 from moat.repository import Repository
 from moat.sender_rules import SenderRuleStore
+from moat.services import every
 from moat.settings import Settings
 from moat.spool import MessageStore
 from services.api.audit import AuditLog
 from services.api.auth import TokenStore
 from services.api.deps import get_caller, require_admin, require_staff, require_writer
+from services.api.digests import Digests
+from services.api.links import Links
 from services.api.middleware import ApiMetrics, BodyLimit, CountRequests, RefuseNul
 from services.api.problems import PROBLEM, install_openapi, problem, unavailable
 from services.api.quarantine import Quarantine, Refused
 from services.api.routes import (
     audit,
+    digests,
     feedback,
     health,
     messages,
@@ -44,7 +49,12 @@ from services.api.routes import (
     senders,
     stats,
     tokens,
+    webhooks,
 )
+from services.api.signing import load_signing_key
+from services.api.ui.pages import create_ui, make_templates
+from services.api.ui.sessions import Sessions
+from services.api.webhooks import Webhooks
 
 __all__ = ["PROBLEM", "create_app", "problem"]
 
@@ -77,15 +87,35 @@ def allowed_methods(app: FastAPI, request: Request) -> list[str]:
     return sorted(methods)
 
 
-def create_app(settings: Settings, repository: Repository, broker: Broker) -> FastAPI:
+def create_app(
+    settings: Settings, repository: Repository, broker: Broker, signing_key: bytes | None = None
+) -> FastAPI:
+    """The API; ``signing_key`` defaults to the settings' (``load_signing_key``: outside dev
+    the API does not start without one)."""
+    key = signing_key if signing_key is not None else load_signing_key(settings)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Reads need no broker: serve them at once and connect in the background.
         connecting = asyncio.create_task(broker.connect())
+        jobs = [
+            asyncio.create_task(app.state.webhooks.run()),
+            asyncio.create_task(every(3600, housekeeping, "api housekeeping")),
+        ]
+        if settings.digest.interval > 0:
+            jobs.append(asyncio.create_task(app.state.digests.periodic()))
         yield
-        connecting.cancel()
+        for job in [connecting, *jobs]:
+            job.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
         await broker.close()
         await repository.close()
+
+    async def housekeeping() -> None:
+        # A used nonce matters only while its link or session could still be presented.
+        keep = max(settings.digest.link_ttl, settings.api.session_ttl) + 24 * 3600
+        await links.prune(timedelta(seconds=keep))
+        await app.state.webhooks.prune()
 
     app = FastAPI(title="Moat", version=__version__, lifespan=lifespan)
     app.state.settings = settings
@@ -94,9 +124,31 @@ def create_app(settings: Settings, repository: Repository, broker: Broker) -> Fa
     app.state.tokens = TokenStore(repository.engine)
     app.state.audit = AuditLog(repository.engine)
     app.state.sender_rules = SenderRuleStore(repository.engine)
-    app.state.store = MessageStore(settings.spool_dir)
-    app.state.quarantine = Quarantine(
-        repository, app.state.store, broker, app.state.audit, settings
+    app.state.store = store = MessageStore(settings.spool_dir)
+    app.state.quarantine = Quarantine(repository, store, broker, app.state.audit, settings)
+    templates = make_templates()
+    links = Links(key, repository.engine, settings.api.base_url)
+    app.state.webhooks = Webhooks(repository.engine, settings.webhooks)
+    app.state.digests = Digests(repository, store, broker, links, templates, settings)
+    sessions = Sessions(
+        key,
+        app.state.tokens,
+        links,
+        settings.admin_token.get_secret_value(),
+        settings.api.session_ttl,
+    )
+    app.mount(
+        "/ui",
+        create_ui(
+            settings,
+            store,
+            app.state.quarantine,
+            app.state.tokens,
+            links,
+            sessions,
+            app.state.audit,
+            templates,
+        ),
     )
     app.state.metrics = ApiMetrics()
     # The last added runs first: every request is counted, a 413 too.
@@ -151,6 +203,8 @@ def create_app(settings: Settings, repository: Repository, broker: Broker) -> Fa
     app.include_router(stats.router)
     app.include_router(audit.router)
     app.include_router(tokens.router)
+    app.include_router(webhooks.router)
+    app.include_router(digests.router)
     app.include_router(release_requests.router)
     install_openapi(
         app,

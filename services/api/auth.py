@@ -156,6 +156,19 @@ class TokenStore:
                 )
         return Principal(Role(row.role), row.name, row.id, row.scope)
 
+    async def principal(self, token_id: str) -> Principal | None:
+        """The principal of a token known by id (a web session keeps the id, never the
+        secret); None once it is revoked or expired, which ends such sessions at once."""
+        async with self.reader.connect() as conn:
+            row = (
+                await conn.execute(select(api_tokens).where(api_tokens.c.id == token_id))
+            ).first()
+        if row is None or row.revoked_at is not None:
+            return None
+        if row.expires_at is not None and row.expires_at <= db_now():
+            return None
+        return Principal(Role(row.role), row.name, row.id, row.scope)
+
     async def list(self) -> list[TokenRecord]:
         async with self.reader.connect() as conn:
             rows = await conn.execute(select(api_tokens).order_by(api_tokens.c.id.desc()))

@@ -1,7 +1,8 @@
 """schemathesis against the schema the running API serves, over real HTTPS: every check it has,
 once with the admin token and once with a user's token. No 5xx, no status, media type, header
 or body outside the schema, invalid input refused, valid input accepted, no way in without a
-token. Bounded: a few examples per operation, a time budget per run."""
+token. Bounded: a few examples per operation, a time budget per run. Registering a webhook is
+left out (it would make the dispatcher POST to generated addresses); test_webhooks.py has it."""
 
 from __future__ import annotations
 
@@ -45,6 +46,12 @@ def schemathesis(gateway: Gateway, secret: str) -> subprocess.CompletedProcess[s
             "--request-timeout",
             "10",
             "--no-color",
+            # Registering fuzzed webhook URLs would have the dispatcher POST events (the
+            # digests this run sends make some) to whatever address was generated, not only
+            # loopback: tests/e2e/test_webhooks.py covers this operation against its own
+            # receiver instead.
+            "--exclude-operation-id",
+            "create_webhook_v1_webhooks_post",
         ],
         capture_output=True,
         text=True,

@@ -1,0 +1,1 @@
+"""The quarantine web page for people (``/ui/``): see ``pages.py``."""
