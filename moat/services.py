@@ -40,11 +40,50 @@ async def build(settings: Settings, *, connect_broker: bool = True) -> Component
     return Components(settings, repository, store, broker)
 
 
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` says a dependency is away (the database, the broker, the network), not
+    that our code is wrong: worth a line in the log, not a traceback."""
+    import sqlite3
+
+    import asyncpg.exceptions as pg
+    from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+
+    from moat.broker import PublishError
+
+    outages = (
+        OperationalError,
+        InterfaceError,
+        DisconnectionError,
+        PublishError,
+        OSError,
+        sqlite3.OperationalError,
+        # asyncpg raises these as they are while a pool connects (SQLAlchemy wraps the rest).
+        pg.InterfaceError,
+        pg.PostgresConnectionError,
+        pg.InvalidCatalogNameError,
+        pg.CannotConnectNowError,
+        pg.OperatorInterventionError,
+        pg.InvalidAuthorizationSpecificationError,
+    )
+    if isinstance(exc, outages):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def log_failure(logger: logging.Logger, what: str, exc: Exception) -> None:
+    """A background job's failure: one line for an outage, the traceback for anything else."""
+    if is_outage(exc):
+        cause = getattr(exc, "orig", None) or exc
+        logger.warning("%s: %s: %s", what, type(cause).__name__, cause)
+    else:
+        logger.error(what, exc_info=exc)
+
+
 async def every(interval: float, job: Callable[[], Awaitable[None]], name: str) -> None:
     """Run ``job`` forever, ``interval`` seconds apart; a failing run is logged, not fatal."""
     while True:
         await asyncio.sleep(interval)
         try:
             await job()
-        except Exception:
-            log.exception("%s failed; will try again in %.0fs", name, interval)
+        except Exception as exc:
+            log_failure(log, f"{name} failed; will try again in {interval:.0f}s", exc)

@@ -2,9 +2,10 @@
 
 uvicorn logs the client, the method, the path *with its query string*, and the status; never a
 header, so a bearer token cannot appear. A query string can hold one: the web page's one-click
-links carry signed tokens in their URLs, so the query string of every path under ``/links/``
-and ``/ui/`` is dropped whole, and elsewhere the value of any parameter whose name says it is a
-secret (``token``, ``key``, ``sig``...) is replaced.
+links carry signed tokens in their URLs (``/ui/link/<token>``), so that token is replaced, the
+query string of every path under ``/links/`` and ``/ui/`` is dropped whole, and elsewhere the
+value of any parameter whose name says it is a secret (``token``, ``key``, ``sig``...) is
+replaced.
 """
 
 from __future__ import annotations
@@ -20,8 +21,15 @@ _SECRET_PARAMETER = re.compile(
 )
 
 
+# Paths whose last part is itself a secret: a digest's one-click link is /ui/link/<token>.
+_SECRET_IN_PATH = ("/ui/link/",)
+
+
 def redact(path: str) -> str:
     """``path`` (with its query string) as the access log may show it."""
+    for prefix in _SECRET_IN_PATH:
+        if path.startswith(prefix) and len(path) > len(prefix):
+            return prefix + REDACTED
     bare, mark, query = path.partition("?")
     if not mark:
         return path

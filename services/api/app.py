@@ -148,6 +148,7 @@ def create_app(
             sessions,
             app.state.audit,
             templates,
+            app.state.sender_rules,
         ),
     )
     app.state.metrics = ApiMetrics()

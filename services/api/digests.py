@@ -30,6 +30,7 @@ from moat.db import db_now, messages, recipients
 from moat.model import DeliveryRequest, MessageStatus, RecipientStatus, new_message_id
 from moat.notices import compose
 from moat.repository import NewMessage, Repository
+from moat.services import log_failure
 from moat.settings import Settings
 from moat.spool import MessageStore
 from moat.topology import DELIVER
@@ -204,5 +205,7 @@ class Digests:
             await asyncio.sleep(next_run(now, interval, offset) - now)
             try:
                 await self.run()
-            except Exception:
-                log.exception("the digest run failed; the next one tells what this one did not")
+            except Exception as exc:
+                log_failure(
+                    log, "the digest run failed; the next one tells what this one did not", exc
+                )

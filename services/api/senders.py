@@ -1,92 +1,73 @@
-"""Allow and block rules written from the web page and from digest links: one small function
-over the ``sender_rules`` table (the REST sender lists use the same table), so both write the
-same rows.
+"""Listing a quarantined message's sender, allowed or blocked: one function for the REST route
+(``POST /v1/messages/{id}/block-sender``, ``.../allow-sender``), the web page's buttons and a
+digest's one-click block link, so each writes the same rules.
 
-A rule from a quarantined message is for the envelope sender (``MAIL FROM``: what Moat records
-as the message's sender), scoped to the recipient who asked, or to their domain for a domain
-token, or global for an administrator. Writing a rule that exists with the other action turns
-it over (block becomes allow), so one sender has one rule per scope.
+The rule is for the envelope sender (``MAIL FROM``: what Moat records as the message's sender),
+or its domain, and it is set for each recipient of the message the caller acts for: a user for
+their own address, a domain token for its domain's recipients, an administrator for every
+recipient. The null sender (bounces, automatic notices) matches no rule and cannot be listed.
+Setting a rule where one exists for that sender and recipient turns it over (block becomes
+allow): one sender, one rule per scope.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
-from sqlalchemy import insert, select, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from moat.db import db_now, sender_rules
-from moat.model import new_message_id
-from services.api.auth import Principal, Role
-
-RuleAction = Literal["allow", "block"]
-
-
-@dataclass(frozen=True)
-class Rule:
-    id: str
-    action: RuleAction
-    sender: str
-    scope_kind: str  # recipient | domain | global
-    scope: str
+from moat.repository import MessageRecord
+from moat.sender_rules import (
+    RuleAction,
+    ScopeKind,
+    SenderRule,
+    SenderRuleStore,
+    domain_of,
+    normalise_sender,
+)
+from moat.settings import Settings
+from services.api.audit import AuditLog
+from services.api.auth import Principal
+from services.api.quarantine import Refused
 
 
-def scope_for(caller: Principal, recipient: str) -> tuple[str, str]:
-    """Whose rule it is: the recipient's own, the domain's for a domain token, everyone's for
-    an administrator."""
-    if caller.role == Role.DOMAIN and caller.scope:
-        return "domain", caller.scope
-    if caller.is_admin:
-        return "global", ""
-    return "recipient", recipient.lower()
-
-
-async def set_rule(
-    engine: AsyncEngine,
+async def list_message_sender(
+    caller: Principal,
+    record: MessageRecord,
     action: RuleAction,
-    sender: str,
-    scope_kind: str,
-    scope: str,
-    created_by: str,
+    rules: SenderRuleStore,
+    audit: AuditLog,
+    settings: Settings,
+    *,
+    whole_domain: bool = False,
     note: str = "",
-) -> Rule:
-    """Write a rule (or turn an existing one for the same sender and scope over)."""
-    sender = sender.strip().lower()
-    where = (
-        sender_rules.c.scope_kind == scope_kind,
-        sender_rules.c.scope == scope,
-        sender_rules.c.sender == sender,
+) -> list[SenderRule]:
+    """Allow or block ``record``'s sender for the caller's recipients of it; the rules set."""
+    if not caller.may_change:
+        raise Refused(403, "a reader token cannot change anything")
+    if not record.mail_from:
+        raise Refused(
+            422,
+            "the message has the null sender (a bounce or an automatic notice): there is no "
+            "sender to list; bounces are never matched by a rule",
+        )
+    sender = normalise_sender(record.mail_from)
+    if sender is None:
+        raise Refused(422, f"the sender {record.mail_from!r} cannot be listed")
+    if whole_domain:
+        sender = domain_of(sender)
+    recipients = sorted(
+        {
+            r.address.lower()
+            for r in record.recipients
+            if caller.covers(r.address) and settings.relay_for(domain_of(r.address)) is not None
+        }
     )
-    for _ in range(2):  # a concurrent insert of the same rule: the second round updates it
-        rule_id = new_message_id()
-        try:
-            async with engine.begin() as conn:
-                existing = (await conn.execute(select(sender_rules.c.id).where(*where))).scalar()
-                if existing is not None:
-                    rule_id = existing
-                    await conn.execute(
-                        update(sender_rules)
-                        .where(sender_rules.c.id == existing)
-                        .values(
-                            action=action, created_by=created_by, created_at=db_now(), note=note
-                        )
-                    )
-                else:
-                    await conn.execute(
-                        insert(sender_rules).values(
-                            id=rule_id,
-                            action=action,
-                            sender=sender,
-                            scope_kind=scope_kind,
-                            scope=scope,
-                            created_at=db_now(),
-                            created_by=created_by,
-                            note=note,
-                        )
-                    )
-        except IntegrityError:
-            continue
-        return Rule(rule_id, action, sender, scope_kind, scope)
-    raise RuntimeError("sender rule kept changing under us")
+    if not recipients:
+        raise Refused(422, "none of the message's recipients is in a domain Moat protects")
+    listed = []
+    for recipient in recipients:
+        rule, _ = await rules.put(
+            action, sender, ScopeKind.RECIPIENT, recipient, caller.actor, note
+        )
+        await audit.record(
+            caller, f"sender_{action}ed", record.id, f"{rule.describe()} ({rule.id})"
+        )
+        listed.append(rule)
+    return listed

@@ -50,6 +50,7 @@ from moat.db import (
     webhooks,
 )
 from moat.model import new_message_id
+from moat.services import log_failure
 from moat.settings import WebhookSettings
 
 log = logging.getLogger("api")
@@ -211,8 +212,8 @@ class Webhooks:
                         pass
                     while await self.deliver_due(client) >= DELIVERY_BATCH:
                         pass
-                except Exception:
-                    log.exception("webhook dispatch failed; trying again shortly")
+                except Exception as exc:
+                    log_failure(log, "webhook dispatch failed; trying again shortly", exc)
                 await asyncio.sleep(self.settings.poll_interval)
 
     async def fan_out(self) -> int:

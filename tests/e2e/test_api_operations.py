@@ -285,8 +285,9 @@ def test_bodies_over_the_limit_are_refused_before_they_are_read(gateway: Gateway
 
 
 def test_the_access_log_has_a_line_per_request_and_no_secret(gateway: Gateway, token: str) -> None:
-    secrets = [f"link-{token}", f"ui-{token}", f"key-{token}"]
+    secrets = [f"link-{token}", f"ui-{token}", f"key-{token}", f"oneclick-{token}"]
     with gateway.http() as http:
+        http.get(f"/ui/link/{secrets[3]}")  # a digest's one-click link: the token is the path
         http.get(f"/links/release/abc?token={secrets[0]}&x=1")
         http.get(f"/ui/?t={secrets[1]}")
         http.get(f"/healthz?api_key={secrets[2]}&probe={token}")
@@ -301,6 +302,7 @@ def test_the_access_log_has_a_line_per_request_and_no_secret(gateway: Gateway, t
     for secret in [*secrets, gateway.token]:
         assert secret not in log
     assert '"GET /links/release/abc?[redacted] HTTP/1.1" 404' in log
+    assert '"GET /ui/link/[redacted] HTTP/1.1"' in log
     assert f"/healthz?api_key=[redacted]&probe={token} HTTP/1.1" in log
 
 

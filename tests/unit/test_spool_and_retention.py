@@ -216,3 +216,26 @@ def test_records_with_release_requests_are_removed_with_them(tmp_path: Path) -> 
             await world.repository.close()
 
     asyncio.run(scenario())
+
+
+def test_background_jobs_log_an_outage_in_one_line_and_a_bug_with_its_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from moat.services import is_outage, log_failure
+
+    logger = logging.getLogger("test.jobs")
+    outage = OperationalError("SELECT 1", {}, sqlite3.OperationalError("database is locked"))
+    assert is_outage(outage) and is_outage(ConnectionRefusedError(111, "refused"))
+    assert not is_outage(KeyError("bug"))
+    with caplog.at_level(logging.WARNING, logger="test.jobs"):
+        log_failure(logger, "sweep failed", outage)
+        log_failure(logger, "sweep failed", KeyError("bug"))
+    [first, second] = caplog.records
+    assert first.levelname == "WARNING" and first.exc_info is None
+    assert "database is locked" in first.getMessage()
+    assert second.levelname == "ERROR" and second.exc_info is not None

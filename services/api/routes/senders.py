@@ -45,6 +45,7 @@ from services.api.deps import (
     visible_message,
 )
 from services.api.models import UtcDateTime
+from services.api.senders import list_message_sender
 
 router = APIRouter(prefix="/v1/senders", tags=["senders"])
 message_router = APIRouter(prefix="/v1/messages", tags=["senders"])
@@ -265,36 +266,17 @@ async def _from_message(
 ) -> SenderRulesSet:
     record = await visible_message(repository, caller, message_id, with_history=False)
     body = body or SenderFromMessage()
-    if not record.mail_from:
-        raise HTTPException(
-            422,
-            "the message has the null sender (a bounce or an automatic notice): there is no "
-            "sender to list; bounces are never matched by a rule",
-        )
-    sender = normalise_sender(record.mail_from)
-    if sender is None:
-        raise HTTPException(422, f"the sender {record.mail_from!r} cannot be listed")
-    if body.whole_domain:
-        sender = domain_of(sender)
-    recipients = sorted(
-        {
-            r.address.lower()
-            for r in record.recipients
-            if caller.covers(r.address) and settings.relay_for(domain_of(r.address)) is not None
-        }
+    listed = await list_message_sender(
+        caller,
+        record,
+        action,
+        rules,
+        audit,
+        settings,
+        whole_domain=body.whole_domain,
+        note=body.note,
     )
-    if not recipients:
-        raise HTTPException(422, "none of the message's recipients is in a domain Moat protects")
-    set_rules = []
-    for recipient in recipients:
-        rule, _ = await rules.put(
-            action, sender, ScopeKind.RECIPIENT, recipient, caller.actor, body.note
-        )
-        await audit.record(
-            caller, f"sender_{action}ed", message_id, f"{rule.describe()} ({rule.id})"
-        )
-        set_rules.append(public(rule))
-    return SenderRulesSet(count=len(set_rules), rules=set_rules)
+    return SenderRulesSet(count=len(listed), rules=[public(rule) for rule in listed])
 
 
 @message_router.post("/{message_id}/block-sender", response_model=SenderRulesSet)

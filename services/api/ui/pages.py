@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from moat.mime import MainHeaders, preview
 from moat.repository import MessageRecord
+from moat.sender_rules import RuleAction, SenderRuleStore
 from moat.settings import Settings
 from moat.spool import MessageStore
 from services.api.audit import AuditLog
@@ -35,7 +36,7 @@ from services.api.auth import BOOTSTRAP_ADMIN, Principal, Role, TokenStore
 from services.api.held import entry_of, held_page
 from services.api.links import Action, Link, LinkRefused, Links, Refusal
 from services.api.quarantine import Quarantine, Refused, held_for, may_release
-from services.api.senders import RuleAction, scope_for, set_rule
+from services.api.senders import list_message_sender
 from services.api.ui.sessions import CSRF_COOKIE, SESSION_COOKIE, Session, Sessions, link_principal
 
 log = logging.getLogger("api")
@@ -155,6 +156,7 @@ def create_ui(
     sessions: Sessions,
     audit: AuditLog,
     templates: Environment,
+    sender_rules: SenderRuleStore,
 ) -> FastAPI:
     """The web page, an application of its own mounted at ``/ui`` (not in the API's schema:
     it answers HTML, not problem details)."""
@@ -340,32 +342,18 @@ def create_ui(
                 await quarantine.delete(caller, message_id)
                 return redirect("/ui/?done=deleted")
             record = await quarantine.visible(caller, message_id)
-            recipient = caller.scope if caller.role == Role.USER and caller.scope else ""
-            await sender_rule(caller, record, "block" if action == "block" else "allow", recipient)
+            await list_message_sender(
+                caller,
+                record,
+                RuleAction.BLOCK if action == "block" else RuleAction.ALLOW,
+                sender_rules,
+                audit,
+                settings,
+                note=f"from quarantined message {record.id}",
+            )
             return redirect(f"/ui/messages/{message_id}?done={action}ed")
         except Refused as refused:
             return v.problem(refused.status, refused.detail, nothing_done=True)
-
-    async def sender_rule(
-        caller: Principal, record: MessageRecord, action: RuleAction, recipient: str
-    ) -> None:
-        if not caller.may_change:
-            raise Refused(403, "A reader cannot change anything.")
-        if not record.mail_from:
-            raise Refused(409, "This message has no sender to block or allow (the null sender).")
-        kind, scope = scope_for(caller, recipient)
-        rule = await set_rule(
-            engine,
-            action,
-            record.mail_from,
-            kind,
-            scope,
-            caller.actor,
-            note=f"from quarantined message {record.id}",
-        )
-        await audit.record(
-            caller, f"sender_{action}ed", record.id, f"{rule.sender} for {kind} {scope}".rstrip()
-        )
 
     # --- one-click links (digests) ---
 
@@ -478,7 +466,15 @@ def create_ui(
                 heading, detail = "Deleted", "The message is deleted."
             else:
                 assert record is not None
-                await sender_rule(principal, record, "block", link.recipient)
+                await list_message_sender(
+                    principal,
+                    record,
+                    RuleAction.BLOCK,
+                    sender_rules,
+                    audit,
+                    settings,
+                    note=f"from a digest link for message {record.id}",
+                )
                 heading = "Sender blocked"
                 detail = f"Mail from {record.mail_from} to {link.recipient} will be held."
         except Refused as refused:
