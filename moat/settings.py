@@ -63,6 +63,33 @@ class SmtpSettings(BaseModel):
     max_recipients: int = 100
     max_received_headers: int = 50
     idle_timeout: float = 300.0
+    # Client networks (CIDR) that may relay to any domain and are exempt from session limits.
+    # Empty by default: not even loopback is trusted unless listed.
+    trusted_networks: list[str] = []
+
+    @field_validator("trusted_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"not a network (CIDR): {network!r}") from None
+        return value
+
+    def trusts(self, address: str) -> bool:
+        """Whether the client ``address`` is in one of ``trusted_networks``."""
+        import ipaddress
+
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(
+            ip in ipaddress.ip_network(network, strict=False) for network in self.trusted_networks
+        )
 
 
 class ApiSettings(BaseModel):

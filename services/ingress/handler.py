@@ -295,7 +295,7 @@ class IngressHandler:
         message_id = new_message_id()
         data = strip_forged_headers(data, self.settings.smtp.hostname)
         raw = self._received_header(session, envelope, message_id) + data
-        client_address = str(session.peer[0]) if session.peer else ""
+        client_address = client_ip(session)
         stored = recorded = False
         try:
             await self.store.write(message_id, raw)
@@ -376,7 +376,7 @@ class IngressHandler:
 
     def _received_header(self, session: Session, envelope: Envelope, message_id: str) -> bytes:
         helo = _printable(session.host_name or "unknown")
-        peer = session.peer[0] if session.peer else "unknown"
+        peer = client_ip(session) or "unknown"
         protocol = "ESMTP" if session.extended_smtp else "SMTP"
         if envelope.smtp_utf8:
             protocol = "UTF8SMTP"
@@ -419,6 +419,16 @@ class QueuedMarker:
             log.exception(
                 "could not mark %d messages queued; the sweep will republish them", len(batch)
             )
+
+
+def client_ip(session: Session) -> str:
+    """The client's IP address as every rule and record should see it ("" if unknown). One
+    place, so that a front end passing the real client on (the PROXY protocol) changes it for
+    the limits, SPF, the logs and our Received: line alike."""
+    peer = session.peer
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return str(peer) if peer else ""
 
 
 def _declared_size(mail_options: list[str]) -> int:
