@@ -10,12 +10,14 @@ import logging
 from datetime import timedelta
 
 from moat import runtime
+from moat.counters import build_store
 from moat.model import ScanRequest
 from moat.sender_rules import CachedRules, SenderRuleStore
 from moat.services import build, every
 from moat.settings import Settings, load_settings, split_host_port
 from moat.topology import SCAN
 from services.ingress.handler import IngressHandler, QueuedMarker, Sessions, smtp_factory
+from services.ingress.limits import Greylist, SessionLimits
 
 log = logging.getLogger("ingress")
 
@@ -31,8 +33,22 @@ async def main(settings: Settings) -> None:
         sender_rules = CachedRules(
             SenderRuleStore(parts.repository.engine), settings.scanner.sender_lists.poll_interval
         )
+    counters = build_store(
+        settings.limits.redis_url, settings.limits.redis_prefix, settings.limits.redis_retry
+    )
+    limits = SessionLimits(settings.limits, settings.smtp, counters)
+    greylist = None
+    if any(settings.greylists(domain) for domain in settings.domains):
+        greylist = Greylist(settings.greylist, counters)
     handler = IngressHandler(
-        settings, parts.repository, parts.store, parts.broker, confirmed, sender_rules
+        settings,
+        parts.repository,
+        parts.store,
+        parts.broker,
+        confirmed,
+        sender_rules,
+        limits,
+        greylist,
     )
 
     async def republish_unconfirmed() -> None:
@@ -51,7 +67,7 @@ async def main(settings: Settings) -> None:
     host, port = split_host_port(settings.smtp.listen)
     loop = asyncio.get_running_loop()
     sessions = Sessions()
-    server = await loop.create_server(smtp_factory(settings, handler, sessions), host, port)
+    server = await loop.create_server(smtp_factory(settings, handler, sessions, limits), host, port)
     log.info("SMTP listening on %s:%d for %d domain(s)", host, port, len(settings.domains))
     tasks = [
         asyncio.create_task(confirmed.run()),
@@ -69,15 +85,18 @@ async def main(settings: Settings) -> None:
         for task in tasks:
             task.cancel()
         await confirmed.flush()
+        await counters.close()
         await parts.close()
 
 
 READS = """\
 reads: smtp.* (listen, hostname, limits), domains (the protected domains; any other recipient
 is refused), scanner.sender_lists (block_action: reject refuses blocked senders at RCPT; the
-rules are read from the database), ingress.* (the sweep), spool_min_free, database_url,
-spool_dir, broker.*, shutdown_timeout, log_level, env.
-connects to: the database and RabbitMQ; listens for SMTP on smtp.listen."""
+rules are read from the database), ingress.* (the sweep), limits.* and greylist.* (per client
+limits, greylisting; Redis if limits.redis_url), spool_min_free, database_url, spool_dir,
+broker.*, shutdown_timeout, log_level, env.
+connects to: the database, RabbitMQ and Redis (limits.redis_url, if set); listens for SMTP
+on smtp.listen."""
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from moat.sender_rules import CachedRules, RuleAction
 from moat.settings import Settings
 from moat.spool import MessageStore
 from moat.topology import SCAN
+from services.ingress.limits import Greylist, LimitedSMTP, SessionLimits
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ class Sessions:
                     session.transport.close()
 
 
-class MoatSMTP(SMTP):
+class MoatSMTP(LimitedSMTP):
     """aiosmtpd's protocol, with an enhanced status code (RFC 3463) on every reply, and a
     polite end when the service stops (see ``Sessions``)."""
 
@@ -136,9 +137,22 @@ class MoatSMTP(SMTP):
     _in_data = False
     _draining = False
 
-    def __init__(self, handler: Any, sessions: Sessions, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        handler: Any,
+        sessions: Sessions,
+        limits: SessionLimits | None = None,
+        proxy_timeout: float | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(handler, **kwargs)
         self.sessions = sessions
+        self.limits = limits
+        self.proxy_timeout = proxy_timeout
+
+    def client_address(self) -> str:
+        assert self.session is not None
+        return client_ip(self.session)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -213,6 +227,8 @@ class IngressHandler:
         broker: Broker,
         confirmed: QueuedMarker,
         sender_rules: CachedRules | None = None,
+        limits: SessionLimits | None = None,
+        greylist: Greylist | None = None,
     ) -> None:
         self.settings = settings
         self.repository = repository
@@ -221,6 +237,8 @@ class IngressHandler:
         self.confirmed = confirmed
         # Only with block_action: reject somewhere; else the scanner alone applies the lists.
         self.sender_rules = sender_rules
+        self.limits = limits
+        self.greylist = greylist
 
     async def handle_EHLO(
         self,
@@ -245,6 +263,8 @@ class IngressHandler:
         if not self._room_for(_declared_size(mail_options)):
             log.warning("spool space low: MAIL from %s refused with 452 4.3.1", session.peer)
             return replies.INSUFFICIENT_STORAGE
+        if self.limits and not await self.limits.allow_message(client_ip(session)):
+            return replies.TOO_MUCH_MAIL
         # Without SMTPUTF8 the transaction is ASCII (RFC 6531 3.4): such an address could be
         # neither relayed nor sent a DSN, so taking it would only move the failure out of
         # sight. aiosmtpd has already read the SMTPUTF8 parameter into the envelope.
@@ -270,6 +290,8 @@ class IngressHandler:
             return replies.SMTPUTF8_REQUIRED
         if not is_mailbox(address):
             return replies.BAD_RECIPIENT_SYNTAX
+        if self.limits and not await self.limits.allow_recipient(client_ip(session)):
+            return replies.TOO_MANY_RECIPIENTS_RATE
         domain = address.rpartition("@")[2]
         if self.settings.relay_for(domain) is None:
             log.info("relay denied: %s -> %s from %s", envelope.mail_from, address, session.peer)
@@ -279,6 +301,8 @@ class IngressHandler:
         if await self._sender_blocked(_reverse_path(envelope), address, domain):
             log.info("sender blocked: %s -> %s from %s", envelope.mail_from, address, session.peer)
             return replies.SENDER_BLOCKED
+        if await self._greylisted(session, envelope, address, domain):
+            return replies.GREYLISTED
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return replies.RECIPIENT_OK
@@ -321,6 +345,8 @@ class IngressHandler:
                 return replies.INSUFFICIENT_STORAGE
             return replies.TEMPORARY_FAILURE
         self.confirmed.add(message_id)
+        if isinstance(server, LimitedSMTP):
+            server.message_delivered()
         log.info(
             "queued %s from=<%s> to=%d size=%d client=%s",
             message_id,
@@ -346,6 +372,16 @@ class IngressHandler:
             return False
         rule = rules.applicable(sender, recipient)
         return rule is not None and rule.action == RuleAction.BLOCK
+
+    async def _greylisted(
+        self, session: Session, envelope: Envelope, address: str, domain: str
+    ) -> bool:
+        if self.greylist is None or not self.settings.greylists(domain):
+            return False
+        ip = client_ip(session)
+        if not ip or self.settings.smtp.trusts(ip) or session.authenticated:
+            return False
+        return not await self.greylist.admits(ip, _reverse_path(envelope), address)
 
     def _room_for(self, size: int) -> bool:
         """Whether the spool has room for a message of ``size`` bytes (0: not declared) and
@@ -425,6 +461,9 @@ def client_ip(session: Session) -> str:
     """The client's IP address as every rule and record should see it ("" if unknown). One
     place, so that a front end passing the real client on (the PROXY protocol) changes it for
     the limits, SPF, the logs and our Received: line alike."""
+    proxy = session.proxy_data
+    if proxy and proxy.src_addr is not None:  # not a PROXY v2 LOCAL (the balancer's own check)
+        return str(proxy.src_addr)
     peer = session.peer
     if isinstance(peer, tuple) and peer:
         return str(peer[0])
@@ -450,11 +489,20 @@ def _printable(text: str) -> str:
     return _UNSAFE_IN_HEADER.sub("?", text)[:255]
 
 
-def smtp_factory(settings: Settings, handler: IngressHandler, sessions: Sessions) -> Any:
+def smtp_factory(
+    settings: Settings,
+    handler: IngressHandler,
+    sessions: Sessions,
+    limits: SessionLimits | None = None,
+) -> Any:
+    proxy_timeout = settings.smtp.proxy_protocol_timeout if settings.smtp.proxy_protocol else None
+
     def make() -> MoatSMTP:
         return MoatSMTP(
             handler,
             sessions,
+            limits,
+            proxy_timeout,
             hostname=settings.smtp.hostname,
             ident="Moat ESMTP",
             data_size_limit=settings.smtp.max_message_size,
