@@ -11,6 +11,7 @@ import hashlib
 import ipaddress
 import logging
 import time
+from collections.abc import Callable
 from typing import AnyStr
 
 from aiosmtpd.proxy_protocol import get_proxy
@@ -125,7 +126,10 @@ class Greylist:
     from another address of its pool."""
 
     def __init__(
-        self, settings: GreylistSettings, store: CounterStore, clock: object = time.time
+        self,
+        settings: GreylistSettings,
+        store: CounterStore,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -145,7 +149,7 @@ class Greylist:
             return True
         triplet = "\0".join((network, sender.lower(), recipient.lower())).encode()
         key = "grey:t:" + hashlib.sha256(triplet).hexdigest()[:32]
-        now: float = self._clock()  # type: ignore[operator]
+        now = self._clock()
         if await self.store.put(key, repr(now), self.settings.retry_window, only_new=True):
             log.info("greylisted: %s from=<%s> to=<%s> (first attempt)", ip, sender, recipient)
             return False
