@@ -98,3 +98,16 @@ def test_limits_count_the_proxied_address(make_gateway: Callable[..., Gateway]) 
             assert second.reply() == (421, b"4.7.0 Too many connections from your address")
         with Client(port, preamble=proxy_v1("198.51.100.2")) as other:  # same socket source
             assert other.greeting is not None and other.greeting[0] == 220
+
+
+def test_a_v2_local_header_uses_the_connection_address(
+    make_gateway: Callable[..., Gateway],
+) -> None:
+    """The balancer's own health check (v2 LOCAL, no addresses) is served as itself."""
+    gateway = proxied_ingress(make_gateway, limits={"greet_pause": 0})
+    local = V2_SIGNATURE + bytes([0x20, 0x00]) + struct.pack("!H", 0)
+    with Client(gateway.smtp_port, preamble=local, source="127.0.0.5") as client:
+        assert client.greeting is not None and client.greeting[0] == 220
+        message_id = _queued(client.send("alice@outside.test", "bob@example.test"))
+    [stored] = (gateway.workdir / "spool").rglob(f"{message_id}*")
+    assert stored.read_bytes().startswith(b"Received: from client.test ([127.0.0.5])")
