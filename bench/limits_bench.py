@@ -10,7 +10,7 @@ scripts/ensure-redis.sh)::
 Two measures, each with the limits off, counted in the process, and counted in Redis:
 
 * ``ops``: the limit calls of one session (connection count in and out, the greet-pause
-  look-up, one MAIL and one RCPT rate count) awaited one after another: their own cost;
+  look-up, one MAIL and one RCPT rate count) awaited as ingress does: their own cost;
 * ``smtp``: whole sessions (greeting, EHLO, MAIL, RCPT, DATA, QUIT) from C concurrent clients
   against Moat's SMTP protocol class in a child process, with a handler that stores nothing
   (the limits' share of a session, without the spool, database and broker of the real one).
@@ -65,9 +65,8 @@ async def ops_per_session(mode: str, redis_url: str, sessions: int) -> list[floa
     for _ in range(sessions):
         started = time.perf_counter()
         if limits:
-            member = await limits.connect(ip)
-            assert member is not None
-            assert not await limits.needs_greet_pause(ip)
+            member, pause = await asyncio.gather(limits.connect(ip), limits.needs_greet_pause(ip))
+            assert member is not None and not pause
             assert await limits.allow_message(ip)
             assert await limits.allow_recipient(ip)
             await limits.disconnect(ip, member)

@@ -227,11 +227,13 @@ class FallbackStore:
             log.debug("counter store: closing Redis: %s", error)
 
 
-def build_store(redis_url: str | None, prefix: str, retry: float = 30.0) -> CounterStore:
+def build_store(
+    redis_url: str | None, prefix: str, retry: float = 30.0, timeout: float = 0.5
+) -> CounterStore:
     """Redis (with the in-process fallback) when ``redis_url`` is set, else the process's."""
     if not redis_url:
         return MemoryStore()
-    return FallbackStore(RedisStore(redis_url, prefix), retry)
+    return FallbackStore(RedisStore(redis_url, prefix, timeout), retry)
 
 
 def new_member() -> str:

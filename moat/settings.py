@@ -580,6 +580,7 @@ class LimitsSettings(BaseModel):
     redis_url: str | None = None
     redis_prefix: str = "moat:"
     redis_retry: float = Field(default=30.0, gt=0)  # after an outage, try Redis again after
+    redis_timeout: float = Field(default=0.5, gt=0)  # a slower answer counts as an outage
     connections: int = Field(default=50, ge=0)  # smtpd_client_connection_count_limit
     messages_per_minute: int = Field(default=0, ge=0)  # smtpd_client_message_rate_limit
     recipients_per_minute: int = Field(default=0, ge=0)  # smtpd_client_recipient_rate_limit

@@ -34,7 +34,10 @@ async def main(settings: Settings) -> None:
             SenderRuleStore(parts.repository.engine), settings.scanner.sender_lists.poll_interval
         )
     counters = build_store(
-        settings.limits.redis_url, settings.limits.redis_prefix, settings.limits.redis_retry
+        settings.limits.redis_url,
+        settings.limits.redis_prefix,
+        settings.limits.redis_retry,
+        settings.limits.redis_timeout,
     )
     limits = SessionLimits(settings.limits, settings.smtp, counters)
     greylist = None
