@@ -32,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from moat.counters import CounterStore, FallbackStore, MemoryStore, RedisStore
+from moat.counters import CounterStore, FallbackStore, MemoryStore, RedisStore, new_member
 from moat.settings import LimitsSettings, SmtpSettings
 from services.ingress.handler import MoatSMTP, Sessions, client_ip
 from services.ingress.limits import SessionLimits
@@ -65,14 +65,32 @@ async def ops_per_session(mode: str, redis_url: str, sessions: int) -> list[floa
     for _ in range(sessions):
         started = time.perf_counter()
         if limits:
-            member, pause = await asyncio.gather(limits.connect(ip), limits.needs_greet_pause(ip))
-            assert member is not None and not pause
+            member = new_member()
+            admitted, pause = await asyncio.gather(
+                limits.connect(ip, member), limits.needs_greet_pause(ip)
+            )
+            assert admitted and not pause
             assert await limits.allow_message(ip)
             assert await limits.allow_recipient(ip)
             await limits.disconnect(ip, member)
         timings.append(time.perf_counter() - started)
     if store:
         await store.close()
+    return timings
+
+
+async def redis_pings(url: str, count: int) -> list[float]:
+    import redis.asyncio as redis
+
+    client = redis.Redis.from_url(url)
+    timings = []
+    try:
+        for _ in range(count):
+            started = time.perf_counter()
+            await client.ping()
+            timings.append(time.perf_counter() - started)
+    finally:
+        await client.aclose()
     return timings
 
 
@@ -234,6 +252,12 @@ def main() -> None:
         print(
             f"{mode:8} {len(milli) / elapsed[mode]:10.0f} {quantile(milli, 0.5):8.2f} "
             f"{quantile(milli, 0.99):8.2f}"
+        )
+    if "redis" in modes:
+        pings = asyncio.run(redis_pings(args.redis, 1000))
+        print(
+            f"\none Redis round trip (PING) for scale: p50 {quantile(pings, 0.5) * 1e6:.0f} us, "
+            f"p99 {quantile(pings, 0.99) * 1e6:.0f} us"
         )
     print(f"\nload average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}, {os.cpu_count()} CPUs")
 

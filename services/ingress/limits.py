@@ -36,19 +36,18 @@ class SessionLimits:
     def exempt(self, ip: str) -> bool:
         return not ip or self.smtp.trusts(ip)
 
-    async def connect(self, ip: str) -> str | None:
-        """Count a new connection from ``ip``: the name of its entry (to ``disconnect`` with),
-        or None when the client already has as many open as it may (the entry is undone)."""
-        member = new_member()
+    async def connect(self, ip: str, member: str) -> bool:
+        """Count a new connection from ``ip`` as ``member`` (to ``disconnect`` with); False
+        when the client already has as many open as it may (then it is not counted)."""
         if self.exempt(ip) or not self.settings.connections:
-            return member
+            return True
         key = f"conn:{ip}"
         count = await self.store.join(key, member, self.settings.connection_ttl)
         if count > self.settings.connections:
             await self.store.leave(key, member)
             log.warning("too many connections from %s (%d)", ip, count - 1)
-            return None
-        return member
+            return False
+        return True
 
     async def disconnect(self, ip: str, member: str) -> None:
         if self.exempt(ip) or not self.settings.connections:
@@ -218,11 +217,14 @@ class LimitedSMTP(SMTP):
             return True
         ip = self.client_address()
         self._errors = ErrorCount(self.limits.settings, self.limits.exempt(ip))
-        # Both at once: with Redis, one round trip's wait instead of two.
-        self._member, pause = await asyncio.gather(
-            self.limits.connect(ip), self.limits.needs_greet_pause(ip)
+        # Named before it is counted: a client gone in the meantime is still taken off
+        # (connection_lost). Both look-ups at once: with Redis, one round trip's wait.
+        self._member = new_member()
+        admitted, pause = await asyncio.gather(
+            self.limits.connect(ip, self._member), self.limits.needs_greet_pause(ip)
         )
-        if self._member is None:
+        if not admitted:
+            self._member = None
             await self.push(replies.TOO_MANY_CONNECTIONS)
             return False
         if pause:
