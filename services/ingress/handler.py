@@ -261,7 +261,7 @@ class IngressHandler:
         mail_options: list[str],
     ) -> str:
         if not self._room_for(_declared_size(mail_options)):
-            log.warning("spool space low: MAIL from %s refused with 452 4.3.1", session.peer)
+            log.warning("spool space low: MAIL from %s refused with 452 4.3.1", client_ip(session))
             return replies.INSUFFICIENT_STORAGE
         if self.limits and not await self.limits.allow_message(client_ip(session)):
             return replies.TOO_MUCH_MAIL
@@ -294,12 +294,16 @@ class IngressHandler:
             return replies.TOO_MANY_RECIPIENTS_RATE
         domain = address.rpartition("@")[2]
         if self.settings.relay_for(domain) is None:
-            log.info("relay denied: %s -> %s from %s", envelope.mail_from, address, session.peer)
+            log.info(
+                "relay denied: %s -> %s from %s", envelope.mail_from, address, client_ip(session)
+            )
             return replies.RELAY_DENIED.format(domain=_printable(domain))
         if len(envelope.rcpt_tos) >= self.settings.smtp.max_recipients:
             return replies.TOO_MANY_RECIPIENTS
         if await self._sender_blocked(_reverse_path(envelope), address, domain):
-            log.info("sender blocked: %s -> %s from %s", envelope.mail_from, address, session.peer)
+            log.info(
+                "sender blocked: %s -> %s from %s", envelope.mail_from, address, client_ip(session)
+            )
             return replies.SENDER_BLOCKED
         if await self._greylisted(session, envelope, address, domain):
             return replies.GREYLISTED
@@ -313,7 +317,9 @@ class IngressHandler:
         # of lines: nothing can hide behind a line break that only some of them see.
         data = normalise_line_endings(envelope.original_content or b"")
         if count_received_headers(data) > self.settings.smtp.max_received_headers:
-            log.warning("loop suspected: from=<%s> client=%s", envelope.mail_from, session.peer)
+            log.warning(
+                "loop suspected: from=<%s> client=%s", envelope.mail_from, client_ip(session)
+            )
             return replies.LOOP_DETECTED
 
         message_id = new_message_id()
@@ -339,7 +345,7 @@ class IngressHandler:
                 SCAN, ScanRequest(message_id=message_id, envelope=new.envelope)
             )
         except Exception as exc:
-            log.error("message from %s not accepted (%s): %s", session.peer, message_id, exc)
+            log.error("message from %s not accepted (%s): %s", client_ip(session), message_id, exc)
             await self._undo(message_id, stored=stored, recorded=recorded, reason=str(exc))
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 return replies.INSUFFICIENT_STORAGE

@@ -54,11 +54,16 @@ def test_the_proxied_address_is_recorded(
     with Client(gateway.smtp_port, preamble=header("203.0.113.7")) as client:
         assert client.greeting is not None and client.greeting[0] == 220
         message_id = _queued(client.send("alice@outside.test", "bob@example.test"))
+        assert client.command("MAIL FROM:<mallory@outside.test>")[0] == 250
+        assert client.command("RCPT TO:<victim@elsewhere.test>")[0] == 550
     [stored] = (gateway.workdir / "spool").rglob(f"{message_id}*")
     received = stored.read_bytes().split(b"\r\n", 1)[0]
     assert received.startswith(b"Received: from client.test ([203.0.113.7])"), received
     assert f"queued {message_id} " in gateway.log("ingress")
     assert re.search(rf"queued {message_id} .* client=203\.0\.113\.7", gateway.log("ingress"))
+    assert "relay denied: mallory@outside.test -> victim@elsewhere.test from 203.0.113.7" in (
+        gateway.log("ingress")
+    )
 
 
 def test_spf_is_checked_for_the_proxied_address(make_gateway: Callable[..., Gateway]) -> None:
