@@ -209,6 +209,14 @@ def test_a_delivered_message_starts_the_error_count_again(
         assert client.command("BOGUS")[0] == 500
         assert client.command("BOGUS")[0] == 500
         assert client.command("NOOP")[0] == 250  # two errors since the message: still here
+    with Client(gateway.smtp_port) as client:  # recipients over max_recipients are no errors
+        assert client.command("EHLO client.test")[0] == 250
+        assert client.command("MAIL FROM:<alice@outside.test>")[0] == 250
+        for i in range(10):
+            assert client.command(f"RCPT TO:<user{i}@example.test>")[0] == 250
+        for i in range(10, 15):
+            assert client.command(f"RCPT TO:<user{i}@example.test>")[0] == 452
+        assert client.command("NOOP")[0] == 250
 
 
 @pytest.mark.parametrize("store", STORES)
