@@ -60,8 +60,21 @@ class ProbeResult:
     detail: str  # for our log only: the server's reply or why none came
 
 
+_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+
+
+def canonical(address: str) -> str:
+    """The form addresses are compared and cached in: lower case, a trailing dot of the
+    domain dropped (ingress routes ``example.test.`` as ``example.test``), and quotes that
+    change nothing removed (``"alice"@`` is ``alice@``, RFC 5321 4.1.2)."""
+    local, _, domain = address.rpartition("@")
+    if len(local) >= 2 and local[0] == local[-1] == '"' and _DOT_ATOM.fullmatch(local[1:-1]):
+        local = local[1:-1]
+    return f"{local}@{domain.rstrip('.')}".lower()
+
+
 def is_postmaster(address: str) -> bool:
-    return address.rpartition("@")[0].lower() == "postmaster"
+    return canonical(address).rpartition("@")[0] == "postmaster"
 
 
 class RecipientList:
@@ -82,7 +95,7 @@ class RecipientList:
         self.patterns = re.compile("|".join(globs), re.DOTALL) if globs else None
 
     def __contains__(self, address: str) -> bool:
-        address = address.lower()
+        address = canonical(address)
         if address in self.exact:
             return True
         return self.patterns is not None and self.patterns.fullmatch(address) is not None
@@ -216,7 +229,7 @@ class RecipientVerifier:
         return reply.format(address=address) if reply else None
 
     async def callout(self, address: str, domain: str) -> Answer:
-        key = address.lower()
+        key = canonical(address)
         cached = self.cache.get(key)
         if cached is not None:
             return cached

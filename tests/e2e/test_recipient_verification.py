@@ -6,6 +6,7 @@ VRFY and EXPN answer alike for everyone; nmap's enumeration and open-relay scrip
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import subprocess
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from moat.db import create_engine
+from moat.repository import MessageRecord, Repository
 from tests.conftest import running_gateway
 from tests.harness import Gateway, Sink, free_port
 from tests.support.mailbox_server import MailboxServer, SilentServer
@@ -92,7 +95,23 @@ def test_a_message_is_accepted_for_the_known_recipients_only(gateway: Gateway) -
         )
     assert list(refused) == ["nobody@example.test"]
     assert refused["nobody@example.test"][0] == 550
-    assert client.last_queue_id  # queued: for alice alone (the envelope is what RCPT took)
+    # Queued for alice alone: nobody@ was refused in the dialogue, so no bounce for it later.
+    assert [r.address for r in stored(gateway, client.last_queue_id).recipients] == [
+        "alice@example.test"
+    ]
+
+
+def stored(gateway: Gateway, message_id: str) -> MessageRecord:
+    async def get() -> MessageRecord | None:
+        repository = Repository(create_engine(gateway.config["database_url"]))
+        try:
+            return await repository.get(message_id)
+        finally:
+            await repository.close()
+
+    record = asyncio.run(get())
+    assert record is not None, message_id
+    return record
 
 
 def test_domains_without_verification_accept_anyone_as_before(

@@ -64,6 +64,8 @@ def test_list_matches_exact_addresses_and_globs_without_case() -> None:
         "-list@example.test",  # "*" matches nothing too, as in a shell
         "tom@example.test",
         "tim@example.test",
+        "alice@example.test.",  # the trailing dot ingress ignores when it routes
+        '"alice"@example.test',  # quotes that change nothing (RFC 5321 4.1.2)
     ):
         assert address in table, address
     for address in (
@@ -74,6 +76,8 @@ def test_list_matches_exact_addresses_and_globs_without_case() -> None:
         "sales-list@other.test",
         "toom@example.test",
         "tm@example.test",
+        '"alice "@example.test',
+        '"al@ice"@example.test',
     ):
         assert address not in table, address
 
