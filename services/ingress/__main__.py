@@ -94,10 +94,11 @@ async def main(settings: Settings) -> None:
 
 READS = """\
 reads: smtp.* (listen, hostname, limits), domains (the protected domains; any other recipient
-is refused), scanner.sender_lists (block_action: reject refuses blocked senders at RCPT; the
-rules are read from the database), ingress.* (the sweep), limits.* and greylist.* (per client
-limits, greylisting; Redis if limits.redis_url), spool_min_free, database_url, spool_dir,
-broker.*, shutdown_timeout, log_level, env.
+is refused; recipients or verify: callout verify their users at RCPT), callout.*,
+scanner.sender_lists (block_action: reject refuses blocked senders at RCPT; the rules are read
+from the database), ingress.* (the sweep), limits.* and greylist.* (per client limits,
+greylisting; Redis if limits.redis_url), spool_min_free, database_url, spool_dir, broker.*,
+shutdown_timeout, log_level, env.
 connects to: the database, RabbitMQ and Redis (limits.redis_url, if set); listens for SMTP
 on smtp.listen."""
 
