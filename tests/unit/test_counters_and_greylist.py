@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from moat.counters import FallbackStore, MemoryStore, RedisStore
-from moat.settings import GreylistSettings
+from moat.settings import GreylistSettings, Settings
 from services.ingress.limits import Greylist
 from tests.harness import ROOT, free_port
 
@@ -141,3 +141,23 @@ def test_greylist_first_attempt_forgotten_after_the_retry_window() -> None:
         assert await grey.admits("2001:db8::3", "a@x.test", "b@y.test")
 
     run(scenario())
+
+
+def test_greylisting_per_domain_overrides_the_global_setting() -> None:
+    domains = {
+        "on.test": {"relay": "127.0.0.1:25", "greylist": True},
+        "off.test": {"relay": "127.0.0.1:25", "greylist": False},
+        "default.test": {"relay": "127.0.0.1:25"},
+    }
+    quiet = Settings(domains=domains)
+    assert [quiet.greylists(d) for d in ("ON.test", "off.test", "default.test")] == [
+        True,
+        False,
+        False,
+    ]
+    everywhere = Settings(domains=domains, greylist={"enabled": True})
+    assert [everywhere.greylists(d) for d in ("on.test", "off.test", "default.test.")] == [
+        True,
+        False,
+        True,
+    ]
