@@ -47,8 +47,11 @@ class CounterStore(Protocol):
 class MemoryStore:
     """The in-process store: one replica's view, lost on restart."""
 
-    def __init__(self, clock: Any = time.monotonic) -> None:
+    def __init__(self, clock: Any = time.monotonic, max_entries: int = 200_000) -> None:
         self._clock = clock
+        # A flood from many addresses (a botnet) must not grow the process without bound:
+        # past this many keys in a map, the ones closest to expiry go first.
+        self._max_entries = max_entries
         self._sets: dict[str, dict[str, float]] = {}
         self._counters: dict[str, tuple[float, int]] = {}
         self._values: dict[str, tuple[float, str]] = {}
@@ -57,7 +60,7 @@ class MemoryStore:
     def _sweep(self) -> None:
         # Drop what expired now and then, so a flood of addresses cannot grow the maps forever.
         self._operations += 1
-        if self._operations % 4096:
+        if self._operations % 4096 and not self._crowded():
             return
         now = self._clock()
         for key, members in list(self._sets.items()):
@@ -72,6 +75,21 @@ class MemoryStore:
         for key, (expiry, _) in list(self._values.items()):
             if expiry <= now:
                 del self._values[key]
+        for entries in (self._counters, self._values):
+            if len(entries) > self._max_entries:
+                keep = self._max_entries * 3 // 4
+                order = sorted(entries, key=lambda key: entries[key][0])
+                for key in order[: len(entries) - keep]:
+                    del entries[key]
+        if len(self._sets) > self._max_entries:
+            latest = {key: max(members.values()) for key, members in self._sets.items()}
+            order = sorted(latest, key=latest.__getitem__)
+            for key in order[: len(self._sets) - self._max_entries * 3 // 4]:
+                del self._sets[key]
+
+    def _crowded(self) -> bool:
+        limit = self._max_entries
+        return len(self._values) > limit or len(self._counters) > limit or len(self._sets) > limit
 
     async def join(self, key: str, member: str, ttl: float) -> int:
         self._sweep()

@@ -161,3 +161,20 @@ def test_greylisting_per_domain_overrides_the_global_setting() -> None:
         False,
         True,
     ]
+
+
+def test_memory_store_stays_bounded_under_a_flood_of_addresses() -> None:
+    clock = Clock()
+    store = MemoryStore(clock, max_entries=100)
+
+    async def scenario() -> None:
+        for i in range(1000):
+            clock.now += 1
+            await store.put(f"greet:192.0.2.{i}", "1", ttl=86400)
+            await store.hit(f"mail:192.0.2.{i}", window=60)
+            await store.join(f"conn:192.0.2.{i}", "m", ttl=3600)
+        assert len(store._values) <= 100 and len(store._counters) <= 100
+        assert len(store._sets) <= 100
+        assert await store.get("greet:192.0.2.999") == "1"  # the newest stay
+
+    run(scenario())
