@@ -1,0 +1,42 @@
+"""Password hashes of submission users: argon2id (argon2-cffi, RFC 9106's parameters).
+
+A hash is a PHC string (``$argon2id$v=19$m=65536,t=3,p=4$salt$hash``): it carries its own
+parameters, so hashes made with other ones still verify, and ``needs_rehash`` tells."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+
+@cache
+def _hasher() -> PasswordHasher:
+    return PasswordHasher()
+
+
+@cache
+def _decoy() -> str:
+    return _hasher().hash("no such user: the time of a real check")
+
+
+def hash_password(password: str) -> str:
+    if not password:
+        raise ValueError("an empty password")
+    return _hasher().hash(password)
+
+
+def verify_password(hashed: str | None, password: str | bytes) -> bool:
+    """Whether ``password`` matches ``hashed``. For an unknown user (``hashed`` None) a decoy
+    hash is checked all the same, so that the time of the answer does not tell who exists.
+    CPU-bound (tens of milliseconds): call it in a thread."""
+    try:
+        matched = _hasher().verify(hashed or _decoy(), password)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+    return matched and hashed is not None
+
+
+def is_password_hash(value: str) -> bool:
+    return value.startswith("$argon2")
