@@ -62,9 +62,7 @@ async def start_listeners(
         if submission.listen_tls:
             host, port = split_host_port(submission.listen_tls)
             # The whole connection is TLS: aiosmtpd's STARTTLS machinery stays out of it.
-            factory = smtp_factory(
-                settings, handler, sessions, None, auth_require_tls=False, **options
-            )
+            factory = smtp_factory(settings, handler, sessions, None, implicit_tls=True, **options)
             servers.append(await loop.create_server(factory, host, port, ssl=context))
             log.info("submission listening on %s:%d (implicit TLS)", host, port)
     return servers

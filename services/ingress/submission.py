@@ -95,9 +95,14 @@ class SubmissionSMTP(MoatSMTP):
         credentials: Credentials,
         failures: FailedLogins,
         failure_delay: float,
+        implicit_tls: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(handler, sessions, auth_required=True, **kwargs)
+        if implicit_tls:
+            # The whole connection is TLS, which aiosmtpd (knowing only STARTTLS) cannot see.
+            # Set here rather than passed in: passed, it warns on every connection.
+            self._auth_require_tls = False
         self.credentials = credentials
         self.failures = failures
         self.failure_delay = failure_delay
