@@ -81,9 +81,10 @@ READS = """\
 reads: smtp.* (listen, hostname, limits, trusted_networks, starttls, tls_cert, tls_key;
 api.self_signed_dir for a generated certificate), submission.* (the submission listeners and
 their users; more users from the database), domains (the protected domains; any other recipient
-is refused), scanner.sender_lists (block_action: reject refuses blocked senders at RCPT; the
-rules are read from the database), ingress.* (the sweep), spool_min_free, database_url,
-spool_dir, broker.*, shutdown_timeout, log_level, env.
+is refused; recipients or verify: callout verify their users at RCPT; require_tls), callout.*,
+scanner.sender_lists (block_action: reject refuses blocked senders at RCPT; the rules are read
+from the database), ingress.* (the sweep), spool_min_free, database_url, spool_dir, broker.*,
+shutdown_timeout, log_level, env.
 connects to: the database and RabbitMQ; listens for SMTP on smtp.listen, and on
 submission.listen / submission.listen_tls when set.
 `hash-password` reads a password (twice, from a terminal; once from a pipe) and prints its
