@@ -32,7 +32,7 @@ OVERLAYS = ["dev", "prod", "prod-hpa"]
 SERVICES = ["ingress", "scanner", "delivery", "api"]
 # The small HTTP port of each service (/healthz, /readyz, /metrics); the API's is its HTTPS port.
 HEALTH_PORTS = {"scanner": 9101, "delivery": 9102, "ingress": 9103, "api": 8443}
-CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication", "RabbitmqCluster"}
+CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication", "RabbitmqCluster", "PodMonitor"}
 
 # Every port each service may connect to (DNS aside), and nothing more: the table of
 # docs/deployment.md. The object store is 443 (base, prod) or SeaweedFS's 8333 (dev).
@@ -263,9 +263,18 @@ def assert_restricted(pod: dict[str, Any], name: str) -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_settings_of_the_overlay_are_valid(overlay: str) -> None:
-    settings = moat_settings(render(overlay))
+    docs = render(overlay)
+    settings = moat_settings(docs)
     assert settings.store.backend == "s3"  # pods share no disk
-    assert settings.scanner.clamav.enabled
+    assert settings.scanner.clamav.enabled and settings.scanner.clamav.tcp
+    # The clamd the scanners are told about is a Service of the overlay, on clamd's port.
+    host, port = settings.scanner.clamav.tcp.rsplit(":", 1)
+    service = of_kind(docs, "Service")[host]["spec"]
+    assert [p["port"] for p in service["ports"]] == [int(port)]
+    assert of_kind(docs, "Deployment")[host]["spec"]["template"]["metadata"]["labels"] == {
+        **service["selector"],
+        "app.kubernetes.io/part-of": "moat",
+    }
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -381,3 +390,16 @@ def test_dev_has_its_dependencies_and_one_replica() -> None:
     for service in SERVICES:
         assert deployments[f"moat-{service}"]["spec"]["replicas"] == 1
     assert moat_settings(docs).store.s3.endpoint_url == "http://seaweedfs:8333"
+
+
+@pytest.mark.parametrize("overlay", ["prod", "prod-hpa"])
+def test_prometheus_finds_every_service(overlay: str) -> None:
+    docs = render(overlay)
+    (monitor,) = of_kind(docs, "PodMonitor").values()
+    ports = {endpoint["port"] for endpoint in monitor["spec"]["podMetricsEndpoints"]}
+    for service in SERVICES:
+        template = of_kind(docs, "Deployment")[f"moat-{service}"]["spec"]["template"]
+        assert selects(monitor["spec"]["selector"], template["metadata"]["labels"]), service
+        (container,) = template["spec"]["containers"]
+        named = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert any(named.get(port) == HEALTH_PORTS[service] for port in ports), service
