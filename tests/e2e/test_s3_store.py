@@ -41,6 +41,8 @@ def test_mail_through_a_gateway_on_s3(
     wait_for(lambda: clean not in _ids(s3_server, bucket), 20, "the delivered copy to go")
 
     held = gateway.send("alice@outside.test", ["bob@example.test"], f"{token}\n{GTUBE.decode()}")
+    # Durable before the 250: the object is in the bucket the moment the sender has the reply.
+    assert held in _ids(s3_server, bucket)
     deleted = gateway.send("alice@outside.test", ["carol@example.test"], GTUBE.decode())
     gateway.wait_status(held, "quarantined")
     gateway.wait_status(deleted, "quarantined")
