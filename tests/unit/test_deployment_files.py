@@ -129,7 +129,7 @@ def test_compose_services() -> None:
         for dependency in ("postgres", "rabbitmq", "seaweedfs"):
             assert waits[dependency]["condition"] == "service_healthy", (name, dependency)
         assert waits["migrate"]["condition"] == "service_completed_successfully", name
-        assert "healthcheck" not in service or not service["healthcheck"].get("disable")
+        assert service["healthcheck"]["test"] == ["CMD", "python", "-m", "services.healthcheck"]
         assert service["read_only"] is True and service["cap_drop"] == ["ALL"]
         environment = service["environment"]
         assert environment["MOAT_STORE__BACKEND"] == "s3"
