@@ -2,8 +2,11 @@
 message, ``<prefix><last two characters of the id>/<id>.eml``, in one bucket that every service
 of the installation shares (Kubernetes pods share no disk).
 
-boto3 is synchronous: each call runs in a worker thread, as the directory store's fsync does.
-Its client is thread-safe and keeps a pool of connections (``max_pool_connections``). A PUT is
+boto3 is synchronous: each call runs in a worker thread of the store's own pool, one thread per
+connection of the client's pool (``max_pool_connections``; the client is thread-safe). Not the
+event loop's default executor: it has a handful of threads (CPU count + 4), and with a PUT
+taking tens of milliseconds against real object storage it would cap a process at a few hundred
+writes a second and queue the time to 250 behind other threads' work. A PUT is
 answered only once the object is stored, so ``write`` returning is the same promise as the
 directory store's fsync: ingress answers 250 after it. Objects appear whole or not at all, so an
 interrupted write leaves nothing to sweep.
@@ -16,8 +19,10 @@ boto3's own chain (``AWS_*`` variables, a web identity token on Kubernetes, an i
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import boto3
@@ -63,8 +68,13 @@ class S3Store(MessageStore):
                 response_checksum_validation="when_required",
             ),
         )
+        self._pool = ThreadPoolExecutor(settings.max_pool_connections, thread_name_prefix="s3")
         if settings.create_bucket:
             self.ensure_bucket()
+
+    async def _run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(function, *args, **kwargs))
 
     def key(self, message_id: str) -> str:
         check_id(message_id)
@@ -81,9 +91,7 @@ class S3Store(MessageStore):
 
     async def write(self, message_id: str, data: bytes) -> None:
         key = self.key(message_id)
-        await asyncio.to_thread(
-            self._call, self.client.put_object, Bucket=self.bucket, Key=key, Body=data
-        )
+        await self._run(self._call, self.client.put_object, Bucket=self.bucket, Key=key, Body=data)
 
     async def read(self, message_id: str) -> bytes:
         key = self.key(message_id)
@@ -96,7 +104,7 @@ class S3Store(MessageStore):
             finally:
                 body.close()
 
-        return await asyncio.to_thread(read)
+        return await self._run(read)
 
     async def head(self, message_id: str, size: int) -> bytes:
         key = self.key(message_id)
@@ -111,21 +119,17 @@ class S3Store(MessageStore):
             finally:
                 body.close()
 
-        return await asyncio.to_thread(read)
+        return await self._run(read)
 
     async def open(self, message_id: str) -> Copy:
         key = self.key(message_id)
-        answer = await asyncio.to_thread(
-            self._call, self.client.get_object, Bucket=self.bucket, Key=key
-        )
+        answer = await self._run(self._call, self.client.get_object, Bucket=self.bucket, Key=key)
         return Copy(answer["Body"], int(answer["ContentLength"]))
 
     async def exists(self, message_id: str) -> bool:
         key = self.key(message_id)
         try:
-            await asyncio.to_thread(
-                self._call, self.client.head_object, Bucket=self.bucket, Key=key
-            )
+            await self._run(self._call, self.client.head_object, Bucket=self.bucket, Key=key)
         except FileNotFoundError:
             return False
         return True
@@ -133,7 +137,7 @@ class S3Store(MessageStore):
     async def delete(self, message_id: str) -> None:
         key = self.key(message_id)
         # S3 answers 204 for a key that is not there: removing twice is no error.
-        await asyncio.to_thread(self._call, self.client.delete_object, Bucket=self.bucket, Key=key)
+        await self._run(self._call, self.client.delete_object, Bucket=self.bucket, Key=key)
 
     def free_bytes(self) -> int:
         return _UNLIMITED
