@@ -186,3 +186,15 @@ def test_retention_on_s3(s3_server: S3Server, tmp_path: Path) -> None:
             await repository.close()
 
     asyncio.run(scenario())
+
+
+def test_the_store_is_configured_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As compose and the Kubernetes Secret give it: the secret never in a file.
+    monkeypatch.setenv("MOAT_STORE__BACKEND", "s3")
+    monkeypatch.setenv("MOAT_STORE__S3__BUCKET", "from-env")
+    monkeypatch.setenv("MOAT_STORE__S3__SECRET_ACCESS_KEY", "s3cr3t")
+    monkeypatch.setenv("MOAT_STORE__S3__CREATE_BUCKET", "true")
+    store = Settings().store
+    assert (store.backend, store.s3.bucket, store.s3.create_bucket) == ("s3", "from-env", True)
+    assert store.s3.secret_access_key is not None
+    assert store.s3.secret_access_key.get_secret_value() == "s3cr3t"
