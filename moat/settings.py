@@ -48,12 +48,35 @@ class DomainSettings(BaseModel):
     # Overrides of the global ``scanner`` section for mail to this domain, same keys and shape
     # (e.g. ``{spam_threshold: 8}``); merged over the global values at start-up.
     scanner: dict[str, Any] = {}
+    # Recipient verification at RCPT (docs/recipient-verification.md): the domain's addresses,
+    # exact or glob patterns ("*-list@example.test"), matched without regard to case; or
+    # ``verify: callout``, an RCPT probe to ``relay``. Neither: every address is accepted.
+    recipients: list[str] | None = None
+    verify: Literal["callout"] | None = None
 
     @field_validator("relay")
     @classmethod
     def _valid_relay(cls, value: str) -> str:
         split_host_port(value)
         return value
+
+    @model_validator(mode="after")
+    def _one_way_to_verify(self) -> DomainSettings:
+        if self.recipients is not None and self.verify is not None:
+            raise ValueError("set recipients or verify: callout, not both")
+        return self
+
+
+class CalloutSettings(BaseModel):
+    """Call-out recipient verification (``domains.<name>.verify: callout``): an RCPT probe to
+    the domain's relay, its answers cached as Postfix's address_verify does."""
+
+    positive_ttl: float = Field(default=7 * 24 * 3600.0, gt=0)  # an address that exists
+    negative_ttl: float = Field(default=3 * 3600.0, ge=0)  # an unknown one; 0: not cached
+    timeout: float = Field(default=10.0, gt=0)  # seconds for a whole probe; then 451 4.4.3
+    sender: str = ""  # MAIL FROM of the probe; "" is the null sender <>
+    max_concurrent: int = Field(default=20, ge=1)  # probes in flight per ingress process
+    max_entries: int = Field(default=100_000, ge=1)  # cached answers; the oldest go first
 
 
 class SmtpSettings(BaseModel):
@@ -629,12 +652,22 @@ class Settings(BaseSettings):
     dns: DnsSettings = DnsSettings()
     digest: DigestSettings = DigestSettings()
     webhooks: WebhookSettings = WebhookSettings()
+    callout: CalloutSettings = CalloutSettings()
     _policies: dict[str, ScannerSettings] = PrivateAttr(default_factory=dict)
 
     @field_validator("domains")
     @classmethod
     def _lowercase_domains(cls, value: dict[str, DomainSettings]) -> dict[str, DomainSettings]:
         return {name.lower().rstrip("."): domain for name, domain in value.items()}
+
+    @model_validator(mode="after")
+    def _recipients_in_their_domain(self) -> Settings:
+        """A ``recipients`` entry of another domain could never match: a typo to catch early."""
+        for name, domain in self.domains.items():
+            for entry in domain.recipients or []:
+                if entry.rpartition("@")[2].lower().rstrip(".") != name:
+                    raise ValueError(f"domains.{name}.recipients: {entry!r} is not in {name}")
+        return self
 
     @model_validator(mode="after")
     def _domain_policies(self) -> Settings:

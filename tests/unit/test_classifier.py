@@ -499,7 +499,7 @@ def test_a_claim_left_by_a_dead_replica_is_taken_again_after_its_lease(database_
 def corpus_or_skip(*parts: str) -> Path:
     path = CORPUS.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"corpus not found at {path} (set MOAT_TEST_CORPUS)")
+        pytest.skip(f"corpus not found at {path} (set MOAT_CORPUS)")
     return path
 
 
