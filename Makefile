@@ -46,6 +46,7 @@ test: install
 	@scripts/ensure-clamav.sh
 	@scripts/ensure-chromium.sh
 	@scripts/ensure-nmap.sh
+	@scripts/ensure-kubectl.sh
 	$(PY) -m pytest -m "$(PYTEST_MARK)" $(PYTEST_ARGS)
 
 test-all:
