@@ -47,6 +47,7 @@ test: install
 	@scripts/ensure-chromium.sh
 	@scripts/ensure-smtp-tools.sh
 	@scripts/ensure-nmap.sh
+	@scripts/ensure-kubectl.sh
 	$(PY) -m pytest -m "$(PYTEST_MARK)" $(PYTEST_ARGS)
 
 test-all:

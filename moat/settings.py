@@ -657,6 +657,34 @@ class RetentionSettings(BaseModel):
     orphan_grace: float = Field(default=3600.0, gt=0)
 
 
+class S3Settings(BaseModel):
+    """An S3-compatible bucket for the message store (``moat/s3store.py``)."""
+
+    bucket: str = ""
+    prefix: str = "spool/"  # every key starts with it: one bucket can serve several uses
+    endpoint_url: str | None = None  # None: AWS; else e.g. http://seaweedfs:8333
+    region: str = "us-east-1"
+    # path: http://host/bucket/key, what most self-hosted stores need; virtual: bucket.host.
+    addressing_style: Literal["auto", "path", "virtual"] = "path"
+    # Empty: boto3's own chain (AWS_* variables, web identity on Kubernetes, instance role).
+    # Give the secret through the environment (MOAT_STORE__S3__SECRET_ACCESS_KEY), not a file.
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+    create_bucket: bool = False  # create it at start-up if missing (compose, tests)
+    connect_timeout: float = Field(default=5.0, gt=0)
+    read_timeout: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    max_pool_connections: int = Field(default=32, ge=1)
+
+
+class StoreSettings(BaseModel):
+    """Where raw messages are kept (``moat/spool.py``): ``local``, the directory ``spool_dir``
+    (one host, or a shared volume), or ``s3``, a bucket (pods that share no disk)."""
+
+    backend: Literal["local", "s3"] = "local"
+    s3: S3Settings = S3Settings()
+
+
 class IngressSettings(BaseModel):
     # Messages stored but whose publish was never recorded as confirmed are republished.
     sweep_interval: float = 60.0
@@ -673,6 +701,7 @@ class Settings(BaseSettings):
     domains: dict[str, DomainSettings] = {}
     database_url: str = "sqlite+aiosqlite:///var/moat.db"
     spool_dir: Path = Path("var/spool")
+    store: StoreSettings = StoreSettings()
     # Ingress refuses MAIL (452 4.3.1) while the spool's file system has less free space than
     # this; None: 1.5 times smtp.max_message_size (Postfix's queue_minfree rule).
     spool_min_free: int | None = Field(default=None, ge=0)
