@@ -45,6 +45,7 @@ test: install
 	@scripts/ensure-postgres.sh
 	@scripts/ensure-clamav.sh
 	@scripts/ensure-chromium.sh
+	@scripts/ensure-smtp-tools.sh
 	@scripts/ensure-nmap.sh
 	@scripts/ensure-kubectl.sh
 	$(PY) -m pytest -m "$(PYTEST_MARK)" $(PYTEST_ARGS)

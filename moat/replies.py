@@ -42,6 +42,14 @@ VRFY_SYNTAX = "501 5.5.4 Syntax: VRFY <address>"
 # A non-ASCII address at MAIL or RCPT, but no SMTPUTF8 on MAIL (RFC 6531 3.4, RFC 6533 5.6.7).
 SMTPUTF8_REQUIRED = "553 5.6.7 Must declare SMTPUTF8 to send unicode address"
 
+# TLS and authentication (RFC 3207, RFC 4954; Postfix's texts).
+TLS_REQUIRED = "530 5.7.0 Must issue a STARTTLS command first"
+AUTH_NOT_ENABLED = "503 5.5.1 Error: authentication not enabled"
+AUTH_OK = "235 2.7.0 Authentication successful"
+AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
+AUTH_TOO_MANY_FAILURES = "421 4.7.0 Too many failed authentication attempts, try again later"
+AUTH_IN_TRANSACTION = "503 5.5.1 Error: MAIL transaction in progress"
+
 # aiosmtpd's own replies carry no enhanced status code, and some of its texts we improve on.
 _AIOSMTPD_REWRITES: dict[str, str] = {
     "552 Error: message size exceeds fixed maximum message size": MESSAGE_TOO_BIG,

@@ -41,10 +41,31 @@ def split_host_port(value: str, *, default_port: int | None = None) -> tuple[str
     return host.strip("[]"), int(port)
 
 
+class RequireTlsSettings(BaseModel):
+    """Mail to a protected domain that must come over TLS (STARTTLS) from these senders or
+    client networks: otherwise ``530 5.7.0`` at RCPT (docs/ingress.md)."""
+
+    # Envelope senders: an address (alice@partner.test), a domain (partner.test: it and its
+    # subdomains), or "*" (everyone).
+    senders: list[str] = []
+    networks: list[str] = []  # client networks (CIDR)
+
+    @field_validator("networks")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        return _valid_networks(value)
+
+    @field_validator("senders")
+    @classmethod
+    def _lowercase(cls, value: list[str]) -> list[str]:
+        return [sender.strip().lower().rstrip(".") for sender in value if sender.strip()]
+
+
 class DomainSettings(BaseModel):
     """A domain we protect: we accept its mail and relay it to its own mail server."""
 
     relay: str = Field(description="host:port of the organisation's mail server for this domain")
+    require_tls: RequireTlsSettings = RequireTlsSettings()
     # Overrides of the global ``scanner`` section for mail to this domain, same keys and shape
     # (e.g. ``{spam_threshold: 8}``); merged over the global values at start-up.
     scanner: dict[str, Any] = {}
@@ -89,18 +110,17 @@ class SmtpSettings(BaseModel):
     # Client networks (CIDR) that may relay to any domain and are exempt from session limits.
     # Empty by default: not even loopback is trusted unless listed.
     trusted_networks: list[str] = []
+    # STARTTLS on smtp.listen (TLS 1.2 and newer, AEAD ciphers only). Without tls_cert and
+    # tls_key, a self-signed pair is generated under api.self_signed_dir on first start
+    # (senders to an MX do not verify certificates; configure a real one all the same).
+    starttls: bool = True
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     @field_validator("trusted_networks")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
-        import ipaddress
-
-        for network in value:
-            try:
-                ipaddress.ip_network(network, strict=False)
-            except ValueError:
-                raise ValueError(f"not a network (CIDR): {network!r}") from None
-        return value
+        return _valid_networks(value)
 
     def trusts(self, address: str) -> bool:
         """Whether the client ``address`` is in one of ``trusted_networks``."""
@@ -113,6 +133,54 @@ class SmtpSettings(BaseModel):
         return any(
             ip in ipaddress.ip_network(network, strict=False) for network in self.trusted_networks
         )
+
+
+def _valid_networks(value: list[str]) -> list[str]:
+    import ipaddress
+
+    for network in value:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ValueError(f"not a network (CIDR): {network!r}") from None
+    return value
+
+
+class SubmissionSettings(BaseModel):
+    """Authenticated submission (docs/ingress.md): users who log in (SMTP AUTH PLAIN or LOGIN,
+    over TLS only) may send to any domain. Both listeners are off unless set."""
+
+    # host:port of the submission listener (port 587: STARTTLS required before AUTH and MAIL).
+    listen: str | None = None
+    # host:port of the implicit-TLS submission listener (port 465, RFC 8314).
+    listen_tls: str | None = None
+    # User name -> argon2 hash (make one with ``python -m services.ingress hash-password``).
+    # More users are kept in the database through the API (/v1/submission-users).
+    users: dict[str, str] = {}
+    # Failed logins from one client IP within auth_failure_window seconds before further AUTH
+    # is refused with 421 4.7.0 and the connection closed; each failure is answered only
+    # after auth_failure_delay seconds.
+    max_auth_failures: int = Field(default=5, ge=1)
+    auth_failure_window: float = Field(default=600.0, gt=0)
+    auth_failure_delay: float = Field(default=1.0, ge=0)
+
+    @field_validator("listen", "listen_tls")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_host_port(value)
+        return value
+
+    @field_validator("users")
+    @classmethod
+    def _argon2_hashes(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, hashed in value.items():
+            if not hashed.startswith("$argon2"):
+                raise ValueError(
+                    f"submission.users.{name}: not an argon2 hash "
+                    "(python -m services.ingress hash-password makes one)"
+                )
+        return value
 
 
 class ApiSettings(BaseModel):
@@ -643,6 +711,7 @@ class Settings(BaseSettings):
     # STOP_MARGIN seconds after that.
     shutdown_timeout: float = Field(default=20.0, gt=0)
     smtp: SmtpSettings = SmtpSettings()
+    submission: SubmissionSettings = SubmissionSettings()
     api: ApiSettings = ApiSettings()
     broker: BrokerSettings = BrokerSettings()
     ingress: IngressSettings = IngressSettings()

@@ -48,6 +48,7 @@ from services.api.routes import (
     release_requests,
     senders,
     stats,
+    submission_users,
     tokens,
     webhooks,
 )
@@ -207,6 +208,7 @@ def create_app(
     app.include_router(webhooks.router)
     app.include_router(digests.router)
     app.include_router(release_requests.router)
+    app.include_router(submission_users.router)
     install_openapi(
         app,
         authenticated=get_caller,
