@@ -46,7 +46,9 @@ test: install
 	@scripts/ensure-redis.sh
 	@scripts/ensure-clamav.sh
 	@scripts/ensure-chromium.sh
+	@scripts/ensure-smtp-tools.sh
 	@scripts/ensure-nmap.sh
+	@scripts/ensure-kubectl.sh
 	$(PY) -m pytest -m "$(PYTEST_MARK)" $(PYTEST_ARGS)
 
 test-all:

@@ -50,6 +50,14 @@ TOO_MANY_RECIPIENTS_RATE = "450 4.7.1 Too many recipients from your address, try
 EARLY_TALKER = "554 5.5.0 Protocol error: you talked before the greeting"
 GREYLISTED = "451 4.7.1 Greylisted: please try again in a few minutes (see RFC 6647)"
 
+# TLS and authentication (RFC 3207, RFC 4954; Postfix's texts).
+TLS_REQUIRED = "530 5.7.0 Must issue a STARTTLS command first"
+AUTH_NOT_ENABLED = "503 5.5.1 Error: authentication not enabled"
+AUTH_OK = "235 2.7.0 Authentication successful"
+AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
+AUTH_TOO_MANY_FAILURES = "421 4.7.0 Too many failed authentication attempts, try again later"
+AUTH_IN_TRANSACTION = "503 5.5.1 Error: MAIL transaction in progress"
+
 # aiosmtpd's own replies carry no enhanced status code, and some of its texts we improve on.
 _AIOSMTPD_REWRITES: dict[str, str] = {
     "552 Error: message size exceeds fixed maximum message size": MESSAGE_TOO_BIG,

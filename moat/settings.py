@@ -41,10 +41,31 @@ def split_host_port(value: str, *, default_port: int | None = None) -> tuple[str
     return host.strip("[]"), int(port)
 
 
+class RequireTlsSettings(BaseModel):
+    """Mail to a protected domain that must come over TLS (STARTTLS) from these senders or
+    client networks: otherwise ``530 5.7.0`` at RCPT (docs/ingress.md)."""
+
+    # Envelope senders: an address (alice@partner.test), a domain (partner.test: it and its
+    # subdomains), or "*" (everyone).
+    senders: list[str] = []
+    networks: list[str] = []  # client networks (CIDR)
+
+    @field_validator("networks")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        return _valid_networks(value)
+
+    @field_validator("senders")
+    @classmethod
+    def _lowercase(cls, value: list[str]) -> list[str]:
+        return [sender.strip().lower().rstrip(".") for sender in value if sender.strip()]
+
+
 class DomainSettings(BaseModel):
     """A domain we protect: we accept its mail and relay it to its own mail server."""
 
     relay: str = Field(description="host:port of the organisation's mail server for this domain")
+    require_tls: RequireTlsSettings = RequireTlsSettings()
     # Overrides of the global ``scanner`` section for mail to this domain, same keys and shape
     # (e.g. ``{spam_threshold: 8}``); merged over the global values at start-up.
     scanner: dict[str, Any] = {}
@@ -91,6 +112,12 @@ class SmtpSettings(BaseModel):
     # Client networks (CIDR) that may relay to any domain and are exempt from session limits.
     # Empty by default: not even loopback is trusted unless listed.
     trusted_networks: list[str] = []
+    # STARTTLS on smtp.listen (TLS 1.2 and newer, AEAD ciphers only). Without tls_cert and
+    # tls_key, a self-signed pair is generated under api.self_signed_dir on first start
+    # (senders to an MX do not verify certificates; configure a real one all the same).
+    starttls: bool = True
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     # A load balancer in front passes the real client on (PROXY protocol v1 or v2); a
     # connection without the header within the timeout is closed. Off by default.
     proxy_protocol: bool = False
@@ -99,14 +126,7 @@ class SmtpSettings(BaseModel):
     @field_validator("trusted_networks")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
-        import ipaddress
-
-        for network in value:
-            try:
-                ipaddress.ip_network(network, strict=False)
-            except ValueError:
-                raise ValueError(f"not a network (CIDR): {network!r}") from None
-        return value
+        return _valid_networks(value)
 
     def trusts(self, address: str) -> bool:
         """Whether the client ``address`` is in one of ``trusted_networks``."""
@@ -119,6 +139,54 @@ class SmtpSettings(BaseModel):
         return any(
             ip in ipaddress.ip_network(network, strict=False) for network in self.trusted_networks
         )
+
+
+def _valid_networks(value: list[str]) -> list[str]:
+    import ipaddress
+
+    for network in value:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ValueError(f"not a network (CIDR): {network!r}") from None
+    return value
+
+
+class SubmissionSettings(BaseModel):
+    """Authenticated submission (docs/ingress.md): users who log in (SMTP AUTH PLAIN or LOGIN,
+    over TLS only) may send to any domain. Both listeners are off unless set."""
+
+    # host:port of the submission listener (port 587: STARTTLS required before AUTH and MAIL).
+    listen: str | None = None
+    # host:port of the implicit-TLS submission listener (port 465, RFC 8314).
+    listen_tls: str | None = None
+    # User name -> argon2 hash (make one with ``python -m services.ingress hash-password``).
+    # More users are kept in the database through the API (/v1/submission-users).
+    users: dict[str, str] = {}
+    # Failed logins from one client IP within auth_failure_window seconds before further AUTH
+    # is refused with 421 4.7.0 and the connection closed; each failure is answered only
+    # after auth_failure_delay seconds.
+    max_auth_failures: int = Field(default=5, ge=1)
+    auth_failure_window: float = Field(default=600.0, gt=0)
+    auth_failure_delay: float = Field(default=1.0, ge=0)
+
+    @field_validator("listen", "listen_tls")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_host_port(value)
+        return value
+
+    @field_validator("users")
+    @classmethod
+    def _argon2_hashes(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, hashed in value.items():
+            if not hashed.startswith("$argon2"):
+                raise ValueError(
+                    f"submission.users.{name}: not an argon2 hash "
+                    "(python -m services.ingress hash-password makes one)"
+                )
+        return value
 
 
 class ApiSettings(BaseModel):
@@ -595,6 +663,34 @@ class RetentionSettings(BaseModel):
     orphan_grace: float = Field(default=3600.0, gt=0)
 
 
+class S3Settings(BaseModel):
+    """An S3-compatible bucket for the message store (``moat/s3store.py``)."""
+
+    bucket: str = ""
+    prefix: str = "spool/"  # every key starts with it: one bucket can serve several uses
+    endpoint_url: str | None = None  # None: AWS; else e.g. http://seaweedfs:8333
+    region: str = "us-east-1"
+    # path: http://host/bucket/key, what most self-hosted stores need; virtual: bucket.host.
+    addressing_style: Literal["auto", "path", "virtual"] = "path"
+    # Empty: boto3's own chain (AWS_* variables, web identity on Kubernetes, instance role).
+    # Give the secret through the environment (MOAT_STORE__S3__SECRET_ACCESS_KEY), not a file.
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+    create_bucket: bool = False  # create it at start-up if missing (compose, tests)
+    connect_timeout: float = Field(default=5.0, gt=0)
+    read_timeout: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    max_pool_connections: int = Field(default=32, ge=1)
+
+
+class StoreSettings(BaseModel):
+    """Where raw messages are kept (``moat/spool.py``): ``local``, the directory ``spool_dir``
+    (one host, or a shared volume), or ``s3``, a bucket (pods that share no disk)."""
+
+    backend: Literal["local", "s3"] = "local"
+    s3: S3Settings = S3Settings()
+
+
 class LimitsSettings(BaseModel):
     """Per client IP session limits (docs/ingress-limits.md); Postfix's names and defaults.
     0 turns a limit off. Trusted networks are exempt."""
@@ -645,6 +741,7 @@ class Settings(BaseSettings):
     domains: dict[str, DomainSettings] = {}
     database_url: str = "sqlite+aiosqlite:///var/moat.db"
     spool_dir: Path = Path("var/spool")
+    store: StoreSettings = StoreSettings()
     # Ingress refuses MAIL (452 4.3.1) while the spool's file system has less free space than
     # this; None: 1.5 times smtp.max_message_size (Postfix's queue_minfree rule).
     spool_min_free: int | None = Field(default=None, ge=0)
@@ -654,6 +751,7 @@ class Settings(BaseSettings):
     # STOP_MARGIN seconds after that.
     shutdown_timeout: float = Field(default=20.0, gt=0)
     smtp: SmtpSettings = SmtpSettings()
+    submission: SubmissionSettings = SubmissionSettings()
     api: ApiSettings = ApiSettings()
     broker: BrokerSettings = BrokerSettings()
     ingress: IngressSettings = IngressSettings()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from datetime import timedelta
 
 from moat import runtime
@@ -14,10 +15,13 @@ from moat.counters import build_store
 from moat.model import ScanRequest
 from moat.sender_rules import CachedRules, SenderRuleStore
 from moat.services import build, every
-from moat.settings import Settings, load_settings, split_host_port
+from moat.settings import Settings, load_settings
+from moat.submission_users import SubmissionUserStore
 from moat.topology import SCAN
-from services.ingress.handler import IngressHandler, QueuedMarker, Sessions, smtp_factory
+from services.ingress import cli
+from services.ingress.handler import IngressHandler, QueuedMarker, Sessions
 from services.ingress.limits import Greylist, SessionLimits
+from services.ingress.listeners import start_listeners
 
 log = logging.getLogger("ingress")
 
@@ -67,11 +71,10 @@ async def main(settings: Settings) -> None:
     if leftovers:
         log.warning("removed %d temporary spool file(s) of interrupted writes", leftovers)
 
-    host, port = split_host_port(settings.smtp.listen)
-    loop = asyncio.get_running_loop()
     sessions = Sessions()
-    server = await loop.create_server(smtp_factory(settings, handler, sessions, limits), host, port)
-    log.info("SMTP listening on %s:%d for %d domain(s)", host, port, len(settings.domains))
+    servers = await start_listeners(
+        settings, handler, sessions, SubmissionUserStore(parts.repository.engine)
+    )
     tasks = [
         asyncio.create_task(confirmed.run()),
         asyncio.create_task(
@@ -82,9 +85,11 @@ async def main(settings: Settings) -> None:
         await runtime.wait_for_stop_signal()
     finally:
         log.info("stopping: no new sessions; ending %d open one(s)", len(sessions.open))
-        server.close()
+        for server in servers:
+            server.close()
         await sessions.close_all(settings.shutdown_timeout)
-        await server.wait_closed()
+        for server in servers:
+            await server.wait_closed()
         for task in tasks:
             task.cancel()
         await confirmed.flush()
@@ -93,16 +98,24 @@ async def main(settings: Settings) -> None:
 
 
 READS = """\
-reads: smtp.* (listen, hostname, limits), domains (the protected domains; any other recipient
-is refused; recipients or verify: callout verify their users at RCPT), callout.*,
+reads: smtp.* (listen, hostname, limits, trusted_networks, starttls, tls_cert, tls_key;
+api.self_signed_dir for a generated certificate), submission.* (the submission listeners and
+their users; more users from the database), domains (the protected domains; any other recipient
+is refused; recipients or verify: callout verify their users at RCPT; require_tls), callout.*,
 scanner.sender_lists (block_action: reject refuses blocked senders at RCPT; the rules are read
 from the database), ingress.* (the sweep), limits.* and greylist.* (per client limits,
 greylisting; Redis if limits.redis_url), spool_min_free, database_url, spool_dir, broker.*,
 shutdown_timeout, log_level, env.
 connects to: the database, RabbitMQ and Redis (limits.redis_url, if set); listens for SMTP
-on smtp.listen."""
+on smtp.listen, and on submission.listen / submission.listen_tls when set.
+`hash-password` reads a password (twice, from a terminal; once from a pipe) and prints its
+argon2 hash for submission.users; it reads no settings."""
 
 
 if __name__ == "__main__":
-    runtime.service_parser("ingress", __doc__, READS).parse_args()
+    parser = runtime.service_parser("ingress", __doc__, READS)
+    cli.add_commands(parser)
+    args = parser.parse_args()
+    if args.command is not None:
+        sys.exit(cli.run(args))
     runtime.run("ingress", load_settings(), main)

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import logging
 import re
+import ssl
 from email.utils import format_datetime
 from typing import Any, AnyStr
 
@@ -29,6 +30,14 @@ from moat.spool import MessageStore
 from moat.topology import SCAN
 from services.ingress.limits import Greylist, LimitedSMTP, SessionLimits
 from services.ingress.recipients import RecipientVerifier
+from services.ingress.security import (
+    may_relay,
+    must_use_tls,
+    protocol_name,
+    submitted_by,
+    tls_clause,
+    tls_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +141,10 @@ class Sessions:
 
 class MoatSMTP(LimitedSMTP):
     """aiosmtpd's protocol, with an enhanced status code (RFC 3463) on every reply, and a
-    polite end when the service stops (see ``Sessions``)."""
+    polite end when the service stops (see ``Sessions``). No AUTH here: the MX listener takes
+    no passwords (the submission listeners do: ``services/ingress/submission.py``)."""
 
+    offers_auth = False
     _in_ehlo = False
     _in_data = False
     _draining = False
@@ -193,6 +204,12 @@ class MoatSMTP(LimitedSMTP):
         finally:
             self._in_ehlo = False
 
+    async def smtp_AUTH(self, arg: str) -> None:
+        if not self.offers_auth:
+            await self.push(replies.AUTH_NOT_ENABLED)
+            return
+        await super().smtp_AUTH(arg)
+
     @syntax("VRFY <address>")
     async def smtp_VRFY(self, arg: str) -> None:
         # One answer for every argument, whatever the user or the syntax (aiosmtpd's 502 for
@@ -204,6 +221,8 @@ class MoatSMTP(LimitedSMTP):
         await self.push(replies.NO_EXPN)
 
     async def push(self, status: AnyStr) -> None:
+        if self._in_ehlo and not self.offers_auth and str(status).startswith("250-AUTH"):
+            return  # aiosmtpd lists AUTH once TLS is up; this listener does not offer it
         if isinstance(status, str) and not self._in_ehlo:
             await super().push(replies.with_enhanced_code(status))
         else:
@@ -305,13 +324,17 @@ class IngressHandler:
         if self.limits and not await self.limits.allow_recipient(client_ip(session)):
             return replies.TOO_MANY_RECIPIENTS_RATE
         domain = address.rpartition("@")[2]
-        if self.settings.relay_for(domain) is None:
-            log.info(
-                "relay denied: %s -> %s from %s", envelope.mail_from, address, client_ip(session)
-            )
+        client = client_ip(session)
+        protected = self.settings.relay_for(domain) is not None
+        if not (protected or may_relay(self.settings, session, client)):
+            log.info("relay denied: %s -> %s from %s", envelope.mail_from, address, client)
             return replies.RELAY_DENIED.format(domain=_printable(domain))
         if len(envelope.rcpt_tos) >= self.settings.smtp.max_recipients:
             return replies.TOO_MANY_RECIPIENTS
+        if tls_of(server) is None and must_use_tls(
+            self.settings, domain, _reverse_path(envelope), client
+        ):
+            return replies.TLS_REQUIRED
         if await self._sender_blocked(_reverse_path(envelope), address, domain):
             log.info(
                 "sender blocked: %s -> %s from %s", envelope.mail_from, address, client_ip(session)
@@ -340,7 +363,7 @@ class IngressHandler:
 
         message_id = new_message_id()
         data = strip_forged_headers(data, self.settings.smtp.hostname)
-        raw = self._received_header(session, envelope, message_id) + data
+        raw = self._received_header(server, session, envelope, message_id) + data
         client_address = client_ip(session)
         stored = recorded = False
         try:
@@ -354,6 +377,7 @@ class IngressHandler:
                 client_address=client_address,
                 helo=session.host_name or "",
                 smtp_utf8=bool(envelope.smtp_utf8),
+                submitted_by=submitted_by(session),
             )
             await self.repository.record_received(new)
             recorded = True
@@ -432,17 +456,19 @@ class IngressHandler:
             # of what the sender retries, never a loss.
             log.exception("could not clean up %s after a failed accept", message_id)
 
-    def _received_header(self, session: Session, envelope: Envelope, message_id: str) -> bytes:
+    def _received_header(
+        self, server: SMTP, session: Session, envelope: Envelope, message_id: str
+    ) -> bytes:
         helo = _printable(session.host_name or "unknown")
         peer = client_ip(session) or "unknown"
-        protocol = "ESMTP" if session.extended_smtp else "SMTP"
-        if envelope.smtp_utf8:
-            protocol = "UTF8SMTP"
+        tls = tls_of(server)
+        protocol = protocol_name(session, envelope, tls is not None)
+        using = f"\r\n\t{tls_clause(tls)}" if tls is not None else ""
         recipient = ""
         if len(envelope.rcpt_tos) == 1:
             recipient = f"\r\n\tfor <{envelope.rcpt_tos[0]}>"
         header = (
-            f"Received: from {helo} ([{peer}])\r\n"
+            f"Received: from {helo} ([{peer}]){using}\r\n"
             f"\tby {self.settings.smtp.hostname} (Moat) with {protocol} id {message_id}"
             f"{recipient}; {format_datetime(utcnow())}\r\n"
         )
@@ -515,16 +541,25 @@ def smtp_factory(
     settings: Settings,
     handler: IngressHandler,
     sessions: Sessions,
-    limits: SessionLimits | None = None,
+    tls_context: ssl.SSLContext | None = None,
+    protocol: type[MoatSMTP] = MoatSMTP,
+    **options: Any,
 ) -> Any:
-    proxy_timeout = settings.smtp.proxy_protocol_timeout if settings.smtp.proxy_protocol else None
+    """The protocol factory of a listener: the MX (``MoatSMTP``, STARTTLS with
+    ``tls_context``) or a submission listener (``protocol`` and its ``options``). The
+    handler's limits and the PROXY protocol apply to every listener but the implicit-TLS one,
+    where TLS comes before any byte the protocol could read (docs/ingress-limits.md)."""
+    proxy = settings.smtp.proxy_protocol and not options.get("implicit_tls")
+    proxy_timeout = settings.smtp.proxy_protocol_timeout if proxy else None
 
     def make() -> MoatSMTP:
-        return MoatSMTP(
+        return protocol(
             handler,
             sessions,
-            limits,
-            proxy_timeout,
+            tls_context=tls_context,
+            limits=handler.limits,
+            proxy_timeout=proxy_timeout,
+            **options,
             hostname=settings.smtp.hostname,
             ident="Moat ESMTP",
             data_size_limit=settings.smtp.max_message_size,
