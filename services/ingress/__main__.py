@@ -9,7 +9,7 @@ import asyncio
 import logging
 from datetime import timedelta
 
-from moat import runtime
+from moat import metrics, probes, runtime
 from moat.model import ScanRequest
 from moat.sender_rules import CachedRules, SenderRuleStore
 from moat.services import build, every
@@ -21,6 +21,7 @@ log = logging.getLogger("ingress")
 
 
 async def main(settings: Settings) -> None:
+    probe = await probes.serve("ingress", settings, settings.ingress.metrics_port)
     parts = await build(settings)
     confirmed = QueuedMarker(parts.repository)
     sender_rules = None
@@ -40,7 +41,12 @@ async def main(settings: Settings) -> None:
         for message_id in await parts.repository.unconfirmed(grace):
             await parts.broker.publish(SCAN, ScanRequest(message_id=message_id))
             confirmed.add(message_id)
-            log.warning("republished %s: its first publish was never confirmed", message_id)
+            log.warning(
+                "republished %s: its first publish was never confirmed",
+                message_id,
+                extra={"queue_id": message_id},
+            )
+            metrics.get().job_did("unconfirmed_sweep", "republished", 1)
 
     leftovers = await asyncio.to_thread(
         parts.store.sweep_temporary, settings.retention.orphan_grace
@@ -53,6 +59,14 @@ async def main(settings: Settings) -> None:
     sessions = Sessions()
     server = await loop.create_server(smtp_factory(settings, handler, sessions), host, port)
     log.info("SMTP listening on %s:%d for %d domain(s)", host, port, len(settings.domains))
+    probe.readiness = lambda: [
+        what
+        for what, up in (
+            ("broker connection", parts.broker.connected),
+            ("SMTP listener", server.is_serving()),
+        )
+        if not up
+    ]
     tasks = [
         asyncio.create_task(confirmed.run()),
         asyncio.create_task(
@@ -70,6 +84,7 @@ async def main(settings: Settings) -> None:
             task.cancel()
         await confirmed.flush()
         await parts.close()
+        await probe.close()
 
 
 READS = """\
