@@ -205,9 +205,3 @@ def reply_class(code: int | None, no_route: bool) -> str:
         return f"{code // 100}xx"
     return "other"
 
-
-def names(registry: CollectorRegistry) -> set[str]:
-    """Every sample name a registry exposes (``_total``, ``_bucket``... included)."""
-    return {sample.name for family in registry.collect() for sample in family.samples} | {
-        family.name for family in registry.collect()
-    }

@@ -142,11 +142,39 @@ def test_every_counter_moves_by_exactly_the_mail_sent(
     assert value(api, "moat_broker_connected") == 1
 
 
-def test_a_failing_check_and_a_refused_recipient_are_counted(
+def test_a_refused_recipient_is_a_5xx_reply_and_a_bounce(
     make_gateway: Callable[..., Gateway], relay_sink: Sink, token: str
 ) -> None:
+    gateway = make_gateway("sqlite")
+    url = gateway.probe_url("delivery")
+    wait_for(lambda: status(f"{url}/readyz") == 200, 20, "delivery ready")
+    before = scrape(url)
+    nobody = f"nobody-{token}@example.test"
+    relay_sink.plan(nobody, [550])
+    message_id = gateway.send("alice@outside.test", [nobody], f"Hi {token}")
+    gateway.wait_status(message_id, "bounced")
+    # Then its DSN goes to the sender through the smarthost: a delivered message of its own.
+    after = wait_for(
+        lambda: (
+            (now := scrape(url))
+            and moved(before, now, "moat_delivery_attempts_total", status="delivered") >= 1
+            and now
+        ),
+        20,
+        "the DSN delivered",
+    )
+    assert moved(before, after, "moat_delivery_replies_total", reply_class="5xx") == 1
+    assert moved(before, after, "moat_delivery_attempts_total", status="bounced") == 1
+    assert moved(before, after, "moat_end_to_end_seconds_count", status="bounced") == 1
+    assert moved(before, after, "moat_delivery_replies_total", reply_class="2xx") == 1
+    assert moved(before, after, "moat_delivery_replies_total", reply_class="4xx") == 0
+
+
+def test_a_failing_check_and_the_dead_letter_are_counted(
+    make_gateway: Callable[..., Gateway], token: str
+) -> None:
     """A clamd that does not answer: each scan's clamav check fails (a *_FAIL finding, so the
-    message is retried, then dead-lettered); the next hop's 5xx is a 5xx reply."""
+    message is retried, then dead-lettered)."""
     gateway = make_gateway(
         "sqlite",
         scanner={"clamav": {"enabled": True, "tcp": "127.0.0.1:1", "connect_timeout": 1}},
