@@ -204,4 +204,3 @@ def reply_class(code: int | None, no_route: bool) -> str:
     if code // 100 in (2, 4, 5):
         return f"{code // 100}xx"
     return "other"
-
