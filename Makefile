@@ -38,12 +38,15 @@ run: install
 
 # The browser test (tests/e2e/test_ui_browser.py) needs Debian's chromium and chromium-driver:
 # scripts/ensure-chromium.sh installs them as root; without them that one test is skipped.
+# Likewise nmap (scripts/ensure-nmap.sh) for the SMTP enumeration and open-relay scan.
 test: install
 	@# The tests use the broker on 127.0.0.1:5672, whatever MOAT_BROKER__URL the shell has.
 	@env -u MOAT_BROKER__URL scripts/ensure-rabbitmq.sh
 	@scripts/ensure-postgres.sh
 	@scripts/ensure-clamav.sh
 	@scripts/ensure-chromium.sh
+	@scripts/ensure-nmap.sh
+	@scripts/ensure-kubectl.sh
 	$(PY) -m pytest -m "$(PYTEST_MARK)" $(PYTEST_ARGS)
 
 test-all:

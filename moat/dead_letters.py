@@ -5,9 +5,11 @@ dies on every delivery of a message (a crash, an out-of-memory kill), the broker
 after ``x-delivery-limit`` deliveries and nobody records it: its record would stay ``queued``
 or ``delivering`` forever. This sweep reads the ``dead`` queue, marks such records ``failed``
 with the broker's reason, and puts every message back at the end of ``dead``, where it stays
-visible while its record is ``failed``. Once an administrator has retried it through the API
-(its record is no longer ``failed``), the next pass takes its copy out of ``dead``: the queue
-holds what is failed now, not what once was. A message already seen carries
+visible while its record is ``failed``. A copy that died before an administrator's retry of
+its message (the sweep had not seen it yet) is stale: recording it would undo the retry.
+Once an administrator has retried it through the API (its record is no longer ``failed``),
+the next pass takes its copy out of ``dead``: the queue holds what is failed now, not what
+once was. A message already seen carries
 ``x-moat-recorded`` and costs a read by primary key per pass, no write.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from datetime import UTC, datetime
 
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
@@ -60,7 +63,8 @@ class DeadLetterSweep:
                 return DROP
             return None
         reason = _death_reason(headers)
-        if await self.repository.record_dead_letter(body.message_id, reason):
+        died_at = _death_time(headers)
+        if await self.repository.record_dead_letter(body.message_id, reason, died_at):
             log.warning(
                 "%s was dead-lettered by the broker: %s",
                 body.message_id,
@@ -70,6 +74,20 @@ class DeadLetterSweep:
             metrics.get().job_did("dead_letter_sweep", "dead_lettered", 1)
             return {RECORDED: "failed"}
         return {RECORDED: "already"}
+
+
+def _death_time(headers: Mapping[str, object]) -> datetime | None:
+    """When the broker last dead-lettered this copy (UTC, naive like the database's times;
+    whole seconds: AMQP timestamps have no finer grain), or None if it does not say."""
+    deaths = headers.get("x-death")
+    if not isinstance(deaths, list):
+        return None
+    times = [d.get("time") for d in deaths if isinstance(d, Mapping)]
+    stamps = [t for t in times if isinstance(t, datetime)]
+    if not stamps:
+        return None
+    latest = max(s if s.tzinfo is None else s.astimezone(UTC).replace(tzinfo=None) for s in stamps)
+    return latest
 
 
 def _death_reason(headers: Mapping[str, object]) -> str:

@@ -20,6 +20,25 @@ INSUFFICIENT_STORAGE = "452 4.3.1 Insufficient system storage"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, closing transmission channel"
 BAD_RECIPIENT_SYNTAX = "501 5.1.3 Bad recipient address syntax"
 BAD_SENDER_SYNTAX = "501 5.1.7 Bad sender address syntax"
+# Recipient verification (docs/recipient-verification.md). The same text whether the list or a
+# call-out said no, and nothing of the domain's own server (its name, its reply) is passed on.
+USER_UNKNOWN = "550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+# The domain's server answered the probe's RCPT with a 4xx (busy, greylisting): Postfix's
+# unverified_recipient_defer_code, with the mailbox status code.
+UNVERIFIED_DEFERRED = (
+    "450 4.1.1 <{address}>: Recipient address rejected: unverified address: "
+    "the domain's mail server asked us to try again later"
+)
+# No answer to the probe's RCPT: the server refused the connection, did not answer in time,
+# or refused the probe before RCPT. RFC 3463 X.4.3, the directory (here, the server) failed.
+UNVERIFIED_UNREACHABLE = (
+    "451 4.4.3 <{address}>: Recipient address rejected: unverified address: "
+    "cannot ask the domain's mail server now, try again later"
+)
+# VRFY never tells whether a user exists (RFC 5321 3.5.3; enumeration), EXPN never expands.
+CANNOT_VRFY = "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery"
+NO_EXPN = "502 5.5.1 EXPN not available"
+VRFY_SYNTAX = "501 5.5.4 Syntax: VRFY <address>"
 # A non-ASCII address at MAIL or RCPT, but no SMTPUTF8 on MAIL (RFC 6531 3.4, RFC 6533 5.6.7).
 SMTPUTF8_REQUIRED = "553 5.6.7 Must declare SMTPUTF8 to send unicode address"
 

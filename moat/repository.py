@@ -436,11 +436,14 @@ class Repository:
         result: MessageStatus | None = await self.writes.submit("retry", message_id)
         return result
 
-    async def record_dead_letter(self, message_id: str, reason: str) -> bool:
+    async def record_dead_letter(
+        self, message_id: str, reason: str, died_at: datetime | None = None
+    ) -> bool:
         """The broker dead-lettered this message's queue entry without a consumer recording
-        it (the consumer died on every try): mark it ``failed`` unless it is past that stage.
-        True if it was marked now."""
-        marked: bool = await self.writes.submit("dead_letter", (message_id, reason))
+        it (the consumer died on every try): mark it ``failed`` unless it is past that stage,
+        or an administrator retried it at or after ``died_at`` (the copy is older than the
+        retry). True if it was marked now."""
+        marked: bool = await self.writes.submit("dead_letter", (message_id, reason, died_at))
         return marked
 
     async def record_notice(self, new: NewMessage, service: str = "api") -> None:
@@ -839,11 +842,19 @@ class Repository:
             conn.execute(_RENEW_LEASE, {"ids": [message_id], "until": now + lease})
         return [None] * len(items)
 
-    def _bulk_dead_letter(self, conn: Connection, items: list[tuple[str, str]]) -> list[bool]:
+    def _bulk_dead_letter(
+        self, conn: Connection, items: list[tuple[str, str, datetime | None]]
+    ) -> list[bool]:
         pending = self._lock(conn, [item[0] for item in items], _LOCK_FAILABLE)
+        retried = self._last_retries(conn, list(pending))
         results = []
-        for message_id, reason in items:
+        for message_id, reason, died_at in items:
             row = pending.pop(message_id, None)
+            last_retry = retried.get(message_id)
+            # Whole-second death times: a retry in the same second counts as after the death
+            # (a crash loop takes longer than a second to reach the delivery limit again).
+            if died_at is not None and last_retry is not None and last_retry >= died_at:
+                row = None
             results.append(row is not None)
             if row is not None:
                 self._move(conn, message_id, row.status, MessageStatus.FAILED, reason)
@@ -872,6 +883,17 @@ class Repository:
             status_now[message_id] = target
             results.append(True)
         return results
+
+    def _last_retries(self, conn: Connection, ids: list[str]) -> dict[str, datetime]:
+        """When each of ``ids`` was last retried by an administrator, for those ever retried."""
+        if not ids:
+            return {}
+        rows = conn.execute(
+            select(events.c.message_id, func.max(events.c.at))
+            .where(events.c.message_id.in_(ids), events.c.event == "retried")
+            .group_by(events.c.message_id)
+        )
+        return {message_id: at for message_id, at in rows}
 
     def _bulk_retry(self, conn: Connection, ids: list[str]) -> list[MessageStatus | None]:
         failed = self._lock(conn, ids, _LOCK_FAILED)

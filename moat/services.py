@@ -12,7 +12,7 @@ from moat.broker import Broker
 from moat.db import create_engine
 from moat.repository import Repository
 from moat.settings import Settings
-from moat.spool import MessageStore
+from moat.spool import MessageStore, open_store
 from moat.topology import topology
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ class Components:
 
 async def build(settings: Settings, *, connect_broker: bool = True) -> Components:
     repository = Repository(create_engine(settings.database_url))
-    store = MessageStore(settings.spool_dir)
+    store = open_store(settings)
     broker = Broker(
         settings.broker, topology(settings.delivery.retry_schedule, settings.broker.delivery_limit)
     )

@@ -48,12 +48,35 @@ class DomainSettings(BaseModel):
     # Overrides of the global ``scanner`` section for mail to this domain, same keys and shape
     # (e.g. ``{spam_threshold: 8}``); merged over the global values at start-up.
     scanner: dict[str, Any] = {}
+    # Recipient verification at RCPT (docs/recipient-verification.md): the domain's addresses,
+    # exact or glob patterns ("*-list@example.test"), matched without regard to case; or
+    # ``verify: callout``, an RCPT probe to ``relay``. Neither: every address is accepted.
+    recipients: list[str] | None = None
+    verify: Literal["callout"] | None = None
 
     @field_validator("relay")
     @classmethod
     def _valid_relay(cls, value: str) -> str:
         split_host_port(value)
         return value
+
+    @model_validator(mode="after")
+    def _one_way_to_verify(self) -> DomainSettings:
+        if self.recipients is not None and self.verify is not None:
+            raise ValueError("set recipients or verify: callout, not both")
+        return self
+
+
+class CalloutSettings(BaseModel):
+    """Call-out recipient verification (``domains.<name>.verify: callout``): an RCPT probe to
+    the domain's relay, its answers cached as Postfix's address_verify does."""
+
+    positive_ttl: float = Field(default=7 * 24 * 3600.0, gt=0)  # an address that exists
+    negative_ttl: float = Field(default=3 * 3600.0, ge=0)  # an unknown one; 0: not cached
+    timeout: float = Field(default=10.0, gt=0)  # seconds for a whole probe; then 451 4.4.3
+    sender: str = ""  # MAIL FROM of the probe; "" is the null sender <>
+    max_concurrent: int = Field(default=20, ge=1)  # probes in flight per ingress process
+    max_entries: int = Field(default=100_000, ge=1)  # cached answers; the oldest go first
 
 
 class SmtpSettings(BaseModel):
@@ -501,8 +524,9 @@ class SenderListSettings(BaseModel):
 class ScannerSettings(BaseModel):
     prefetch: int = 16
     # The HTTP port of /healthz, /readyz and /metrics (moat/probes.py), on metrics_host; 0: off.
-    # `python -m services` gives the n-th scanner replica this port + n - 1.
-    metrics_port: int = Field(default=9103, ge=0, le=65535)
+    # `python -m services` gives scanner-1 this port, the others the ports after the highest
+    # of the three services' (docs/observability.md).
+    metrics_port: int = Field(default=9101, ge=0, le=65535)
     check_timeout: float = 20.0
     spam_threshold: float = 5.0
     # What happens to mail of each verdict; a virus is quarantined whatever its score.
@@ -523,7 +547,6 @@ class ScannerSettings(BaseModel):
 class DeliverySettings(BaseModel):
     prefetch: int = 32
     # The HTTP port of /healthz, /readyz and /metrics (moat/probes.py), on metrics_host; 0: off.
-    # `python -m services` gives the n-th scanner replica this port + n - 1.
     metrics_port: int = Field(default=9102, ge=0, le=65535)
     # Seconds to wait before each retry; the last value repeats until the lifetime runs out.
     # Postfix-like: 5 minutes doubling to about an hour, for up to 5 days.
@@ -572,13 +595,40 @@ class RetentionSettings(BaseModel):
     orphan_grace: float = Field(default=3600.0, gt=0)
 
 
+class S3Settings(BaseModel):
+    """An S3-compatible bucket for the message store (``moat/s3store.py``)."""
+
+    bucket: str = ""
+    prefix: str = "spool/"  # every key starts with it: one bucket can serve several uses
+    endpoint_url: str | None = None  # None: AWS; else e.g. http://seaweedfs:8333
+    region: str = "us-east-1"
+    # path: http://host/bucket/key, what most self-hosted stores need; virtual: bucket.host.
+    addressing_style: Literal["auto", "path", "virtual"] = "path"
+    # Empty: boto3's own chain (AWS_* variables, web identity on Kubernetes, instance role).
+    # Give the secret through the environment (MOAT_STORE__S3__SECRET_ACCESS_KEY), not a file.
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+    create_bucket: bool = False  # create it at start-up if missing (compose, tests)
+    connect_timeout: float = Field(default=5.0, gt=0)
+    read_timeout: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    max_pool_connections: int = Field(default=32, ge=1)
+
+
+class StoreSettings(BaseModel):
+    """Where raw messages are kept (``moat/spool.py``): ``local``, the directory ``spool_dir``
+    (one host, or a shared volume), or ``s3``, a bucket (pods that share no disk)."""
+
+    backend: Literal["local", "s3"] = "local"
+    s3: S3Settings = S3Settings()
+
+
 class IngressSettings(BaseModel):
     # Messages stored but whose publish was never recorded as confirmed are republished.
     sweep_interval: float = 60.0
     sweep_grace: float = 120.0
     # The HTTP port of /healthz, /readyz and /metrics (moat/probes.py), on metrics_host; 0: off.
-    # `python -m services` gives the n-th scanner replica this port + n - 1.
-    metrics_port: int = Field(default=9101, ge=0, le=65535)
+    metrics_port: int = Field(default=9103, ge=0, le=65535)
 
 
 class Settings(BaseSettings):
@@ -596,6 +646,7 @@ class Settings(BaseSettings):
     domains: dict[str, DomainSettings] = {}
     database_url: str = "sqlite+aiosqlite:///var/moat.db"
     spool_dir: Path = Path("var/spool")
+    store: StoreSettings = StoreSettings()
     # Ingress refuses MAIL (452 4.3.1) while the spool's file system has less free space than
     # this; None: 1.5 times smtp.max_message_size (Postfix's queue_minfree rule).
     spool_min_free: int | None = Field(default=None, ge=0)
@@ -614,12 +665,22 @@ class Settings(BaseSettings):
     dns: DnsSettings = DnsSettings()
     digest: DigestSettings = DigestSettings()
     webhooks: WebhookSettings = WebhookSettings()
+    callout: CalloutSettings = CalloutSettings()
     _policies: dict[str, ScannerSettings] = PrivateAttr(default_factory=dict)
 
     @field_validator("domains")
     @classmethod
     def _lowercase_domains(cls, value: dict[str, DomainSettings]) -> dict[str, DomainSettings]:
         return {name.lower().rstrip("."): domain for name, domain in value.items()}
+
+    @model_validator(mode="after")
+    def _recipients_in_their_domain(self) -> Settings:
+        """A ``recipients`` entry of another domain could never match: a typo to catch early."""
+        for name, domain in self.domains.items():
+            for entry in domain.recipients or []:
+                if entry.rpartition("@")[2].lower().rstrip(".") != name:
+                    raise ValueError(f"domains.{name}.recipients: {entry!r} is not in {name}")
+        return self
 
     @model_validator(mode="after")
     def _domain_policies(self) -> Settings:

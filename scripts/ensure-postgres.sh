@@ -27,6 +27,9 @@ if ! reachable; then
   reachable || { echo "PostgreSQL did not come up on 127.0.0.1:5432" >&2; exit 1; }
 fi
 
+# Under a lock: two `make test` at once both saw no role and the second CREATE ROLE failed.
+exec 9>/tmp/moat-ensure-postgres.lock
+flock 9
 as_postgres "psql -qtAc \"SELECT 1 FROM pg_roles WHERE rolname='moat'\"" | grep -q 1 \
   || as_postgres "psql -qc \"CREATE ROLE moat LOGIN CREATEDB PASSWORD 'moat'\""
 echo "PostgreSQL: reachable on 127.0.0.1:5432 (role moat)"

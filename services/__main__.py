@@ -263,10 +263,15 @@ class Readiness:
 
 
 def scanner_port(settings: Settings, n: int) -> int:
-    """The probe port of the n-th scanner (from 1): each replica its own, counting up from
-    ``scanner.metrics_port``; 0 stays 0 (off)."""
+    """The probe port of the n-th scanner (from 1), each replica its own: scanner-1 on
+    ``scanner.metrics_port``, the others on the ports after the highest of ingress's,
+    delivery's and the scanner's (the defaults 9101, 9102, 9103 give 9104, 9105, ...), so
+    that none takes another service's. 0 stays 0 (off)."""
     base = settings.scanner.metrics_port
-    return base + n - 1 if base else 0
+    if not base or n == 1:
+        return base
+    highest = max(base, settings.delivery.metrics_port, settings.ingress.metrics_port)
+    return highest + n - 1
 
 
 def probes_at(settings: Settings, child: Child) -> str:

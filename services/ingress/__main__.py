@@ -89,9 +89,10 @@ async def main(settings: Settings) -> None:
 
 READS = """\
 reads: smtp.* (listen, hostname, limits), domains (the protected domains; any other recipient
-is refused), scanner.sender_lists (block_action: reject refuses blocked senders at RCPT; the
-rules are read from the database), ingress.* (the sweep), spool_min_free, database_url,
-spool_dir, broker.*, shutdown_timeout, log_level, env.
+is refused; recipients or verify: callout verify their users at RCPT), callout.*,
+scanner.sender_lists (block_action: reject refuses blocked senders at RCPT; the rules are read
+from the database), ingress.* (the sweep), spool_min_free, database_url, spool_dir, broker.*,
+shutdown_timeout, log_level, env.
 connects to: the database and RabbitMQ; listens for SMTP on smtp.listen."""
 
 

@@ -17,7 +17,7 @@ import time
 from email.utils import format_datetime
 from typing import Any, AnyStr
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
 from moat import logs, metrics, replies
 from moat.addresses import is_mailbox
@@ -28,6 +28,7 @@ from moat.sender_rules import CachedRules, RuleAction
 from moat.settings import Settings
 from moat.spool import MessageStore
 from moat.topology import SCAN
+from services.ingress.recipients import RecipientVerifier
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,16 @@ class MoatSMTP(SMTP):
         finally:
             self._in_ehlo = False
 
+    @syntax("VRFY <address>")
+    async def smtp_VRFY(self, arg: str) -> None:
+        # One answer for every argument, whatever the user or the syntax (aiosmtpd's 502 for
+        # an unparsable one would tell them apart): VRFY never helps enumerate users.
+        await self.push(replies.CANNOT_VRFY if arg else replies.VRFY_SYNTAX)
+
+    @syntax("EXPN <list>")
+    async def smtp_EXPN(self, arg: str) -> None:
+        await self.push(replies.NO_EXPN)
+
     async def push(self, status: AnyStr) -> None:
         if isinstance(status, str) and not self._in_ehlo:
             await super().push(replies.with_enhanced_code(status))
@@ -223,6 +234,7 @@ class IngressHandler:
         self.confirmed = confirmed
         # Only with block_action: reject somewhere; else the scanner alone applies the lists.
         self.sender_rules = sender_rules
+        self.recipients = RecipientVerifier(settings)  # docs/recipient-verification.md
 
     async def handle_EHLO(
         self,
@@ -281,6 +293,10 @@ class IngressHandler:
         if await self._sender_blocked(_reverse_path(envelope), address, domain):
             log.info("sender blocked: %s -> %s from %s", envelope.mail_from, address, session.peer)
             return replies.SENDER_BLOCKED
+        refusal = await self.recipients.refusal(address, domain)
+        if refusal is not None:
+            log.info("recipient refused: %s from %s: %s", address, session.peer, refusal[:9])
+            return refusal
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return replies.RECIPIENT_OK

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from moat import lifecycle
-from moat.db import create_engine
+from moat.db import create_engine, db_now
 from moat.lifecycle import MESSAGE_STATES, RECIPIENT_TRANSITIONS, IllegalTransition
 from moat.migrate import upgrade
 from moat.model import MessageStatus as M
@@ -232,6 +232,35 @@ def test_a_batch_of_attempts_is_recorded_together(repository: Repository) -> Non
                 record = await repository.get(message_id)
                 assert record is not None and record.status == M.DELIVERED
                 assert record.recipients[0].status == R.DELIVERED
+        finally:
+            await repository.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_dead_letter_older_than_a_retry_does_not_undo_it(repository: Repository) -> None:
+    # The consumer marks a poison message failed and the broker dead-letters its copy; the
+    # administrator retries before the dead-letter sweep has looked at that copy. The sweep
+    # must not fail the retried message again with the stale copy, yet a copy that died after
+    # the retry (a crash loop on the retried message) is recorded.
+    message_id = "01TESTRETRIED000000000000A"
+
+    async def scenario() -> None:
+        try:
+            await repository.record_received(
+                NewMessage(message_id, "a@x.test", ["b@example.test"], 10)
+            )
+            await repository.mark_queued([message_id])
+            assert await repository.mark_failed(message_id, "scanner", "poison")
+            died_at = db_now() - timedelta(seconds=1)
+            assert await repository.retry_failed(message_id) == M.RECEIVED
+            assert not await repository.record_dead_letter(message_id, "stale copy", died_at)
+            record = await repository.get(message_id)
+            assert record is not None and record.status == M.RECEIVED
+            later = db_now() + timedelta(seconds=2)
+            assert await repository.record_dead_letter(message_id, "died again", later)
+            record = await repository.get(message_id)
+            assert record is not None and record.status == M.FAILED
         finally:
             await repository.close()
 

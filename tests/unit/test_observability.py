@@ -178,6 +178,12 @@ def test_the_console_format_names_the_message_once() -> None:
 
 
 def test_each_scanner_replica_gets_its_own_probe_port() -> None:
+    defaults = Settings()
+    ports = [defaults.scanner.metrics_port, defaults.delivery.metrics_port]
+    ports.append(defaults.ingress.metrics_port)
+    # As k8s/ and services/healthcheck.py have them.
+    assert ports == [9101, 9102, 9103]
+    assert [scanner_port(defaults, n) for n in (1, 2, 3)] == [9101, 9104, 9105]
     settings = Settings(scanner={"metrics_port": 9200})  # type: ignore[arg-type]
     assert [scanner_port(settings, n) for n in (1, 2, 3)] == [9200, 9201, 9202]
     off = Settings(scanner={"metrics_port": 0})  # type: ignore[arg-type]
