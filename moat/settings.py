@@ -597,6 +597,10 @@ class SenderListSettings(BaseModel):
 
 class ScannerSettings(BaseModel):
     prefetch: int = 16
+    # The HTTP port of /healthz, /readyz and /metrics (moat/probes.py), on metrics_host; 0: off.
+    # `python -m services` gives scanner-1 this port, the others the ports after the highest
+    # of the three services' (docs/observability.md).
+    metrics_port: int = Field(default=9101, ge=0, le=65535)
     check_timeout: float = 20.0
     spam_threshold: float = 5.0
     # What happens to mail of each verdict; a virus is quarantined whatever its score.
@@ -616,6 +620,8 @@ class ScannerSettings(BaseModel):
 
 class DeliverySettings(BaseModel):
     prefetch: int = 32
+    # The HTTP port of /healthz, /readyz and /metrics (moat/probes.py), on metrics_host; 0: off.
+    metrics_port: int = Field(default=9102, ge=0, le=65535)
     # Seconds to wait before each retry; the last value repeats until the lifetime runs out.
     # Postfix-like: 5 minutes doubling to about an hour, for up to 5 days.
     retry_schedule: list[int] = [300, 600, 1200, 2400, 3600]
@@ -729,6 +735,8 @@ class IngressSettings(BaseModel):
     # Messages stored but whose publish was never recorded as confirmed are republished.
     sweep_interval: float = 60.0
     sweep_grace: float = 120.0
+    # The HTTP port of /healthz, /readyz and /metrics (moat/probes.py), on metrics_host; 0: off.
+    metrics_port: int = Field(default=9103, ge=0, le=65535)
 
 
 class Settings(BaseSettings):
@@ -738,6 +746,11 @@ class Settings(BaseSettings):
 
     env: Literal["dev", "test", "prod"] = "dev"
     log_level: str = "INFO"
+    # console (for people) or json (one object per line; docs/observability.md).
+    log_format: Literal["console", "json"] = "console"
+    # Where ingress, scanner and delivery serve /healthz, /readyz and /metrics (their
+    # metrics_port): loopback unless a scraper elsewhere needs them (0.0.0.0 in a pod).
+    metrics_host: str = "127.0.0.1"
     domains: dict[str, DomainSettings] = {}
     database_url: str = "sqlite+aiosqlite:///var/moat.db"
     spool_dir: Path = Path("var/spool")

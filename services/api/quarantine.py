@@ -211,7 +211,12 @@ class Quarantine:
                 MessageStatus.PARTIALLY_DELIVERED,
                 MessageStatus.BOUNCED,
             ):  # its state still needs the copy: worth a look
-                log.warning("%s is %s but its raw copy is missing", message_id, record.status)
+                log.warning(
+                    "%s is %s but its raw copy is missing",
+                    message_id,
+                    record.status,
+                    extra={"queue_id": message_id},
+                )
             raise Refused(
                 410, f"the message's copy is no longer kept (it is {record.status})"
             ) from None
@@ -259,13 +264,25 @@ class Quarantine:
                 )
         except PublishError as exc:
             # Recorded all the same: the recovery sweeps send it on once the broker is back.
-            log.warning("release of %s recorded, not yet published: %s", message_id, exc)
+            log.warning(
+                "release of %s recorded, not yet published: %s",
+                message_id,
+                exc,
+                extra={"queue_id": message_id},
+            )
             detail = "recorded; it goes on once the broker is reachable again"
         if record.verdict == VerdictName.SPAM and not rescan:
             await self.repository.record_feedback(message_id, "ham", "release")
         action = "rescanned" if rescan else "released"
         await self.audit.record(caller, action, message_id, ", ".join(result.recipients))
-        log.info("%s %s by %s: %s", message_id, action, caller.actor, ", ".join(result.recipients))
+        log.info(
+            "%s %s by %s: %s",
+            message_id,
+            action,
+            caller.actor,
+            ", ".join(result.recipients),
+            extra={"queue_id": message_id},
+        )
         assert result.status is not None
         return Done(message_id, action, result.recipients, result.status, detail)
 

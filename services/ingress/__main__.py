@@ -10,7 +10,7 @@ import logging
 import sys
 from datetime import timedelta
 
-from moat import runtime
+from moat import metrics, probes, runtime
 from moat.counters import build_store
 from moat.model import ScanRequest
 from moat.sender_rules import CachedRules, SenderRuleStore
@@ -27,6 +27,7 @@ log = logging.getLogger("ingress")
 
 
 async def main(settings: Settings) -> None:
+    probe = await probes.serve("ingress", settings, settings.ingress.metrics_port)
     parts = await build(settings)
     confirmed = QueuedMarker(parts.repository)
     sender_rules = None
@@ -63,7 +64,12 @@ async def main(settings: Settings) -> None:
         for message_id in await parts.repository.unconfirmed(grace):
             await parts.broker.publish(SCAN, ScanRequest(message_id=message_id))
             confirmed.add(message_id)
-            log.warning("republished %s: its first publish was never confirmed", message_id)
+            log.warning(
+                "republished %s: its first publish was never confirmed",
+                message_id,
+                extra={"queue_id": message_id},
+            )
+            metrics.get().job_did("unconfirmed_sweep", "republished", 1)
 
     leftovers = await asyncio.to_thread(
         parts.store.sweep_temporary, settings.retention.orphan_grace
@@ -75,6 +81,14 @@ async def main(settings: Settings) -> None:
     servers = await start_listeners(
         settings, handler, sessions, SubmissionUserStore(parts.repository.engine)
     )
+    probe.readiness = lambda: [
+        what
+        for what, up in (
+            ("broker connection", parts.broker.connected),
+            ("SMTP listener", all(server.is_serving() for server in servers)),
+        )
+        if not up
+    ]
     tasks = [
         asyncio.create_task(confirmed.run()),
         asyncio.create_task(
@@ -95,6 +109,7 @@ async def main(settings: Settings) -> None:
         await confirmed.flush()
         await counters.close()
         await parts.close()
+        await probe.close()
 
 
 READS = """\

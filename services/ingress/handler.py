@@ -14,12 +14,13 @@ import errno
 import logging
 import re
 import ssl
+import time
 from email.utils import format_datetime
 from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
-from moat import replies
+from moat import logs, metrics, replies
 from moat.addresses import is_mailbox
 from moat.broker import Broker
 from moat.model import ScanRequest, new_message_id, utcnow
@@ -193,6 +194,7 @@ class MoatSMTP(LimitedSMTP):
             await super().smtp_DATA(arg)
         finally:
             self._in_data = False
+            logs.bind_queue_id(None)
         if self._draining:
             await self._goodbye()
 
@@ -354,14 +356,17 @@ class IngressHandler:
         # aiosmtpd hands over bare CRs and LFs as they came. Made CRLF first, so the loop
         # count, the forged-header rule, the spool, the scanners and the relay read one set
         # of lines: nothing can hide behind a line break that only some of them see.
+        started = time.perf_counter()
         data = normalise_line_endings(envelope.original_content or b"")
         if count_received_headers(data) > self.settings.smtp.max_received_headers:
             log.warning(
                 "loop suspected: from=<%s> client=%s", envelope.mail_from, client_ip(session)
             )
+            metrics.get().ingress_messages.labels("loop").inc()
             return replies.LOOP_DETECTED
 
         message_id = new_message_id()
+        logs.bind_queue_id(message_id)  # until the end of this DATA (MoatSMTP.smtp_DATA)
         data = strip_forged_headers(data, self.settings.smtp.hostname)
         raw = self._received_header(server, session, envelope, message_id) + data
         client_address = client_ip(session)
@@ -387,6 +392,7 @@ class IngressHandler:
         except Exception as exc:
             log.error("message from %s not accepted (%s): %s", client_ip(session), message_id, exc)
             await self._undo(message_id, stored=stored, recorded=recorded, reason=str(exc))
+            metrics.get().ingress_messages.labels("failed").inc()
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 return replies.INSUFFICIENT_STORAGE
             return replies.TEMPORARY_FAILURE
@@ -401,6 +407,7 @@ class IngressHandler:
             len(raw),
             client_address,
         )
+        metrics.get().queued(time.perf_counter() - started)
         return replies.QUEUED.format(message_id=message_id)
 
     async def _sender_blocked(self, sender: str, recipient: str, domain: str) -> bool:

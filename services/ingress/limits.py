@@ -17,7 +17,7 @@ from typing import AnyStr
 from aiosmtpd.proxy_protocol import get_proxy
 from aiosmtpd.smtp import SMTP
 
-from moat import replies
+from moat import metrics, replies
 from moat.counters import CounterStore, new_member
 from moat.settings import GreylistSettings, LimitsSettings, SmtpSettings
 
@@ -46,6 +46,7 @@ class SessionLimits:
         if count > self.settings.connections:
             await self.store.leave(key, member)
             log.warning("too many connections from %s (%d)", ip, count - 1)
+            _limited("connections")
             return False
         return True
 
@@ -72,6 +73,7 @@ class SessionLimits:
         count = await self.store.hit(f"mail:{ip}", self.settings.rate_window)
         if count > limit:
             log.warning("message rate limit exceeded: %d from %s", count, ip)
+            _limited("message_rate")
             return False
         return True
 
@@ -82,6 +84,7 @@ class SessionLimits:
         count = await self.store.hit(f"rcpt:{ip}", self.settings.rate_window)
         if count > limit:
             log.warning("recipient rate limit exceeded: %d from %s", count, ip)
+            _limited("recipient_rate")
             return False
         return True
 
@@ -151,6 +154,7 @@ class Greylist:
         now = self._clock()
         if await self.store.put(key, repr(now), self.settings.retry_window, only_new=True):
             log.info("greylisted: %s from=<%s> to=<%s> (first attempt)", ip, sender, recipient)
+            _limited("greylisted")
             return False
         first = await self.store.get(key)
         waited = now - float(first) if first is not None else 0.0
@@ -162,10 +166,15 @@ class Greylist:
                 recipient,
                 waited,
             )
+            _limited("greylisted")
             return False
         await self.store.put(f"grey:pass:{network}", "1", self.settings.memory)
         log.info("greylist passed: %s from=<%s> to=<%s> after %.0fs", ip, sender, recipient, waited)
         return True
+
+
+def _limited(limit: str) -> None:
+    metrics.get().ingress_limited.labels(limit).inc()
 
 
 # Error replies that do not count: a 421 ends the session anyway, and Postfix leaves recipients
@@ -237,6 +246,7 @@ class LimitedSMTP(SMTP):
             else:
                 if early:  # else the client left
                     log.warning("early talker %s refused", ip)
+                    _limited("early_talker")
                     await self.push(replies.EARLY_TALKER)
                 return False
         return True
@@ -267,6 +277,7 @@ class LimitedSMTP(SMTP):
         if errors.add():
             self._ending = True
             log.warning("too many errors from %s; closing", self.client_address())
+            _limited("errors")
             await super().push(replies.TOO_MANY_ERRORS)
             if self.transport is not None:
                 self.transport.close()

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.harness import ROOT, Gateway, free_port, make_message, wait_for
@@ -120,6 +121,7 @@ def test_connections_over_the_limit_refused_per_address(
         with Client(port, greet=False) as fourth:
             assert fourth.reply() == (421, b"4.7.0 Too many connections from your address")
             assert fourth.closed()
+        assert 'moat_ingress_limited_total{limit="connections"} 1.0' in _metrics(gateway)
         with Client(port, source="127.0.0.2") as other:  # another address: still served
             assert other.greeting is not None and other.greeting[0] == 220
             assert other.send("alice@outside.test", "bob@example.test")[0] == 250
@@ -231,6 +233,7 @@ def test_early_talker_refused(make_gateway: Callable[..., Gateway], store: str) 
         talker.sock.sendall(b"EHLO spambot.test\r\n")
         assert talker.reply() == (554, b"5.5.0 Protocol error: you talked before the greeting")
         assert talker.closed()
+    assert 'moat_ingress_limited_total{limit="early_talker"} 1.0' in _metrics(gateway)
     started = time.monotonic()
     with Client(port) as polite:  # waits: greeted after the pause
         assert polite.greeting is not None and polite.greeting[0] == 220
@@ -266,6 +269,10 @@ def test_message_and_recipient_rates(make_gateway: Callable[..., Gateway], store
             assert other.command(f"RCPT TO:<user{i}@example.test>")[0] == 250
         code, text = other.command("RCPT TO:<user3@example.test>")
         assert (code, text[:6]) == (450, b"4.7.1 ")
+
+
+def _metrics(gateway: Gateway) -> str:
+    return httpx.get(gateway.probe_url("ingress") + "/metrics", timeout=10).text
 
 
 def _listening(port: int) -> bool:
