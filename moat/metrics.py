@@ -43,6 +43,13 @@ class Metrics:
             ["result"],
             registry=registry,
         )
+        self.ingress_limited = Counter(
+            "moat_ingress_limited",
+            "Refusals by the per-client limits and greylisting (docs/ingress-limits.md): "
+            "connections, errors, early_talker, message_rate, recipient_rate, greylisted",
+            ["limit"],
+            registry=registry,
+        )
         self.time_to_250 = Histogram(
             "moat_ingress_time_to_250_seconds",
             "From the end of DATA to the 250 reply: spool fsync, database insert, broker confirm",

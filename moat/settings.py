@@ -74,6 +74,8 @@ class DomainSettings(BaseModel):
     # ``verify: callout``, an RCPT probe to ``relay``. Neither: every address is accepted.
     recipients: list[str] | None = None
     verify: Literal["callout"] | None = None
+    # Greylisting for this domain's recipients; None: the global greylist.enabled.
+    greylist: bool | None = None
 
     @field_validator("relay")
     @classmethod
@@ -116,6 +118,10 @@ class SmtpSettings(BaseModel):
     starttls: bool = True
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # A load balancer in front passes the real client on (PROXY protocol v1 or v2); a
+    # connection without the header within the timeout is closed. Off by default.
+    proxy_protocol: bool = False
+    proxy_protocol_timeout: float = Field(default=5.0, gt=0)
 
     @field_validator("trusted_networks")
     @classmethod
@@ -691,6 +697,40 @@ class StoreSettings(BaseModel):
     s3: S3Settings = S3Settings()
 
 
+class LimitsSettings(BaseModel):
+    """Per client IP session limits (docs/ingress-limits.md); Postfix's names and defaults.
+    0 turns a limit off. Trusted networks are exempt."""
+
+    # Counters shared by the ingress replicas; None: each process counts on its own.
+    redis_url: str | None = None
+    redis_prefix: str = "moat:"
+    redis_retry: float = Field(default=30.0, gt=0)  # after an outage, try Redis again after
+    redis_timeout: float = Field(default=0.5, gt=0)  # a slower answer counts as an outage
+    connections: int = Field(default=50, ge=0)  # smtpd_client_connection_count_limit
+    messages_per_minute: int = Field(default=0, ge=0)  # smtpd_client_message_rate_limit
+    recipients_per_minute: int = Field(default=0, ge=0)  # smtpd_client_recipient_rate_limit
+    rate_window: float = Field(default=60.0, gt=0)  # anvil_rate_time_unit
+    soft_error_limit: int = Field(default=10, ge=0)  # smtpd_soft_error_limit
+    hard_error_limit: int = Field(default=20, ge=0)  # smtpd_hard_error_limit
+    error_sleep: float = Field(default=1.0, ge=0)  # smtpd_error_sleep_time
+    # Pre-greeting pause (postscreen_greet_wait): a client that talks in it is refused. A
+    # client that waited is not paused again for greet_pass_ttl (postscreen_greet_ttl).
+    greet_pause: float = Field(default=1.0, ge=0)
+    greet_pass_ttl: float = Field(default=86400.0, ge=0)
+    # A connection's entry in the shared count expires after this, should its replica die.
+    connection_ttl: float = Field(default=3600.0, gt=0)
+
+
+class GreylistSettings(BaseModel):
+    """Greylisting at RCPT (postgrey's defaults); off unless enabled here or per domain."""
+
+    enabled: bool = False
+    delay: float = Field(default=300.0, ge=0)  # a retry before this is refused again
+    retry_window: float = Field(default=2 * 86400.0, gt=0)  # a first attempt is forgotten after
+    memory: float = Field(default=36 * 86400.0, gt=0)  # a client that passed skips it this long
+    ipv6_prefix: int = Field(default=64, ge=0, le=128)  # an IPv6 client's network
+
+
 class IngressSettings(BaseModel):
     # Messages stored but whose publish was never recorded as confirmed are republished.
     sweep_interval: float = 60.0
@@ -728,6 +768,8 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     broker: BrokerSettings = BrokerSettings()
     ingress: IngressSettings = IngressSettings()
+    limits: LimitsSettings = LimitsSettings()
+    greylist: GreylistSettings = GreylistSettings()
     scanner: ScannerSettings = ScannerSettings()
     delivery: DeliverySettings = DeliverySettings()
     retention: RetentionSettings = RetentionSettings()
@@ -793,6 +835,13 @@ class Settings(BaseSettings):
         if self.spool_min_free is not None:
             return self.spool_min_free
         return self.smtp.max_message_size * 3 // 2
+
+    def greylists(self, domain: str) -> bool:
+        """Whether mail to ``domain`` is greylisted."""
+        settings = self.relay_for(domain)
+        if settings is None or settings.greylist is None:
+            return self.greylist.enabled
+        return settings.greylist
 
     def relay_for(self, domain: str) -> DomainSettings | None:
         return self.domains.get(domain.lower().rstrip("."))

@@ -11,6 +11,7 @@ import sys
 from datetime import timedelta
 
 from moat import metrics, probes, runtime
+from moat.counters import build_store
 from moat.model import ScanRequest
 from moat.sender_rules import CachedRules, SenderRuleStore
 from moat.services import build, every
@@ -19,6 +20,7 @@ from moat.submission_users import SubmissionUserStore
 from moat.topology import SCAN
 from services.ingress import cli
 from services.ingress.handler import IngressHandler, QueuedMarker, Sessions
+from services.ingress.limits import Greylist, SessionLimits
 from services.ingress.listeners import start_listeners
 
 log = logging.getLogger("ingress")
@@ -36,8 +38,25 @@ async def main(settings: Settings) -> None:
         sender_rules = CachedRules(
             SenderRuleStore(parts.repository.engine), settings.scanner.sender_lists.poll_interval
         )
+    counters = build_store(
+        settings.limits.redis_url,
+        settings.limits.redis_prefix,
+        settings.limits.redis_retry,
+        settings.limits.redis_timeout,
+    )
+    limits = SessionLimits(settings.limits, settings.smtp, counters)
+    greylist = None
+    if any(settings.greylists(domain) for domain in settings.domains):
+        greylist = Greylist(settings.greylist, counters)
     handler = IngressHandler(
-        settings, parts.repository, parts.store, parts.broker, confirmed, sender_rules
+        settings,
+        parts.repository,
+        parts.store,
+        parts.broker,
+        confirmed,
+        sender_rules,
+        limits,
+        greylist,
     )
 
     async def republish_unconfirmed() -> None:
@@ -88,6 +107,7 @@ async def main(settings: Settings) -> None:
         for task in tasks:
             task.cancel()
         await confirmed.flush()
+        await counters.close()
         await parts.close()
         await probe.close()
 
@@ -98,10 +118,11 @@ api.self_signed_dir for a generated certificate), submission.* (the submission l
 their users; more users from the database), domains (the protected domains; any other recipient
 is refused; recipients or verify: callout verify their users at RCPT; require_tls), callout.*,
 scanner.sender_lists (block_action: reject refuses blocked senders at RCPT; the rules are read
-from the database), ingress.* (the sweep), spool_min_free, database_url, spool_dir, broker.*,
+from the database), ingress.* (the sweep), limits.* and greylist.* (per client limits,
+greylisting; Redis if limits.redis_url), spool_min_free, database_url, spool_dir, broker.*,
 shutdown_timeout, log_level, env.
-connects to: the database and RabbitMQ; listens for SMTP on smtp.listen, and on
-submission.listen / submission.listen_tls when set.
+connects to: the database, RabbitMQ and Redis (limits.redis_url, if set); listens for SMTP
+on smtp.listen, and on submission.listen / submission.listen_tls when set.
 `hash-password` reads a password (twice, from a terminal; once from a pipe) and prints its
 argon2 hash for submission.users; it reads no settings."""
 

@@ -29,6 +29,7 @@ from moat.sender_rules import CachedRules, RuleAction
 from moat.settings import Settings
 from moat.spool import MessageStore
 from moat.topology import SCAN
+from services.ingress.limits import Greylist, LimitedSMTP, SessionLimits
 from services.ingress.recipients import RecipientVerifier
 from services.ingress.security import (
     may_relay,
@@ -139,7 +140,7 @@ class Sessions:
                     session.transport.close()
 
 
-class MoatSMTP(SMTP):
+class MoatSMTP(LimitedSMTP):
     """aiosmtpd's protocol, with an enhanced status code (RFC 3463) on every reply, and a
     polite end when the service stops (see ``Sessions``). No AUTH here: the MX listener takes
     no passwords (the submission listeners do: ``services/ingress/submission.py``)."""
@@ -149,9 +150,22 @@ class MoatSMTP(SMTP):
     _in_data = False
     _draining = False
 
-    def __init__(self, handler: Any, sessions: Sessions, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        handler: Any,
+        sessions: Sessions,
+        limits: SessionLimits | None = None,
+        proxy_timeout: float | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(handler, **kwargs)
         self.sessions = sessions
+        self.limits = limits
+        self.proxy_timeout = proxy_timeout
+
+    def client_address(self) -> str:
+        assert self.session is not None
+        return client_ip(self.session)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -245,6 +259,8 @@ class IngressHandler:
         broker: Broker,
         confirmed: QueuedMarker,
         sender_rules: CachedRules | None = None,
+        limits: SessionLimits | None = None,
+        greylist: Greylist | None = None,
     ) -> None:
         self.settings = settings
         self.repository = repository
@@ -254,6 +270,8 @@ class IngressHandler:
         # Only with block_action: reject somewhere; else the scanner alone applies the lists.
         self.sender_rules = sender_rules
         self.recipients = RecipientVerifier(settings)  # docs/recipient-verification.md
+        self.limits = limits
+        self.greylist = greylist
 
     async def handle_EHLO(
         self,
@@ -276,8 +294,10 @@ class IngressHandler:
         mail_options: list[str],
     ) -> str:
         if not self._room_for(_declared_size(mail_options)):
-            log.warning("spool space low: MAIL from %s refused with 452 4.3.1", session.peer)
+            log.warning("spool space low: MAIL from %s refused with 452 4.3.1", client_ip(session))
             return replies.INSUFFICIENT_STORAGE
+        if self.limits and not await self.limits.allow_message(client_ip(session)):
+            return replies.TOO_MUCH_MAIL
         # Without SMTPUTF8 the transaction is ASCII (RFC 6531 3.4): such an address could be
         # neither relayed nor sent a DSN, so taking it would only move the failure out of
         # sight. aiosmtpd has already read the SMTPUTF8 parameter into the envelope.
@@ -303,11 +323,13 @@ class IngressHandler:
             return replies.SMTPUTF8_REQUIRED
         if not is_mailbox(address):
             return replies.BAD_RECIPIENT_SYNTAX
+        if self.limits and not await self.limits.allow_recipient(client_ip(session)):
+            return replies.TOO_MANY_RECIPIENTS_RATE
         domain = address.rpartition("@")[2]
         client = client_ip(session)
         protected = self.settings.relay_for(domain) is not None
         if not (protected or may_relay(self.settings, session, client)):
-            log.info("relay denied: %s -> %s from %s", envelope.mail_from, address, session.peer)
+            log.info("relay denied: %s -> %s from %s", envelope.mail_from, address, client)
             return replies.RELAY_DENIED.format(domain=_printable(domain))
         if len(envelope.rcpt_tos) >= self.settings.smtp.max_recipients:
             return replies.TOO_MANY_RECIPIENTS
@@ -316,12 +338,16 @@ class IngressHandler:
         ):
             return replies.TLS_REQUIRED
         if await self._sender_blocked(_reverse_path(envelope), address, domain):
-            log.info("sender blocked: %s -> %s from %s", envelope.mail_from, address, session.peer)
+            log.info(
+                "sender blocked: %s -> %s from %s", envelope.mail_from, address, client_ip(session)
+            )
             return replies.SENDER_BLOCKED
         refusal = await self.recipients.refusal(address, domain)
         if refusal is not None:
-            log.info("recipient refused: %s from %s: %s", address, session.peer, refusal[:9])
+            log.info("recipient refused: %s from %s: %s", address, client_ip(session), refusal[:9])
             return refusal
+        if await self._greylisted(session, envelope, address, domain):
+            return replies.GREYLISTED
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return replies.RECIPIENT_OK
@@ -333,7 +359,9 @@ class IngressHandler:
         started = time.perf_counter()
         data = normalise_line_endings(envelope.original_content or b"")
         if count_received_headers(data) > self.settings.smtp.max_received_headers:
-            log.warning("loop suspected: from=<%s> client=%s", envelope.mail_from, session.peer)
+            log.warning(
+                "loop suspected: from=<%s> client=%s", envelope.mail_from, client_ip(session)
+            )
             metrics.get().ingress_messages.labels("loop").inc()
             return replies.LOOP_DETECTED
 
@@ -362,13 +390,15 @@ class IngressHandler:
                 SCAN, ScanRequest(message_id=message_id, envelope=new.envelope)
             )
         except Exception as exc:
-            log.error("message from %s not accepted (%s): %s", session.peer, message_id, exc)
+            log.error("message from %s not accepted (%s): %s", client_ip(session), message_id, exc)
             await self._undo(message_id, stored=stored, recorded=recorded, reason=str(exc))
             metrics.get().ingress_messages.labels("failed").inc()
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 return replies.INSUFFICIENT_STORAGE
             return replies.TEMPORARY_FAILURE
         self.confirmed.add(message_id)
+        if isinstance(server, LimitedSMTP):
+            server.message_delivered()
         log.info(
             "queued %s from=<%s> to=%d size=%d client=%s",
             message_id,
@@ -395,6 +425,16 @@ class IngressHandler:
             return False
         rule = rules.applicable(sender, recipient)
         return rule is not None and rule.action == RuleAction.BLOCK
+
+    async def _greylisted(
+        self, session: Session, envelope: Envelope, address: str, domain: str
+    ) -> bool:
+        if self.greylist is None or not self.settings.greylists(domain):
+            return False
+        ip = client_ip(session)
+        if not ip or self.settings.smtp.trusts(ip) or session.authenticated:
+            return False
+        return not await self.greylist.admits(ip, _reverse_path(envelope), address)
 
     def _room_for(self, size: int) -> bool:
         """Whether the spool has room for a message of ``size`` bytes (0: not declared) and
@@ -476,6 +516,9 @@ def client_ip(session: Session) -> str:
     """The client's IP address as every rule and record should see it ("" if unknown). One
     place, so that a front end passing the real client on (the PROXY protocol) changes it for
     the limits, SPF, the logs and our Received: line alike."""
+    proxy = session.proxy_data
+    if proxy and proxy.src_addr is not None:  # not a PROXY v2 LOCAL (the balancer's own check)
+        return str(proxy.src_addr)
     peer = session.peer
     if isinstance(peer, tuple) and peer:
         return str(peer[0])
@@ -510,13 +553,19 @@ def smtp_factory(
     **options: Any,
 ) -> Any:
     """The protocol factory of a listener: the MX (``MoatSMTP``, STARTTLS with
-    ``tls_context``) or a submission listener (``protocol`` and its ``options``)."""
+    ``tls_context``) or a submission listener (``protocol`` and its ``options``). The
+    handler's limits and the PROXY protocol apply to every listener but the implicit-TLS one,
+    where TLS comes before any byte the protocol could read (docs/ingress-limits.md)."""
+    proxy = settings.smtp.proxy_protocol and not options.get("implicit_tls")
+    proxy_timeout = settings.smtp.proxy_protocol_timeout if proxy else None
 
     def make() -> MoatSMTP:
         return protocol(
             handler,
             sessions,
             tls_context=tls_context,
+            limits=handler.limits,
+            proxy_timeout=proxy_timeout,
             **options,
             hostname=settings.smtp.hostname,
             ident="Moat ESMTP",
