@@ -4,12 +4,14 @@ smtplib, raw sockets, swaks and openssl s_client (scripts/ensure-smtp-tools.sh).
 from __future__ import annotations
 
 import base64
+import json
 import re
 import shutil
 import smtplib
 import socket
 import ssl
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -475,3 +477,66 @@ def test_certificate_was_generated(gw: Gateway) -> None:
     tls_dir = Path(gw.workdir) / "tls"
     assert (tls_dir / "smtp-cert.pem").exists()
     assert (tls_dir / "smtp-key.pem").stat().st_mode & 0o077 == 0
+
+
+# --- sslyze: the TLS configuration as a scanner sees it ------------------------------------------
+
+# Every suite we accept must be AEAD with forward secrecy: TLS 1.3's (all are) and, on TLS 1.2,
+# ECDHE/DHE with GCM or ChaCha20-Poly1305.
+_STRONG_TLS12 = re.compile(
+    r"^TLS_(ECDHE|DHE)_(RSA|ECDSA)_WITH_(AES_(128|256)_GCM|CHACHA20_POLY1305)_"
+)
+
+
+def test_sslyze_finds_no_weak_protocol_or_cipher_on_starttls(gw: Gateway, tmp_path: Path) -> None:
+    sslyze = Path(sys.executable).with_name("sslyze")
+    report = tmp_path / "sslyze.json"
+    done = subprocess.run(
+        [
+            str(sslyze),
+            "--starttls",
+            "smtp",
+            "--sslv2",
+            "--sslv3",
+            "--tlsv1",
+            "--tlsv1_1",
+            "--tlsv1_2",
+            "--tlsv1_3",
+            "--compression",
+            "--heartbleed",
+            "--openssl_ccs",
+            "--fallback",
+            "--reneg",
+            f"--json_out={report}",
+            f"127.0.0.1:{gw.smtp_port}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    [server] = json.loads(report.read_text())["server_scan_results"]
+    assert server["scan_status"] == "COMPLETED", server.get("connectivity_error_trace")
+    scans = server["scan_result"]
+
+    def accepted(command: str) -> list[str]:
+        scan = scans[command]
+        assert scan["status"] == "COMPLETED", (command, scan.get("error_trace"))
+        return [suite["cipher_suite"]["name"] for suite in scan["result"]["accepted_cipher_suites"]]
+
+    for old in ("ssl_2_0_cipher_suites", "ssl_3_0_cipher_suites"):
+        assert accepted(old) == [], old
+    assert accepted("tls_1_0_cipher_suites") == []
+    assert accepted("tls_1_1_cipher_suites") == []
+    tls12, tls13 = accepted("tls_1_2_cipher_suites"), accepted("tls_1_3_cipher_suites")
+    assert tls12 and tls13, (tls12, tls13)
+    weak = [name for name in tls12 if not _STRONG_TLS12.match(name)]
+    assert weak == [], weak
+    assert not scans["tls_compression"]["result"]["supports_compression"]
+    assert not scans["heartbleed"]["result"]["is_vulnerable_to_heartbleed"]
+    assert not scans["openssl_ccs_injection"]["result"]["is_vulnerable_to_ccs_injection"]
+    assert scans["tls_fallback_scsv"]["result"]["supports_fallback_scsv"]
+    reneg = scans["session_renegotiation"]["result"]
+    assert not reneg["is_vulnerable_to_client_renegotiation_dos"]
+    assert reneg["supports_secure_renegotiation"]
