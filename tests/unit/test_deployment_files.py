@@ -117,11 +117,11 @@ def test_compose_file_meets_the_compose_specification(tmp_path: Path) -> None:
 def test_compose_services() -> None:
     services = _compose()["services"]
     assert set(services) == {
-        "rabbitmq", "postgres", "clamav", "seaweedfs", "migrate", *SERVICES
+        "rabbitmq", "postgres", "clamav", "seaweedfs", "redis", "migrate", *SERVICES
     }  # fmt: skip
     assert services["clamav"]["image"].startswith("clamav/clamav:")
     # Every long-running dependency says when it is ready, and the services wait for that.
-    for name in ("rabbitmq", "postgres", "clamav", "seaweedfs"):
+    for name in ("rabbitmq", "postgres", "clamav", "seaweedfs", "redis"):
         assert services[name]["healthcheck"]["test"], name
     for name in SERVICES:
         service = services[name]
@@ -141,6 +141,34 @@ def test_compose_services() -> None:
         assert grace >= Settings().shutdown_timeout + STOP_MARGIN, name
     assert services["scanner"]["depends_on"]["clamav"]["condition"] == "service_healthy"
     assert services["migrate"]["command"] == ["moat.migrate"]
+
+
+def test_compose_redis_for_the_ingress_limits() -> None:
+    compose = _compose()
+    services = compose["services"]
+    redis = services["redis"]
+    # The official image, pinned to a major version.
+    assert re.fullmatch(r"redis:\d+", redis["image"]), redis["image"]
+    assert "redis-cli ping" in " ".join(redis["healthcheck"]["test"])
+    # Counters only: no volume, /data on a tmpfs (else the image's VOLUME makes one), and the
+    # configuration turns both kinds of persistence off.
+    assert "volumes" not in redis and redis["tmpfs"] == ["/data"]
+    assert "redis" not in compose["volumes"]
+    (config,) = redis["configs"]
+    assert redis["entrypoint"] == ["redis-server", config["target"]]
+    lines = compose["configs"][config["source"]]["content"].splitlines()
+    assert 'save ""' in lines and "appendonly no" in lines
+    assert "requirepass ${REDIS_PASSWORD:?set REDIS_PASSWORD}" in lines
+    assert redis["read_only"] is True and redis["cap_drop"] == ["ALL"]
+    assert redis["user"] != "root" and "ports" not in redis
+    # Ingress, and only ingress, counts in it, once it answers.
+    ingress = services["ingress"]
+    assert ingress["depends_on"]["redis"]["condition"] == "service_healthy"
+    url = ingress["environment"]["MOAT_LIMITS__REDIS_URL"]
+    assert re.fullmatch(r"redis://:\$\{REDIS_PASSWORD:\?[^}]*\}@redis:6379/\d+", url), url
+    for name in ("scanner", "delivery", "api", "migrate"):
+        assert "MOAT_LIMITS__REDIS_URL" not in services[name]["environment"], name
+        assert "redis" not in services[name].get("depends_on", {}), name
 
 
 # --- Kubernetes ---------------------------------------------------------------------------------
