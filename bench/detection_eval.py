@@ -34,7 +34,7 @@ import re
 import sys
 import tarfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,31 +45,17 @@ import numpy.typing as npt
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from services.scanner.checks.base import parse
-from services.scanner.classifier import training
+from services.scanner.classifier import calibration, training
 from services.scanner.classifier.model import Model, hash_tokens
 from services.scanner.classifier.tokenizer import tokens
 from services.scanner.classifier.training import auc, message_date, recall_at_fpr
 
-try:  # the calibration layer, where the code has one (the baseline does not)
-    from services.scanner.classifier import calibration
-except ImportError:  # pragma: no cover - baseline code
-    calibration = None  # type: ignore[assignment]
-
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DEFAULT_CORPUS = ROOT.parent / "shared" / "corpus"
-SOURCES = {  # name: folder (ham/ and/or spam/ below it)
-    "spamassassin": "spamassassin",
-    "mailing-lists": "mailing-lists",
-    "foff": "foff-milter-tests",
-    "newsletters": "newsletters-unspy",
-    "glitchyzorua": "spam-archive-glitchyzorua",
-}
+SOURCES = training.PERMITTED
 NEWER = datetime(2022, 1, 1, tzinfo=UTC).timestamp()
 ONLINE_FIRST = 3000
-# Anonymisation by the corpora's publishers: in no real mail stream, so never a feature.
-ANONYMISED = ("example.com", "baddomain", "untrack.email", "hpot2212", "removed")
-REDACTED_PREFIXES = ("f:", "fn:", "rt:", "mid:", "to:")
 _SPACE = re.compile(rb"\s+")
 _BLANK_LINE = re.compile(rb"\r?\n\r?\n")
 _MESSAGE_ID = re.compile(rb"^message-id:\s*(<[^>\r\n]{3,}>)", re.IGNORECASE | re.MULTILINE)
@@ -105,18 +91,11 @@ def dedupe_keys(raw: bytes, redacted: bool) -> tuple[str, ...]:
     return tuple(keys)
 
 
-def clean(found: set[str], redacted: bool) -> frozenset[str]:
-    kept = {t for t in found if not any(mark in t.lower() for mark in ANONYMISED)}
-    if redacted:
-        kept = {t for t in kept if not t.startswith(REDACTED_PREFIXES)}
-    return frozenset(kept)
-
-
 def tokenise(name: str, raw: bytes, redacted: bool) -> tuple[frozenset[str], float]:
     started = time.process_time()
     found = tokens(parse(name[-26:], raw))
     elapsed = (time.process_time() - started) * 1000
-    return clean(found, redacted), elapsed
+    return frozenset(training.clean(found, redacted)), elapsed
 
 
 def group_of(source: str, name: str) -> str:
@@ -147,7 +126,7 @@ def load(corpus: Path, max_per_source: int, cache: Path | None) -> list[Mail]:
             # deterministic subsample, both classes in proportion
             files = sorted(files, key=lambda f: hashlib.sha256(f[0].name.encode()).digest())
             files = files[:max_per_source]
-        redacted = source == "glitchyzorua"
+        redacted = source in training.REDACTED
         for path, spam in files:
             raw = path.read_bytes()
             found, cpu = tokenise(path.name, raw, redacted)
@@ -193,39 +172,25 @@ def phishing(corpus: Path, limit: int) -> Iterator[tuple[str, bytes]]:
 
 def examples(mails: Sequence[Mail], bits: int) -> list[training.Example]:
     return [
-        training.Example(m.name, m.spam, hash_tokens(m.tokens, bits), m.when) for m in mails
+        training.Example(m.name, m.spam, hash_tokens(m.tokens, bits), m.when, m.source)
+        for m in mails
     ]
 
 
-def fit(train_mails: Sequence[Mail], bits: int, sources: Sequence[str]) -> Model:
-    """The model as ``make train`` would build it from these messages (and its calibration,
-    fitted on the training part's own sources left out in turn, when the code has one)."""
+def fit(train_mails: Sequence[Mail], bits: int, params: training.Params) -> Model:
+    """The model as ``make train`` builds it from these messages, its calibration fitted on
+    the training part's own sources, each scored by a model trained without it."""
     built = examples(train_mails, bits)
-    model = train_model(built, train_mails)
-    if calibration is not None:
-        held: list[tuple[training.Example, float, int]] = []
-        for source in sources:
-            inside = [e for e, m in zip(built, train_mails, strict=True) if m.source != source]
-            outside = [e for e, m in zip(built, train_mails, strict=True) if m.source == source]
-            if not outside or not inside:
-                continue
-            inner = train_model(inside, [m for m in train_mails if m.source != source])
-            for example in outside:
-                held.append((example, inner.margin(example.features), inner.known(example.features)))
-        if held:
-            model.calibration = calibration.fit(
-                np.array([h[1] for h in held]),
-                np.array([h[2] for h in held], dtype=np.float64),
-                np.array([h[0].spam for h in held]),
-            )
+    model = training.train(built, params, [m.source for m in train_mails])
+    margins, known, scored = training.out_of_source(built, params)
+    if len(scored):
+        model.calibration = calibration.fit(
+            margins,
+            known,
+            np.array([e.spam for e in scored]),
+            np.array([e.source for e in scored]),
+        )
     return model
-
-
-def train_model(built: Sequence[training.Example], mails: Sequence[Mail]) -> Model:
-    trainer: Callable[..., Model] = training.train
-    if "sources" in trainer.__code__.co_varnames:
-        return trainer(built, sources=[m.source for m in mails])
-    return trainer(built)
 
 
 def score(model: Model, mails: Sequence[Mail]) -> Scores:
@@ -240,7 +205,9 @@ def score(model: Model, mails: Sequence[Mail]) -> Scores:
 # --- figures --------------------------------------------------------------------------------------
 
 
-def ece(probabilities: npt.NDArray[np.float64], labels: npt.NDArray[np.bool_], bins: int = 10) -> float:
+def ece(
+    probabilities: npt.NDArray[np.float64], labels: npt.NDArray[np.bool_], bins: int = 10
+) -> float:
     edges = np.linspace(0.0, 1.0, bins + 1)
     which = np.clip(np.digitize(probabilities, edges[1:-1]), 0, bins - 1)
     total = 0.0
@@ -298,7 +265,11 @@ def online(model: Model, stream: Sequence[Mail]) -> dict[str, object]:
         labels.append(mail.spam)
         started = time.process_time()
         model.update(
-            features, mail.spam, settings.learn_rate, settings.learn_max_steps, settings.learn_margin
+            features,
+            mail.spam,
+            settings.learn_rate,
+            settings.learn_max_steps,
+            settings.learn_margin,
         )
         learn_ms.append((time.process_time() - started) * 1000)
     p, y = np.array(probabilities), np.array(labels, dtype=bool)
@@ -307,17 +278,25 @@ def online(model: Model, stream: Sequence[Mail]) -> dict[str, object]:
         "spam": int(y.sum()),
         "1-auc%": 100 * (1 - auc(p, y)),
         "learn_ms": float(np.mean(learn_ms)),
-        **{k: v for k, v in summary(Scores(p, y), (0.5,)).items() if k.startswith(("recall", "fpr"))},
+        **{
+            k: v
+            for k, v in summary(Scores(p, y), (0.5,)).items()
+            if k.startswith(("recall", "fpr"))
+        },
     }
 
 
-# --- the run ----------------------------------------------------------------------------------------
+# --- the run ------------------------------------------------------------------------------
 
 
 def run(args: argparse.Namespace) -> dict[str, object]:
     print("tokenising", file=sys.stderr, flush=True)
     mails = load(args.corpus, args.max_per_source, args.cache)
-    bits = training.Params().bits
+    params = training.Params(
+        c=args.c if args.c else training.Params.c,
+        balance=training.Params.balance if args.balance is None else args.balance,
+    )
+    bits = params.bits
     sources = list(SOURCES)
     threshold = verdict_threshold()
     thresholds = sorted({0.5, 0.9, threshold})
@@ -339,16 +318,18 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         seen = {key for m in train_part for key in m.keys}
         groups = {m.group for m in train_part}
         test_part = [m for m in test_part if m.group not in groups and not seen & set(m.keys)]
-        train_sources = sorted({m.source for m in train_part})
-        model = fit(train_part, bits, train_sources)
+        model = fit(train_part, bits, params)
         result = score(model, test_part)
         curves[title] = result
         results[title] = summary(result, thresholds)
         results[title]["train"] = len(train_part)
-        print(f"{title}: {json.dumps(results[title])} ({time.perf_counter() - started:.0f}s)",
-              file=sys.stderr, flush=True)
+        print(
+            f"{title}: {json.dumps(results[title])} ({time.perf_counter() - started:.0f}s)",
+            file=sys.stderr,
+            flush=True,
+        )
 
-    everything = fit(mails, bits, sources)
+    everything = fit(mails, bits, params)
     phish = []
     cpu = []
     for name, raw in phishing(args.corpus, args.max_per_source):
@@ -363,8 +344,10 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             "brier": float(np.mean((p - 1) ** 2)),
         }
 
-    stream = sorted((m for m in mails if m.source != "spamassassin" and m.when), key=lambda m: m.when)
-    start = fit([m for m in mails if m.source == "spamassassin"], bits, ["spamassassin"])
+    stream = sorted(
+        (m for m in mails if m.source != "spamassassin" and m.when), key=lambda m: m.when
+    )
+    start = fit([m for m in mails if m.source == "spamassassin"], bits, params)
     results["online (from SpamAssassin-trained, other sources in date order)"] = online(
         start, stream[:ONLINE_FIRST]
     )
@@ -378,7 +361,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "score ms/msg": float(np.mean([c.extra["score_ms"] for c in curves.values()])),
     }
     results["verdict_threshold"] = threshold
-    results["model"] = {k: v for k, v in everything.meta.items() if isinstance(v, int | float | str)}
+    results["model"] = {
+        k: v for k, v in everything.meta.items() if isinstance(v, int | float | str)
+    }
     plot(curves, RESULTS / f"{args.name}-reliability.png", args.name)
     return results
 
@@ -434,8 +419,12 @@ def markdown(results: dict[str, object], name: str) -> str:
             lines.append(f"| {split} | " + " | ".join(row) + " |")
     for key in ("online (from SpamAssassin-trained, other sources in date order)", "cpu", "model"):
         lines += ["", f"**{key}**: `{json.dumps(results.get(key))}`"]
-    lines += ["", f"verdict threshold (BAYES_SPAM alone reaches the spam score): "
-              f"p >= {results['verdict_threshold']:.4f}", ""]
+    lines += [
+        "",
+        f"verdict threshold (BAYES_SPAM alone reaches the spam score): "
+        f"p >= {results['verdict_threshold']:.4f}",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -445,9 +434,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="run", help="bench/results/<name>.{json,md,png}")
     parser.add_argument("--max-per-source", type=int, default=0, help="a subsample; 0: all")
     parser.add_argument(
-        "--cache", type=Path, default=Path("/tmp/moat-detection-eval"),
+        "--cache",
+        type=Path,
+        default=Path("/tmp/moat-detection-eval"),
         help="token sets by tokenizer version (our own pickle files); '' for none",
     )
+    parser.add_argument("--c", type=float, default=0.0, help="Params.c; 0: the default")
+    parser.add_argument("--balance", type=float, default=None, help="Params.balance")
     args = parser.parse_args(argv)
     args.cache = args.cache if str(args.cache) else None
     started = time.perf_counter()
