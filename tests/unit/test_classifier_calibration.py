@@ -16,6 +16,7 @@ from services.scanner.classifier.training import (
     Example,
     Params,
     clean,
+    featurize,
     held_out,
     out_of_source,
     source_files,
@@ -23,7 +24,6 @@ from services.scanner.classifier.training import (
     train,
 )
 from tests.unit.test_classifier import make_mail, synthetic_model
-from services.scanner.classifier.training import featurize
 
 
 def overconfident(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray]:
