@@ -289,6 +289,14 @@ def online(model: Model, stream: Sequence[Mail]) -> dict[str, object]:
 # --- the run ------------------------------------------------------------------------------
 
 
+def unseen(train_part: Sequence[Mail], test_part: Sequence[Mail]) -> list[Mail]:
+    """The test messages the training part has not seen: not the same Message-ID, not the same
+    body (whitespace aside), not the other copy of a newsletter sent to two addresses."""
+    seen = {key for m in train_part for key in m.keys}
+    groups = {m.group for m in train_part}
+    return [m for m in test_part if m.group not in groups and not seen & set(m.keys)]
+
+
 def run(args: argparse.Namespace) -> dict[str, object]:
     print("tokenising", file=sys.stderr, flush=True)
     mails = load(args.corpus, args.max_per_source, args.cache)
@@ -315,14 +323,17 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     curves: dict[str, Scores] = {}
     for title, (train_part, test_part) in splits.items():
         started = time.perf_counter()
-        seen = {key for m in train_part for key in m.keys}
-        groups = {m.group for m in train_part}
-        test_part = [m for m in test_part if m.group not in groups and not seen & set(m.keys)]
+        before = len(test_part)
+        test_part = unseen(train_part, test_part)
+        if not train_part or not test_part:
+            results[title] = {"skipped": "nothing to train on or nothing to score"}
+            continue
         model = fit(train_part, bits, params)
         result = score(model, test_part)
         curves[title] = result
         results[title] = summary(result, thresholds)
         results[title]["train"] = len(train_part)
+        results[title]["duplicates_left_out"] = before - len(test_part)
         print(
             f"{title}: {json.dumps(results[title])} ({time.perf_counter() - started:.0f}s)",
             file=sys.stderr,
@@ -364,7 +375,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     results["model"] = {
         k: v for k, v in everything.meta.items() if isinstance(v, int | float | str)
     }
-    plot(curves, RESULTS / f"{args.name}-reliability.png", args.name)
+    plot(curves, args.output / f"{args.name}-reliability.png", args.name)
     return results
 
 
@@ -431,7 +442,8 @@ def markdown(results: dict[str, object], name: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/detection_eval.py")
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
-    parser.add_argument("--name", default="run", help="bench/results/<name>.{json,md,png}")
+    parser.add_argument("--name", default="run", help="<output>/<name>.{json,md,png}")
+    parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--max-per-source", type=int, default=0, help="a subsample; 0: all")
     parser.add_argument(
         "--cache",
@@ -446,9 +458,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     results = run(args)
     results["wall_seconds"] = round(time.perf_counter() - started)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(results, indent=1) + "\n")
-    (RESULTS / f"{args.name}.md").write_text(markdown(results, args.name))
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / f"{args.name}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (args.output / f"{args.name}.md").write_text(markdown(results, args.name))
     print(markdown(results, args.name))
     return 0
 
