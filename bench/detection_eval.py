@@ -177,11 +177,13 @@ def examples(mails: Sequence[Mail], bits: int) -> list[training.Example]:
     ]
 
 
-def fit(train_mails: Sequence[Mail], bits: int, params: training.Params) -> Model:
-    """The model as ``make train`` builds it from these messages, its calibration fitted on
-    the training part's own sources, each scored by a model trained without it."""
+def fit(train_mails: Sequence[Mail], bits: int, params: training.Params, calibrate: bool) -> Model:
+    """The model as ``make train`` builds it from these messages; with ``calibrate``, its
+    calibration fitted on the training part's own sources, each scored by a model without it."""
     built = examples(train_mails, bits)
     model = training.train(built, params, [m.source for m in train_mails])
+    if not calibrate:
+        return model
     margins, known, scored = training.out_of_source(built, params)
     if len(scored):
         model.calibration = calibration.fit(
@@ -328,7 +330,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         if not train_part or not test_part:
             results[title] = {"skipped": "nothing to train on or nothing to score"}
             continue
-        model = fit(train_part, bits, params)
+        model = fit(train_part, bits, params, args.calibrate)
         result = score(model, test_part)
         curves[title] = result
         results[title] = summary(result, thresholds)
@@ -340,7 +342,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             flush=True,
         )
 
-    everything = fit(mails, bits, params)
+    everything = fit(mails, bits, params, args.calibrate)
     phish = []
     cpu = []
     for name, raw in phishing(args.corpus, args.max_per_source):
@@ -358,7 +360,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     stream = sorted(
         (m for m in mails if m.source != "spamassassin" and m.when), key=lambda m: m.when
     )
-    start = fit([m for m in mails if m.source == "spamassassin"], bits, params)
+    start = fit([m for m in mails if m.source == "spamassassin"], bits, params, args.calibrate)
     results["online (from SpamAssassin-trained, other sources in date order)"] = online(
         start, stream[:ONLINE_FIRST]
     )
@@ -453,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--c", type=float, default=0.0, help="Params.c; 0: the default")
     parser.add_argument("--balance", type=float, default=None, help="Params.balance")
+    parser.add_argument("--calibrate", action="store_true", help="as make train --calibrate")
     args = parser.parse_args(argv)
     args.cache = args.cache if str(args.cache) else None
     started = time.perf_counter()
