@@ -86,7 +86,7 @@ def fit(
 ) -> Calibration:
     """The calibration minimising the held-out log loss; ``groups`` (a source per message)
     weights each source equally."""
-    weights = np.ones(len(margins))
+    weights: npt.NDArray[np.float64] = np.ones(len(margins))
     if groups is not None:
         names, index, counts = np.unique(groups, return_inverse=True, return_counts=True)
         weights = (len(margins) / len(names)) / counts[index]

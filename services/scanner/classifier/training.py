@@ -108,14 +108,15 @@ def featurize(
 
 
 def load_labelled(
-    files: Sequence[tuple[Path, bool]] | Sequence[tuple[Path, bool, str]],
+    files: Sequence[tuple[Path, bool] | tuple[Path, bool, str]],
     bits: int = DEFAULT_BITS,
     quiet: bool = False,
 ) -> list[Example]:
     examples = []
     started = time.perf_counter()
-    for count, (path, spam, *rest) in enumerate(files, 1):
-        source = rest[0] if rest else ""
+    for count, item in enumerate(files, 1):
+        path, spam = item[0], item[1]
+        source = str(item[-1]) if len(item) == 3 else ""
         raw = path.read_bytes()
         features = featurize(raw, bits, path.name, source in REDACTED)
         examples.append(Example(path.name, spam, features, message_date(raw), source))
@@ -168,8 +169,8 @@ def source_weights(sources: Sequence[str], power: float) -> npt.NDArray[np.float
     """Per-message loss weights that give a source of n messages a total weight growing as
     n**(1 - power) (power 0: every message alike; 1: every source alike), mean 1."""
     names, index, counts = np.unique(np.asarray(sources), return_inverse=True, return_counts=True)
-    weights = counts[index].astype(np.float64) ** -power
-    return weights * len(weights) / weights.sum()
+    weights: npt.NDArray[np.float64] = counts[index].astype(np.float64) ** -power
+    return weights * (len(weights) / float(weights.sum()))
 
 
 def train(
