@@ -73,7 +73,7 @@ clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
 
 # The spam classifier: train the shipped model on the permitted corpora (deterministic;
-# prints cross-validation and held-out figures), and evaluate it online, TREC style, on a corpus
+# prints out-of-source and held-out figures), and evaluate it online, TREC style, on a corpus
 # (EVAL_ARGS, e.g. --ham DIR --spam DIR, or --index FILE; see docs/classifier.md).
 CORPUS ?= ../shared/corpus
 
