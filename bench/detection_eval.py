@@ -449,15 +449,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-per-source", type=int, default=0, help="a subsample; 0: all")
     parser.add_argument(
         "--cache",
-        type=Path,
-        default=Path("/tmp/moat-detection-eval"),
+        default="/tmp/moat-detection-eval",
         help="token sets by tokenizer version (our own pickle files); '' for none",
     )
     parser.add_argument("--c", type=float, default=0.0, help="Params.c; 0: the default")
     parser.add_argument("--balance", type=float, default=None, help="Params.balance")
     parser.add_argument("--calibrate", action="store_true", help="as make train --calibrate")
     args = parser.parse_args(argv)
-    args.cache = args.cache if str(args.cache) else None
+    args.cache = Path(args.cache) if args.cache else None  # Path("") would be "."
     started = time.perf_counter()
     results = run(args)
     results["wall_seconds"] = round(time.perf_counter() - started)
