@@ -133,8 +133,11 @@ def test_urls_in_plain_text_and_header_structure() -> None:
     )
     found = tokens(parse("m", raw))
     assert {"u:dom:example.net", "u:dom:example.org", "u:scheme:https", "u:scheme:none"} <= found
-    assert {"h:received:2", "he:utf-8:b", "he:utf-8:q", "fn:sales", "s:hello"} <= found
-    assert {"f:dom:example.com", "xm:bulkmail", "hc:message-id", "ho:from>subject"} <= found
+    assert {"h:received:2", "he:utf-8:b", "he:utf-8:q", "s:hello"} <= found
+    assert {"h:from", "xm:bulkmail", "hc:message-id", "ho:from>subject"} <= found
+    # the sender's identity (From domain and name, Message-ID shape) is not a token: it named
+    # the training corpora's senders and misled the model on other sources
+    assert not any(token.startswith(("f:", "fn:", "rt:", "mid:")) for token in found)
     # Received hosts are counted, never read
     assert not any(token.startswith("w:") and token in ("w:from", "w:by") for token in found)
 
