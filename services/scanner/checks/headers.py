@@ -1,5 +1,5 @@
 """Header and content heuristics: signs of forged, careless or deceptive mail, each a symbol with
-a score from ``scanner.rules.scores`` (docs/checks/rules.md).
+a score from the symbol table (moat/symbols.py, ``scanner.symbols``) (docs/checks/rules.md).
 
 - Date: missing, unparsable, far in the future or the past of the message's arrival (the date
   of the topmost ``Received:``, which is our own ingress's; now when there is none).
@@ -32,7 +32,7 @@ from functools import cache
 
 from confusable_homoglyphs import confusables  # type: ignore[import-untyped]
 
-from moat.model import Category, Finding
+from moat.model import Finding
 from moat.settings import RulesSettings, Settings
 from services.scanner.checks.base import ParsedMessage
 from services.scanner.checks.urls import (
@@ -499,16 +499,12 @@ class HeaderRulesCheck:
         self._addresses(message, hits)
         urls = self._body(message, rules, hits)
         self._links(urls, rules, hits)
+        table = message.policy.symbol_table
+        # A heuristic scored 0 in the table is off: not even recorded.
         return [
-            Finding(
-                check=self.name,
-                symbol=symbol,
-                category=Category.SPAM,
-                score=rules.scores[symbol],
-                detail=detail[:200],
-            )
+            table.finding(self.name, symbol, detail[:200])
             for symbol, detail in hits.items()
-            if rules.scores.get(symbol, 0.0) != 0.0
+            if table.symbols[symbol].score != 0.0 or table.symbols[symbol].action is not None
         ]
 
     @staticmethod
