@@ -276,3 +276,42 @@ class SymbolTable:
 
     def rows(self) -> Iterable[Symbol]:
         return sorted(self.symbols.values(), key=lambda s: (s.group, s.name))
+
+
+def markdown() -> str:
+    """The default table as docs/symbols.md shows it (a test keeps the two the same; write
+    it with ``python -m moat.symbols > docs/symbols.md``)."""
+    lines = [
+        "# Symbols",
+        "",
+        "Every symbol a check emits and what it counts for: a score added to the spam score, or",
+        "an action forced whatever the score. Generated from `moat/symbols.py` (`python -m",
+        "moat.symbols > docs/symbols.md`); `tests/unit/test_symbols.py` fails when they differ.",
+        "",
+        "Override per installation or per domain (`domains.<d>.scanner.symbols`):",
+        "",
+        "```yaml",
+        "scanner:",
+        "  symbols:",
+        "    HTML_ONLY: 0.5                   # a new score (0 turns a rule off)",
+        "    URL_IP_LITERAL: {action: policy} # force an action: virus, policy, spam, allow",
+        "    GTUBE: {action: none, score: 3}  # take a forced action away",
+        "```",
+        "",
+        "An unknown name stops the service at start-up. A check that fails emits `<CHECK>_FAIL`",
+        "(no verdict: the message is scanned again); one that finds nothing `<CHECK>_NONE`",
+        "(informational). Blocklist zones add `RBL_<ZONE>` / `URIBL_<ZONE>` (or their `symbol`),",
+        "weighted by the zone's `weight` and `codes`. Precedence of forced actions: virus, policy,",
+        "allow (spares the spam verdict only), spam.",
+        "",
+        "| symbol | check | score | forced action | meaning |",
+        "| --- | --- | ---: | --- | --- |",
+    ]
+    for s in sorted(SYMBOLS.values(), key=lambda s: (s.group, s.name)):
+        action = s.action or ""
+        lines.append(f"| `{s.name}` | {s.group} | {s.score:g} | {action} | {s.description} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")
