@@ -462,3 +462,24 @@ def _return_path(raw: bytes) -> str:
             address = parseaddr(line[12:].decode("ascii", "replace").strip())[1]
             return address if "@" in address else ""
     return ""
+
+
+ONE_CLICK = (
+    b"List-Unsubscribe: <https://example.org/u/1>\r\n"
+    b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
+)
+
+
+def test_one_click_unsubscribe_counts_only_under_an_aligned_signature(
+    dns: FakeDNS, key: tuple[bytes, str]
+) -> None:
+    config = settings(dns)
+    signed = scan(config, sign(ONE_CLICK + message(), key))
+    assert by_symbol(signed, "LIST_ONECLICK").score < 0
+    # The same fields without a signature, or under another domain's, earn nothing.
+    assert "LIST_ONECLICK" not in symbols(scan(config, ONE_CLICK + message()))
+    other = scan(config, sign(ONE_CLICK + message(), key, "other.test"))
+    assert "DKIM_VALID" in symbols(other) and "LIST_ONECLICK" not in symbols(other)
+    # Only the RFC 8058 value is one-click.
+    lookalike = ONE_CLICK.replace(b"=One-Click", b"=Yes")
+    assert "LIST_ONECLICK" not in symbols(scan(config, sign(lookalike + message(), key)))

@@ -27,7 +27,8 @@ _QUIET = logging.getLogger(__name__ + ".dkimpy")
 _QUIET.addHandler(logging.NullHandler())
 _QUIET.propagate = False
 
-SEALED = re.compile(rb"(?im)^arc-seal:")
+# Any ARC header field: a signature or results without a seal is a broken chain, not none.
+SEALED = re.compile(rb"(?im)^arc-(?:seal|message-signature|authentication-results):")
 MAX_INSTANCES = 50  # RFC 8617 4.2.1: i= is at most 50
 _RESULT = re.compile(r"\b(spf|dkim|dmarc)\s*=\s*([a-z]+)", re.I)
 
@@ -88,6 +89,12 @@ def validate(
         log.debug("ARC: %r", exc)
         cv, comment = dkim.CV_Fail, "unreadable ARC set"
     if cv == dkim.CV_None:
+        if not _fields(raw, b"arc-seal"):
+            if not any(
+                _fields(raw, f) for f in (b"arc-message-signature", b"arc-authentication-results")
+            ):
+                return None
+            return ArcResult("fail", "", False, "ARC fail: an ARC set without ARC-Seal")
         return None
     seals = [_tags(value) for value in _fields(raw, b"arc-seal")]
     newest = max(seals, key=lambda t: _instance(t.get(b"i", b"")), default={})
