@@ -186,8 +186,9 @@ class DnsSettings(BaseModel):
     nameservers: list[str] = []  # empty: the system's (/etc/resolv.conf)
     port: int = 53
     timeout: float = 2.0  # seconds per lookup; a blocklist that is slow is skipped
-    cache_seconds: float = 300.0
-    cache_size: int = 10_000
+    # Answers cached (dnspython's LRU cache), each for its own TTL; the least recently used
+    # go first past this many.
+    cache_size: int = Field(default=10_000, ge=1)
 
 
 # --- scanner engines: each engine's settings in its own section of ``scanner`` ----------------
