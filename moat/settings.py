@@ -279,6 +279,9 @@ class ClassifierSettings(BaseModel):
     enabled: bool = True  # false: the check reports nothing for this domain's mail
     model_path: Path | None = None  # None: the model shipped in services/scanner/classifier/model/
     poll_interval: float = 30.0  # seconds between looks for learned feedback; 0: never look
+    # Seconds between looks for new feedback rows to learn (one indexed query per replica);
+    # what one replica learns reaches the others at once through feedback.learned.
+    feedback_interval: float = Field(default=2.0, gt=0)
     # The evaluation's "spam at or above" (services/scanner/classifier/evaluation.py); the
     # verdict scores the probability by band (BAYES_00..BAYES_999 in moat/symbols.py).
     spam_probability: float = Field(default=0.9, gt=0.0, le=1.0)
