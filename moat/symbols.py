@@ -57,16 +57,18 @@ def _s(
 
 
 # The classifier's bands, as SpamAssassin's BAYES_xx: (symbol, lower bound of the spam
-# probability, score). Low bands count for the mail. Only BAYES_999 (a calibrated one in a
-# thousand chance of ham) reaches the threshold alone; every other band needs a second signal,
-# so "HTML only" plus a confident-but-wrong classifier does not quarantine.
+# probability, score). The scores are SpamAssassin 4's defaults (its BAYES_20/40 of -0.001
+# rounded to -0.2 and 0), except BAYES_999: SpamAssassin adds 0.2 on top of BAYES_99, we give
+# it 5.0 alone, so that a calibrated one-in-a-thousand chance of ham reaches the threshold by
+# itself (with our few rules, recall would otherwise rest on them). Every other band needs a
+# second signal, so "HTML only" plus a confident-but-wrong classifier does not quarantine.
 BAYES_BANDS: tuple[tuple[str, float, float], ...] = (
-    ("BAYES_00", 0.0, -2.0),
-    ("BAYES_05", 0.01, -1.5),
-    ("BAYES_20", 0.05, -1.0),
-    ("BAYES_40", 0.20, -0.5),
-    ("BAYES_50", 0.40, 0.0),
-    ("BAYES_60", 0.60, 1.0),
+    ("BAYES_00", 0.0, -1.9),
+    ("BAYES_05", 0.01, -0.5),
+    ("BAYES_20", 0.05, -0.2),
+    ("BAYES_40", 0.20, 0.0),
+    ("BAYES_50", 0.40, 0.8),
+    ("BAYES_60", 0.60, 1.5),
     ("BAYES_80", 0.80, 2.0),
     ("BAYES_95", 0.95, 3.0),
     ("BAYES_99", 0.99, 3.5),
@@ -126,7 +128,9 @@ SYMBOLS: Mapping[str, Symbol] = {
         _s("SPF_TEMPERROR", "auth", 0.0, None, "SPF could not be evaluated (DNS)"),
         _s("DKIM_VALID", "auth", 0.0, None, "a DKIM signature verified, not From-aligned"),
         _s("DKIM_VALID_ALIGNED", "auth", -1.0, None, "a DKIM pass aligned with From"),
-        _s("DKIM_INVALID", "auth", 1.0, None, "signed, but no signature verified"),
+        # SpamAssassin's 0.1: lists and forwarders break signatures, keys of old mail are
+        # rotated away; a forged signature is no worse than none.
+        _s("DKIM_INVALID", "auth", 0.1, None, "signed, but no signature verified"),
         _s("DKIM_TEMPERROR", "auth", 0.0, None, "a DKIM key could not be looked up"),
         _s("DMARC_PASS", "auth", -1.0, None, "DMARC pass (SPF or DKIM aligned with From)"),
         _s("DMARC_FAIL", "auth", 1.0, None, "DMARC fail under p=none"),

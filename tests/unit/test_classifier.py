@@ -253,9 +253,9 @@ def test_finding_symbols_and_scores_follow_the_policy() -> None:
     assert spam.probability == 1.0
     assert finding("classifier", 0.995, table).symbol == "BAYES_99"
     ham = finding("classifier", 0.0, table)
-    assert (ham.symbol, ham.score, ham.category) == ("BAYES_00", -2.0, Category.SPAM)
-    unsure = finding("classifier", 0.5, table)
-    assert (unsure.symbol, unsure.score, unsure.category) == ("BAYES_50", 0.0, Category.INFO)
+    assert (ham.symbol, ham.score, ham.category) == ("BAYES_00", -1.9, Category.SPAM)
+    unsure = finding("classifier", 0.3, table)
+    assert (unsure.symbol, unsure.score, unsure.category) == ("BAYES_40", 0.0, Category.INFO)
     strict = ScannerSettings(symbols={"BAYES_80": 9.0}).symbol_table
     assert (
         finding("classifier", 0.8, strict).symbol,

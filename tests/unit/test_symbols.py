@@ -134,7 +134,7 @@ def test_bayes_bands(probability: float, band: str) -> None:
 def test_band_scores_rise_with_the_probability_and_low_bands_count_for_the_mail() -> None:
     scores = [score for _, _, score in BAYES_BANDS]
     assert scores == sorted(scores) and len(set(scores)) == len(scores)
-    assert all(score < 0 for name, lower, score in BAYES_BANDS if lower < 0.4)
+    assert all(score < 0 for name, lower, score in BAYES_BANDS if lower < 0.2)
 
 
 def finding(symbol: str) -> Finding:
