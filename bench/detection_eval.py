@@ -239,18 +239,14 @@ def summary(result: Scores, thresholds: Sequence[float]) -> dict[str, object]:
 
 
 def verdict_threshold() -> float:
-    """The spam probability at which BAYES_SPAM alone reaches the spam verdict (defaults)."""
+    """The spam probability from which the classifier's band alone reaches the spam verdict
+    (the symbol table's BAYES_xx scores against the default threshold)."""
     from moat.settings import Settings
+    from moat.symbols import BAYES_BANDS
 
-    settings = Settings()
-    policy = settings.scanner.classifier
-    needed = getattr(settings.scanner, "spam_threshold", 5.0)
-    if needed <= policy.spam_score_min:
-        return float(policy.spam_probability)
-    if needed > policy.spam_score_max:
-        return 1.0
-    fraction = (needed - policy.spam_score_min) / (policy.spam_score_max - policy.spam_score_min)
-    return float(policy.spam_probability + fraction * (1.0 - policy.spam_probability))
+    needed = Settings().scanner.spam_threshold
+    reaching = [lower for _symbol, lower, score in BAYES_BANDS if score >= needed]
+    return float(min(reaching)) if reaching else 1.0
 
 
 # --- online ---------------------------------------------------------------------------------------
@@ -434,7 +430,7 @@ def markdown(results: dict[str, object], name: str) -> str:
         lines += ["", f"**{key}**: `{json.dumps(results.get(key))}`"]
     lines += [
         "",
-        f"verdict threshold (BAYES_SPAM alone reaches the spam score): "
+        f"verdict threshold (the classifier's band alone reaches the spam score): "
         f"p >= {results['verdict_threshold']:.4f}",
         "",
     ]
