@@ -6,7 +6,9 @@ services.<name>``) unless told, and asks it what an operator would:
 - ingress: the SMTP greeting (220), not just an open port: a stuck event loop fails it;
 - api: ``GET /healthz`` over HTTPS (the certificate may be self-signed: not checked here);
 - scanner, delivery: ``GET /healthz`` on their small HTTP port (``<service>.metrics_port``,
-  9101 and 9102 by default).
+  9101 and 9102 by default);
+- gateway (PID 1 is ``python -m services``, the whole gateway in one container, as for a
+  trial): ingress and api both; the supervisor itself restarts a scanner or delivery that dies.
 
 Liveness only: readiness (``/readyz``: broker and database reachable) is Kubernetes' readiness
 probe; a container restarted because RabbitMQ is away would not bring RabbitMQ back.
@@ -20,7 +22,7 @@ from pathlib import Path
 
 from moat.settings import Settings, load_settings, split_host_port
 
-SERVICES = ("ingress", "scanner", "delivery", "api")
+SERVICES = ("ingress", "scanner", "delivery", "api", "gateway")
 DEFAULT_PORTS = {"scanner": 9101, "delivery": 9102}
 TIMEOUT = 5.0
 
@@ -31,6 +33,8 @@ def service_of_pid1(cmdline: Path = Path("/proc/1/cmdline")) -> str | None:
     except OSError:
         return None
     for word in words:
+        if word == "services":
+            return "gateway"
         if word.startswith("services.") and word.removeprefix("services.") in SERVICES:
             return word.removeprefix("services.")
     return None
@@ -50,6 +54,8 @@ def http_healthz(port: int) -> bool:
 def healthy(service: str, settings: Settings) -> bool:
     from services.__main__ import api_answers, smtp_answers
 
+    if service == "gateway":
+        return smtp_answers(settings.smtp.listen) and api_answers(settings.api.listen)
     if service == "ingress":
         return smtp_answers(settings.smtp.listen)
     if service == "api":

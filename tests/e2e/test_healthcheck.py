@@ -30,14 +30,17 @@ def _check(gateway: Gateway, service: str) -> subprocess.CompletedProcess[str]:
 
 def test_healthcheck_follows_the_service(make_gateway: Callable[..., Gateway]) -> None:
     gateway = make_gateway("sqlite", start=False)
-    gateway.start("ingress", "api")
-    for service in ("ingress", "api"):
+    everything = ("ingress", "scanner", "delivery", "api")
+    gateway.start(*everything)
+    for service in (*everything, "gateway"):
         result = _check(gateway, service)
         assert result.returncode == 0, result.stdout + result.stderr
         assert f"{service}: healthy" in result.stdout
-    gateway.stop("ingress")
     gateway.stop("api")
-    for service in ("ingress", "api"):
+    # The whole gateway in one container is unhealthy when either front door is gone.
+    assert _check(gateway, "gateway").returncode == 1
+    for service in everything:
+        gateway.stop(service)
         result = _check(gateway, service)
         assert result.returncode == 1, result.stdout + result.stderr
     assert _check(gateway, "nonsense").returncode == 2
@@ -48,6 +51,8 @@ def test_the_service_is_read_from_pid1(tmp_path: Path) -> None:
     for service in ("ingress", "scanner", "delivery", "api"):
         cmdline.write_bytes(b"python\0-m\0services." + service.encode() + b"\0")
         assert service_of_pid1(cmdline) == service
+    cmdline.write_bytes(b"python\0-m\0services\0")
+    assert service_of_pid1(cmdline) == "gateway"
     cmdline.write_bytes(b"python\0-m\0moat.migrate\0")
     assert service_of_pid1(cmdline) is None
     assert service_of_pid1(tmp_path / "missing") is None
