@@ -1,0 +1,97 @@
+"""The ingress service with timers on the steps before its 250: ``python bench/ingress_probe.py
+OUT.json`` runs ``services.ingress`` as ``python -m services.ingress`` would, and on stop
+writes to OUT.json, per accepted message, how long each step took (wall clock, the event loop's
+waits included): the spool write (temp file, fsync, rename, directory fsync, in a thread), the
+database insert (the batch writer), the publish until the broker's confirm, and the whole of
+``handle_DATA``. A ticker records how late the event loop wakes up (its stalls), and the
+process's CPU time is read at the start and the end. With ``MOAT_PROBE_PROFILE=1`` cProfile
+runs too and the 30 costliest functions (cumulative) go to OUT.json.prof.txt.
+
+Used by ``bench/ingress_bench.py``; it patches the classes at run time and changes no code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import cProfile
+import io
+import json
+import os
+import pstats
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from moat import runtime
+from moat.broker import Broker
+from moat.repository import Repository
+from moat.settings import load_settings
+from moat.spool import MessageStore
+from services.ingress import __main__ as ingress_main
+from services.ingress.handler import IngressHandler
+
+TIMES: dict[str, list[float]] = {"spool": [], "db": [], "publish": [], "data": []}
+LAGS: list[float] = []
+CPU_AT: list[float] = []  # process CPU time when each handle_DATA ended
+
+
+def timed(name: str, method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await method(*args, **kwargs)
+        finally:
+            TIMES[name].append(time.perf_counter() - started)
+            if name == "data":
+                CPU_AT.append(time.process_time())
+
+    return wrapper
+
+
+async def ticker(every: float = 0.005) -> None:
+    while True:
+        expected = time.perf_counter() + every
+        await asyncio.sleep(every)
+        LAGS.append(max(0.0, time.perf_counter() - expected))
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    MessageStore.write = timed("spool", MessageStore.write)  # type: ignore[method-assign]
+    Repository.record_received = timed("db", Repository.record_received)  # type: ignore[method-assign]
+    Broker.publish = timed("publish", Broker.publish)  # type: ignore[method-assign]
+    IngressHandler.handle_DATA = timed("data", IngressHandler.handle_DATA)  # type: ignore[method-assign]
+    service_main = ingress_main.main
+
+    async def probed(settings: Any) -> None:
+        tick = asyncio.create_task(ticker())
+        try:
+            await service_main(settings)
+        finally:
+            tick.cancel()
+
+    profiler = cProfile.Profile() if os.environ.get("MOAT_PROBE_PROFILE") == "1" else None
+    cpu0 = time.process_time()
+    if profiler:
+        profiler.enable()
+    try:
+        runtime.run("ingress", load_settings(), probed)
+    finally:
+        if profiler:
+            profiler.disable()
+            text = io.StringIO()
+            pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(30)
+            Path(f"{out}.prof.txt").write_text(text.getvalue())
+        out.write_text(
+            json.dumps(
+                {"times": TIMES, "lags": LAGS, "cpu_at": CPU_AT, "cpu": time.process_time() - cpu0}
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
