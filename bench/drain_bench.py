@@ -65,25 +65,7 @@ def service_pid(proc: Any) -> int:
     return int(proc.pid)
 
 
-def _rabbit_pid() -> int | None:
-    """The RabbitMQ server: the oldest ``beam.smp`` (``rabbitmqctl``, which other users of the
-    machine run, starts short-lived ones whose exit would make a sum over all go backwards)."""
-    oldest: tuple[int, int] | None = None
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            head, tail = (entry / "stat").read_text().rsplit(")", 1)
-        except (OSError, ValueError):
-            continue
-        if head.split("(", 1)[-1] == "beam.smp":
-            started = int(tail.split()[19])
-            if oldest is None or started < oldest[0]:
-                oldest = (started, int(entry.name))
-    return oldest[1] if oldest else None
-
-
-RABBIT_PID = _rabbit_pid()
+RABBIT_PID = sb.rabbitmq_pid()
 
 
 def rabbit_cpu() -> float:
