@@ -430,6 +430,7 @@ def main(argv: list[str]) -> int:
     counts = [int(c) for c in args.counts.split(",")]
     sb.install_stop_handlers()
     workdir = Path(tempfile.mkdtemp(prefix="moat-drain-"))
+    os.chmod(workdir, 0o755)  # smtp-sink runs as postfix and must traverse it
     batch = [(f"d{i}", sb.make_message("d", i, args.size)) for i in range(args.messages)]
     sb.log(f"load average {os.getloadavg()}; workdir {workdir}")
     try:

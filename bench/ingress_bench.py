@@ -42,6 +42,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     sb.install_stop_handlers()
     workdir = Path(tempfile.mkdtemp(prefix="moat-ingress-"))
+    os.chmod(workdir, 0o755)  # smtp-sink runs as postfix and must traverse it
     limit = 1200.0
     sink = sb.Sink(workdir, "ingress", limit, not sb.have_postfix_tools())
     moat = db.Moat(workdir, "ingress", sink.port, "sqlite", "", limit)
