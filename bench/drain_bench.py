@@ -81,11 +81,31 @@ def machine_busy() -> tuple[int, int]:
     return sb._cpu_times()
 
 
+def postgres_backends(database: str | None) -> dict[int, float]:
+    """CPU seconds of each PostgreSQL backend serving ``database`` (its process title names
+    the database), by pid. The server's shared processes (WAL writer, checkpointer) serve
+    everyone on the machine and are left out."""
+    found: dict[int, float] = {}
+    if not database:
+        return found
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        if title.startswith("postgres: ") and f" {database} " in title:
+            found[int(entry.name)] = pid_cpu(int(entry.name))
+    return found
+
+
 @dataclass
 class Window:
     """CPU of named processes and the machine over one phase."""
 
     pids: dict[str, int]
+    pg_database: str | None = None
     started: float = field(default_factory=time.monotonic)
     cpu0: dict[str, float] = field(default_factory=dict)
     rabbit0: float = 0.0
@@ -95,12 +115,16 @@ class Window:
     def __post_init__(self) -> None:
         self.cpu0 = {name: pid_cpu(pid) for name, pid in self.pids.items()}
         self.rabbit0, self.self0, self.machine0 = rabbit_cpu(), self_cpu(), machine_busy()
+        self.pg0 = postgres_backends(self.pg_database)
 
     def close(self) -> dict[str, float]:
         """CPU seconds per name, plus rabbitmq, client, seconds, others (share of all CPUs)."""
         out = {name: pid_cpu(pid) - self.cpu0[name] for name, pid in self.pids.items()}
         out["rabbitmq"] = rabbit_cpu() - self.rabbit0
         out["client"] = self_cpu() - self.self0
+        if self.pg_database:
+            now = postgres_backends(self.pg_database)
+            out["postgres"] = sum(cpu - self.pg0.get(pid, 0.0) for pid, cpu in now.items())
         seconds = time.monotonic() - self.started
         total, idle = machine_busy()
         busy = ((total - self.machine0[0]) - (idle - self.machine0[1])) / CLK_TCK
@@ -126,6 +150,8 @@ class Moat(sb.MoatInstance):
             if done.returncode != 0:
                 raise sb.BenchError(f"{argv[1]} failed: {done.stderr.strip()[-300:]}")
             self.vhost_made = True
+        if self.pg_db:
+            sb._pg_exec(self.pg_admin_url, f'CREATE DATABASE "{self.pg_db}"')
         migrate = sb.run_cmd(
             [sys.executable, "-m", "moat.migrate"], 180, env=self.env(), cwd=self.base
         )
@@ -150,6 +176,9 @@ class Moat(sb.MoatInstance):
         self.children = []
 
     def done_count(self) -> int:
+        if self.pg_db:
+            # every message is clean: scanned = published to deliver (nobody consumes it yet)
+            return queue_state(self.vhost, "deliver")[0]
         path = self.database_url.split("///", 1)[1]
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
             db.execute("PRAGMA busy_timeout = 2000")
@@ -191,6 +220,7 @@ class Drain:
     rabbit_ms: float
     per_process: list[float]  # cores each scanner process used in the window
     others: float  # share of all CPUs taken by other processes
+    postgres_ms: float = 0.0  # PostgreSQL backends' CPU per message (0 with SQLite)
     fill: dict[str, float] = field(default_factory=dict)
     delivery: dict[str, float] = field(default_factory=dict)
 
@@ -200,14 +230,14 @@ def one_count(
 ) -> Drain:
     limit = 1800.0
     sink = sb.Sink(workdir, f"drain{k}", limit, not sb.have_postfix_tools())
-    moat = Moat(workdir, f"drain{k}", sink.port, "sqlite", "", limit)
+    moat = Moat(workdir, f"drain{k}", sink.port, args.database, args.pg_admin_url, limit)
     try:
         moat.prepare()
         ingress, ingress_pid = moat.spawn("ingress", "ingress")
         sb.wait_smtp_banner(moat.smtp_port, 90, alive=lambda: ingress.poll() is None)
         warm = [(f"w{i}", sb.make_message("w", i, args.size)) for i in range(20)]
         sb.drive(moat.smtp_port, warm, 10)
-        window = Window({"ingress": ingress_pid})
+        window = Window({"ingress": ingress_pid}, moat.pg_db)
         result = sb.drive(moat.smtp_port, batch, args.concurrency)
         # the confirmed ids are marked queued in batches; let the last one land
         time.sleep(0.5)
@@ -225,7 +255,7 @@ def one_count(
         if not wait_until(lambda: queue_state(moat.vhost, "scan")[1] >= k, 120, 0.05):
             raise sb.BenchError(f"{k} scanner consumers did not register")
         done0 = moat.done_count()
-        window = Window({f"scanner-{n}": pid for n, (_, pid) in enumerate(procs, 1)})
+        window = Window({f"scanner-{n}": pid for n, (_, pid) in enumerate(procs, 1)}, moat.pg_db)
         if not wait_until(lambda: moat.done_count() >= total, args.timeout, 0.1):
             raise sb.BenchError(f"K={k}: the scan queue did not drain ({moat.done_count()})")
         drain = window.close()
@@ -240,8 +270,13 @@ def one_count(
             rabbit_ms=1000 * drain["rabbitmq"] / scanned,
             per_process=[drain[f"scanner-{n}"] / drain["seconds"] for n in range(1, k + 1)],
             others=drain["others"],
+            postgres_ms=1000 * drain.get("postgres", 0.0) / scanned,
             fill={
-                key: (v / result.accepted * 1000 if key in ("ingress", "rabbitmq", "client") else v)
+                key: (
+                    v / result.accepted * 1000
+                    if key in ("ingress", "rabbitmq", "client", "postgres")
+                    else v
+                )
                 for key, v in fill.items()
             },
         )
@@ -255,7 +290,7 @@ def one_count(
             if not wait_until(lambda: sink.count_files() > 0, 120, 0.02):
                 raise sb.BenchError("delivery did not start delivering")
             first = sink.count_files()
-            window = Window({"delivery": delivery_pid})
+            window = Window({"delivery": delivery_pid}, moat.pg_db)
             if not wait_until(lambda: sink.count_files() >= total, args.timeout, 0.05):
                 raise sb.BenchError(f"delivery did not finish ({sink.count_files()}/{total})")
             stats = window.close()
@@ -265,6 +300,7 @@ def one_count(
                 "rate": sent / stats["seconds"],
                 "delivery_ms": 1000 * stats["delivery"] / sent,
                 "rabbitmq_ms": 1000 * stats["rabbitmq"] / sent,
+                "postgres_ms": 1000 * stats.get("postgres", 0.0) / sent,
                 "sink_ms": 0.0,
                 "others": stats["others"],
             }
@@ -325,7 +361,8 @@ class CostModel:
     delivery: float
     rabbitmq: float  # summed over the three hops
     client: float = 0.0  # SMTP client + sink: there only on a machine that runs the bench too
-    database: float = 0.0  # inside ingress, scanner and delivery (SQLite is in-process)
+    database: float = 0.0  # SQLite: inside ingress, scanner and delivery (in-process)
+    database_apart: bool = False  # PostgreSQL: a server of its own, sharing the cores
 
     def total(self, with_client: bool) -> float:
         return (
@@ -333,6 +370,7 @@ class CostModel:
             + self.scanner
             + self.delivery
             + self.rabbitmq
+            + (self.database if self.database_apart else 0.0)
             + (self.client if with_client else 0.0)
         )
 
@@ -352,17 +390,22 @@ class CostModel:
         return min(scanners * 1000 / scanner_ms, 1000 * cores / (scanner_ms + rabbit_ms))
 
 
-def report(drains: list[Drain], db_ms: float) -> dict[str, Any]:
+def report(drains: list[Drain], db_ms: float | None) -> dict[str, Any]:
+    """``db_ms`` None: PostgreSQL, whose backends' CPU was measured per phase."""
     base = drains[0]
     fill = base.fill
     delivery = base.delivery
+    postgres = None
+    if db_ms is None:
+        postgres = fill.get("postgres", 0.0) + base.postgres_ms + delivery.get("postgres_ms", 0.0)
     model = CostModel(
         ingress=fill["ingress"],
         scanner=base.scanner_ms,
         delivery=delivery.get("delivery_ms", 0.0) or float("nan"),
         rabbitmq=fill["rabbitmq"] + base.rabbit_ms + delivery.get("rabbitmq_ms", 0.0),
         client=fill["client"],
-        database=db_ms,
+        database=db_ms if postgres is None else postgres,
+        database_apart=postgres is not None,
     )
     print()
     print(f"machine: {sb.machine_line()}; load average {os.getloadavg()}")
@@ -395,7 +438,14 @@ def report(drains: list[Drain], db_ms: float) -> dict[str, Any]:
         f"  RabbitMQ {model.rabbitmq:.2f} (ingress publish {fill['rabbitmq']:.2f}, "
         f"scan hop {base.rabbit_ms:.2f}, deliver hop {delivery.get('rabbitmq_ms', 0):.2f})"
     )
-    print(f"  database (SQLite, inside the three services) {model.database:.2f}")
+    if postgres is None:
+        print(f"  database (SQLite, inside the three services) {model.database:.2f}")
+    else:
+        print(
+            f"  database (PostgreSQL backends) {postgres:.2f} (ingress insert "
+            f"{fill.get('postgres', 0):.2f}, verdict {base.postgres_ms:.2f}, delivery "
+            f"{delivery.get('postgres_ms', 0):.2f})"
+        )
     print(f"  SMTP client + sink (bench) {model.client:.2f}")
     print(
         f"  gateway total {model.total(False):.2f}, with the load generator {model.total(True):.2f}"
@@ -425,6 +475,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument(
+        "--pg-admin-url",
+        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        help="where to CREATE/DROP the bench database for --database postgresql",
+    )
     parser.add_argument("--keep-tmp", action="store_true")
     args = parser.parse_args(argv)
     counts = [int(c) for c in args.counts.split(",")]
@@ -437,7 +493,7 @@ def main(argv: list[str]) -> int:
         drains = [
             one_count(k, args, workdir, batch, deliver=(n == 0)) for n, k in enumerate(counts)
         ]
-        db_ms = database_ms()
+        db_ms = database_ms() if args.database == "sqlite" else None
         result = report(drains, db_ms)
     finally:
         if not args.keep_tmp:

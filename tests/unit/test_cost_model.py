@@ -47,3 +47,11 @@ def test_drain_is_bound_by_processes_or_by_free_cores() -> None:
     assert CostModel.drain(2.0, 2, 4.0, 1.0) == pytest.approx(400.0)  # the two cores
     assert CostModel.drain(0.5, 4, 4.0, 1.0) == pytest.approx(100.0)  # a busy machine
     assert not math.isnan(CostModel.drain(2.0, 4, 4.0, 0.0))
+
+
+def test_a_database_server_of_its_own_shares_the_cores() -> None:
+    apart = CostModel(
+        ingress=2.0, scanner=4.0, delivery=1.5, rabbitmq=1.5, database=1.0, database_apart=True
+    )
+    assert apart.total(False) == pytest.approx(10.0)
+    assert apart.e2e(2, 1)[0] == pytest.approx(200.0)
