@@ -418,7 +418,9 @@ def report(drains: list[Drain], db_ms: float | None) -> dict[str, Any]:
     rows = []
     for d in drains:
         free = CORES * (1 - d.others)
-        predicted = CostModel.drain(free, d.scanners, base.scanner_ms, base.rabbit_ms)
+        # the broker's and (PostgreSQL) the database server's share of a scan share the cores
+        shared = base.rabbit_ms + base.postgres_ms
+        predicted = CostModel.drain(free, d.scanners, base.scanner_ms, shared)
         rows.append({**asdict(d), "predicted": predicted, "free_cores": free})
         print(
             f"| {d.scanners} | {d.messages} | {d.seconds:.2f} | {d.rate:.0f} | "
