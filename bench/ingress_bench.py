@@ -38,6 +38,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--size", type=sb.parse_size, default=5 * 1024)
     parser.add_argument("--alone", action="store_true", help="no scanner, no delivery")
     parser.add_argument("--profile", action="store_true", help="cProfile the ingress too")
+    parser.add_argument(
+        "--spool",
+        choices=("fsync", "syncfs", "group-dir"),
+        default="fsync",
+        help="fsync: Moat's spool; the others: batched-flush experiments (ingress_probe.py)",
+    )
     parser.add_argument("--moat-env", action="append", default=[], help="NAME=VALUE for Moat")
     args = parser.parse_args(argv)
     sb.install_stop_handlers()
@@ -51,6 +57,8 @@ def main(argv: list[str]) -> int:
         moat.prepare()
         env = moat.env()
         env.update(item.split("=", 1) for item in args.moat_env)
+        if args.spool != "fsync":
+            env["MOAT_PROBE_SPOOL"] = args.spool
         if args.profile:
             env["MOAT_PROBE_PROFILE"] = "1"
         probe = sb.spawn(
@@ -88,6 +96,7 @@ def main(argv: list[str]) -> int:
     print(
         f"{result.accepted} accepted in {seconds:.2f}s ({result.accepted / seconds:.0f}/s), "
         f"C={args.concurrency}, {'ingress alone' if args.alone else 'with scanner and delivery'}"
+        f", spool {args.spool}"
     )
     if result.latencies and seconds > 0:
         # A closed loop: each session sends its next message when the 250 comes, so once the
