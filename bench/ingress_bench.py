@@ -76,7 +76,7 @@ def main(argv: list[str]) -> int:
         warm = [(f"w{i}", sb.make_message("w", i, args.size)) for i in range(40)]
         sb.drive(moat.smtp_port, warm, 10)
         if not args.alone:
-            sink.wait_for({w for w, _ in warm}, 120)
+            sink.wait_files(len(warm), 120)
         batch = [(f"i{i}", sb.make_message("i", i, args.size)) for i in range(args.messages)]
         load = os.getloadavg()
         busy0 = sb._cpu_times()
