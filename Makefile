@@ -43,9 +43,12 @@ test: install
 	@# The tests use the broker on 127.0.0.1:5672, whatever MOAT_BROKER__URL the shell has.
 	@env -u MOAT_BROKER__URL scripts/ensure-rabbitmq.sh
 	@scripts/ensure-postgres.sh
+	@scripts/ensure-redis.sh
 	@scripts/ensure-clamav.sh
 	@scripts/ensure-chromium.sh
+	@scripts/ensure-smtp-tools.sh
 	@scripts/ensure-nmap.sh
+	@scripts/ensure-kubectl.sh
 	$(PY) -m pytest -m "$(PYTEST_MARK)" $(PYTEST_ARGS)
 
 test-all:

@@ -33,13 +33,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from moat import runtime
+from moat import runtime, spool
 from moat.broker import Broker
 from moat.repository import Repository
 from moat.settings import load_settings
-from moat.spool import MessageStore
 from services.ingress import __main__ as ingress_main
 from services.ingress.handler import IngressHandler
+
+# The local directory backend (``MessageStore`` itself, before the store had backends).
+MessageStore: Any = getattr(spool, "DirectoryStore", spool.MessageStore)
 
 
 class GroupFlush:

@@ -580,6 +580,7 @@ async def _drive(
     per_connection: int,
     command_timeout: float,
     total_timeout: float,
+    starttls: bool = False,
 ) -> DriveResult:
     global TimedProtocol
     import aiosmtplib
@@ -605,6 +606,8 @@ async def _drive(
         )
         await client.connect()
         await client.ehlo()
+        if starttls:  # --tls: every session encrypted, as a sender that takes STARTTLS
+            await client.starttls(validate_certs=False)
         result.connections += 1
         return client
 
@@ -713,6 +716,7 @@ def drive(
     per_connection: int = 0,
     command_timeout: float = 60.0,
     total_timeout: float = 600.0,
+    starttls: bool = False,
 ) -> DriveResult:
     try:
         import uvloop
@@ -722,7 +726,9 @@ def drive(
         run = asyncio.run
     try:
         result = run(
-            _drive(port, batch, concurrency, per_connection, command_timeout, total_timeout)
+            _drive(
+                port, batch, concurrency, per_connection, command_timeout, total_timeout, starttls
+            )
         )
     finally:
         install_stop_handlers()  # the loop reset them on its way out
@@ -1147,6 +1153,7 @@ class Config:
     fallback_sink: bool
     wait_idle: float = 0.0
     repeats: int = 3  # runs of each ceiling row; the median is reported
+    tls: bool = False  # --tls: the driver uses STARTTLS to Moat (the references stay plain)
 
 
 def wait_idle(cfg: Config) -> None:
@@ -1188,7 +1195,12 @@ def run_through(
     shared_before.update({name: pid_cpu_seconds(pid) for name, pid in extra.items()})
     watch = CpuWatch([sink.proc.pid, *([cpu_group] if cpu_group else [])], moat, extra)
     result = drive(
-        port, batch, cfg.concurrency, cfg.per_connection, total_timeout=cfg.phase_timeout
+        port,
+        batch,
+        cfg.concurrency,
+        cfg.per_connection,
+        total_timeout=cfg.phase_timeout,
+        starttls=cfg.tls and moat,
     )
     row.ran = True
     row.sent, row.accepted = result.sent, result.accepted
@@ -1254,6 +1266,7 @@ def warm_up(
     size: int,
     timeout: float,
     alive: Callable[[], bool] | None = None,
+    starttls: bool = False,
 ) -> str | None:
     """Send a few messages first (process start-up, caches, connections); None when all
     arrived, else what went wrong."""
@@ -1266,6 +1279,7 @@ def warm_up(
         min(cfg.concurrency, cfg.warmup),
         cfg.per_connection,
         total_timeout=min(cfg.phase_timeout, timeout),
+        starttls=starttls,
     )
     if not result.accepted:
         problems = {**result.rejected, **result.errors}
@@ -1512,7 +1526,9 @@ def through_moat(
     try:
         log(f"{name}: starting Moat ({args.database}) with SMTP on 127.0.0.1:{moat.smtp_port}")
         moat.start()
-        problem = warm_up(name, moat.smtp_port, sink, cfg, size, 180, alive=moat.alive)
+        problem = warm_up(
+            name, moat.smtp_port, sink, cfg, size, 180, alive=moat.alive, starttls=cfg.tls
+        )
         if problem and not moat.alive():
             raise BenchError(f"{problem}; Moat exited:\n{tail(moat.log_path)}")
         row = run_through(
@@ -1686,6 +1702,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="ARG",
         help="extra argument for python -m services (repeatable), e.g. --moat-arg=--scanners=2",
     )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="the driver uses STARTTLS to Moat (the 250 latency then includes TLS); the "
+        "Postfix and ceiling rows stay in plain text",
+    )
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs)")
     args = parser.parse_args(argv)
@@ -1733,6 +1755,7 @@ def main(argv: list[str]) -> int:
                 fallback_sink=missing is not None,
                 wait_idle=args.wait_idle,
                 repeats=args.ceiling_runs,
+                tls=args.tls,
             )
             for size in args.size_list:
                 busy_before = cpu_busy(1.0)

@@ -38,6 +38,7 @@ from aio_pika.abc import (
 from pamqp.commands import Basic
 from pydantic import ValidationError
 
+from moat import logs, metrics
 from moat.model import DeliveryRequest, ScanRequest, decode_body, encode_body
 from moat.settings import BrokerSettings
 from moat.topology import QueueSpec
@@ -88,6 +89,10 @@ class Broker:
     @property
     def connected(self) -> bool:
         return self._ready.is_set()
+
+    def consuming(self, queue: str) -> bool:
+        """Connected, with a consumer registered on ``queue`` (a readiness probe's question)."""
+        return self._ready.is_set() and queue in self._consuming
 
     async def connect(self, max_delay: float = 10.0) -> None:
         """Connect (waiting for the broker as long as it takes), then keep the connection up in
@@ -354,6 +359,7 @@ class Consumer(ABC, Generic[Body]):
         task.add_done_callback(self._tasks.discard)
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
+        done = metrics.get().consumed
         try:
             body = decode_body(message.body)
             if not isinstance(body, self.body_type):
@@ -361,7 +367,9 @@ class Consumer(ABC, Generic[Body]):
         except (ValidationError, PoisonMessage) as exc:
             log.error("dead-lettering an unreadable message from %s: %s", self.queue, exc)
             await _settle(message.reject(requeue=False), self.queue, "reject")
+            done.labels(self.queue, "unreadable").inc()
             return
+        logs.bind_queue_id(body.message_id)  # this task's lines, and its children's
 
         deliveries = _delivery_count(message) + 1
         last_chance = deliveries >= self.broker.settings.delivery_limit
@@ -370,6 +378,7 @@ class Consumer(ABC, Generic[Body]):
         except asyncio.CancelledError:
             # A stop, not a failure: the message goes back uncounted, to be done again.
             await asyncio.shield(self._hand_back(message, body))
+            done.labels(self.queue, "handed_back").inc()
             raise
         except PoisonMessage as exc:
             log.error("%s %s is poison: %s", self.queue, body.message_id, exc)
@@ -396,8 +405,10 @@ class Consumer(ABC, Generic[Body]):
                 # A short pause so a transient fault (database restarting) is not hammered.
                 await asyncio.sleep(min(0.2 * 2**deliveries, 10) * random.uniform(0.5, 1.0))
                 await _settle(message.nack(requeue=True), self.queue, "nack")
+                done.labels(self.queue, "retry").inc()
         else:
             await _settle(message.ack(), self.queue, "ack")
+            done.labels(self.queue, "ok").inc()
 
     async def _hand_back(self, message: AbstractIncomingMessage, body: Body) -> None:
         """Give an unfinished message back to the broker without counting a delivery: a copy
@@ -417,8 +428,10 @@ class Consumer(ABC, Generic[Body]):
         except Exception:
             log.exception("could not record %s as failed; returning it to the queue", body)
             await _settle(message.nack(requeue=True), self.queue, "nack")
+            metrics.get().consumed.labels(self.queue, "retry").inc()
             return
         await _settle(message.reject(requeue=False), self.queue, "reject")
+        metrics.get().consumed.labels(self.queue, "dead_lettered").inc()
 
 
 async def _settle(answer: Awaitable[None], queue: str, what: str) -> None:

@@ -64,6 +64,8 @@ messages = Table(
     # an X-Moat-Released header.
     Column("released_at", DateTime),
     Column("released_by", Text),
+    # The submission user who sent it (SMTP AUTH); None: it came in unauthenticated.
+    Column("submitted_by", Text),
     Index("ix_messages_status_next", "status", "next_attempt_at"),
     Index("ix_messages_received_at", "received_at"),
     Index("ix_messages_status_updated", "status", "updated_at"),
@@ -299,6 +301,17 @@ feedback = Table(
     Column("created_at", DateTime, nullable=False),
     Column("learned_at", DateTime, index=True),
     Column("result", Text),  # learned | already | gone (no copy left) | failed: why
+)
+
+# Users of the submission listeners (SMTP AUTH) kept through the API, beside those of the
+# settings (submission.users). Only an argon2 hash of the password is kept.
+submission_users = Table(
+    "submission_users",
+    metadata,
+    Column("name", String(320), primary_key=True),
+    Column("password_hash", Text, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Column("created_by", Text, nullable=False),
 )
 
 # One-click links (digests) work once: the nonce of each used link.

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
+from moat import metrics
 from moat.broker import DROP, Broker, Drop
 from moat.model import MessageStatus, decode_body
 from moat.repository import Repository
@@ -64,7 +65,13 @@ class DeadLetterSweep:
         reason = _death_reason(headers)
         died_at = _death_time(headers)
         if await self.repository.record_dead_letter(body.message_id, reason, died_at):
-            log.warning("%s was dead-lettered by the broker: %s", body.message_id, reason)
+            log.warning(
+                "%s was dead-lettered by the broker: %s",
+                body.message_id,
+                reason,
+                extra={"queue_id": body.message_id},
+            )
+            metrics.get().job_did("dead_letter_sweep", "dead_lettered", 1)
             return {RECORDED: "failed"}
         return {RECORDED: "already"}
 

@@ -61,5 +61,10 @@ async def send_notice(
     try:
         await broker.publish(DELIVER, DeliveryRequest(message_id=message_id))
     except PublishError as exc:
-        log.warning("notice %s recorded, not yet published (%s); the sweep will", message_id, exc)
+        log.warning(
+            "notice %s recorded, not yet published (%s); the sweep will",
+            message_id,
+            exc,
+            extra={"queue_id": message_id},
+        )
     return message_id

@@ -41,6 +41,22 @@ NO_EXPN = "502 5.5.1 EXPN not available"
 VRFY_SYNTAX = "501 5.5.4 Syntax: VRFY <address>"
 # A non-ASCII address at MAIL or RCPT, but no SMTPUTF8 on MAIL (RFC 6531 3.4, RFC 6533 5.6.7).
 SMTPUTF8_REQUIRED = "553 5.6.7 Must declare SMTPUTF8 to send unicode address"
+# Session limits per client IP (docs/ingress-limits.md): Postfix's codes. The rates answer
+# 450 4.7.1 and keep the session, as Postfix's smtpd does for its anvil rate limits.
+TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections from your address"
+TOO_MANY_ERRORS = "421 4.7.0 Too many errors"
+TOO_MUCH_MAIL = "450 4.7.1 Too much mail from your address, try again later"
+TOO_MANY_RECIPIENTS_RATE = "450 4.7.1 Too many recipients from your address, try again later"
+EARLY_TALKER = "554 5.5.0 Protocol error: you talked before the greeting"
+GREYLISTED = "451 4.7.1 Greylisted: please try again in a few minutes (see RFC 6647)"
+
+# TLS and authentication (RFC 3207, RFC 4954; Postfix's texts).
+TLS_REQUIRED = "530 5.7.0 Must issue a STARTTLS command first"
+AUTH_NOT_ENABLED = "503 5.5.1 Error: authentication not enabled"
+AUTH_OK = "235 2.7.0 Authentication successful"
+AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
+AUTH_TOO_MANY_FAILURES = "421 4.7.0 Too many failed authentication attempts, try again later"
+AUTH_IN_TRANSACTION = "503 5.5.1 Error: MAIL transaction in progress"
 
 # aiosmtpd's own replies carry no enhanced status code, and some of its texts we improve on.
 _AIOSMTPD_REWRITES: dict[str, str] = {

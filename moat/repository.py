@@ -213,6 +213,7 @@ class MessageRecord(BaseModel):
     header_message_id: str | None = None
     released_at: datetime | None = None
     released_by: str | None = None
+    submitted_by: str | None = None
     recipients: list[RecipientRecord] = []
     events: list[EventRecord] = []
 
@@ -294,6 +295,7 @@ class NewMessage:
     client_address: str = ""
     helo: str = ""
     smtp_utf8: bool = False
+    submitted_by: str | None = None  # the authenticated submission user, if any
 
     @property
     def envelope(self) -> MessageEnvelope:
@@ -975,6 +977,7 @@ class Repository:
                     "attempts": 0,
                     "next_attempt_at": now if status == MessageStatus.DELIVERING else None,
                     "bounce_of": bounce_of,
+                    "submitted_by": new.submitted_by,
                 }
                 for new in news
             ],

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from itertools import islice
 
-from moat import lifecycle
+from moat import lifecycle, metrics
 from moat.db import db_now
 from moat.model import MessageStatus
 from moat.repository import Repository
@@ -65,6 +65,8 @@ class Retention:
         done.temporary = await asyncio.to_thread(
             self.store.sweep_temporary, self.settings.orphan_grace
         )
+        for kind, count in vars(done).items():
+            metrics.get().job_did("retention", kind, count)
         if done.purged or done.removed or done.files or done.temporary:
             log.info("retention: %s in %.1fs", done, time.monotonic() - started)
         return done

@@ -12,7 +12,10 @@ from typing import Any
 
 import uvloop
 
+from moat.logs import setup_logging
 from moat.settings import Settings
+
+__all__ = ["SETTINGS_HELP", "run", "service_parser", "setup_logging", "wait_for_stop_signal"]
 
 SETTINGS_HELP = """\
 settings: the YAML file named by MOAT_CONFIG (make run: ./moat.yaml), else the defaults; any
@@ -33,18 +36,6 @@ def service_parser(service: str, doc: str | None, reads: str) -> argparse.Argume
     )
 
 
-def setup_logging(service: str, level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s",
-    )
-    # aio-pika and aiormq log every reconnect attempt at INFO/WARNING with tracebacks.
-    logging.getLogger("aiormq").setLevel(logging.CRITICAL)
-    logging.getLogger("aio_pika").setLevel(logging.ERROR)
-    # aiosmtpd logs every command of every session at INFO: too much for a busy gateway.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
-
-
 async def wait_for_stop_signal() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -57,6 +48,6 @@ def run(
     service: str, settings: Settings, main: Callable[[Settings], Coroutine[Any, Any, None]]
 ) -> None:
     """Run a service's ``main`` on uvloop until it returns or a stop signal arrives."""
-    setup_logging(service, settings.log_level)
+    setup_logging(service, settings.log_level, settings.log_format)
     logging.getLogger(service).info("starting (env=%s)", settings.env)
     uvloop.run(main(settings))

@@ -7,11 +7,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from moat import metrics
 from moat.broker import Broker
 from moat.db import create_engine
 from moat.repository import Repository
 from moat.settings import Settings
-from moat.spool import MessageStore
+from moat.spool import MessageStore, open_store
 from moat.topology import topology
 
 log = logging.getLogger(__name__)
@@ -31,10 +32,11 @@ class Components:
 
 async def build(settings: Settings, *, connect_broker: bool = True) -> Components:
     repository = Repository(create_engine(settings.database_url))
-    store = MessageStore(settings.spool_dir)
+    store = open_store(settings)
     broker = Broker(
         settings.broker, topology(settings.delivery.retry_schedule, settings.broker.delivery_limit)
     )
+    metrics.get().broker_connected.set_function(lambda: broker.connected)
     if connect_broker:
         await broker.connect()
     return Components(settings, repository, store, broker)
@@ -81,9 +83,13 @@ def log_failure(logger: logging.Logger, what: str, exc: Exception) -> None:
 
 async def every(interval: float, job: Callable[[], Awaitable[None]], name: str) -> None:
     """Run ``job`` forever, ``interval`` seconds apart; a failing run is logged, not fatal."""
+    runs = metrics.get().job_runs
     while True:
         await asyncio.sleep(interval)
         try:
             await job()
         except Exception as exc:
+            runs.labels(metrics.job_label(name), "error").inc()
             log_failure(log, f"{name} failed; will try again in {interval:.0f}s", exc)
+        else:
+            runs.labels(metrics.job_label(name), "ok").inc()

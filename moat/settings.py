@@ -41,10 +41,31 @@ def split_host_port(value: str, *, default_port: int | None = None) -> tuple[str
     return host.strip("[]"), int(port)
 
 
+class RequireTlsSettings(BaseModel):
+    """Mail to a protected domain that must come over TLS (STARTTLS) from these senders or
+    client networks: otherwise ``530 5.7.0`` at RCPT (docs/ingress.md)."""
+
+    # Envelope senders: an address (alice@partner.test), a domain (partner.test: it and its
+    # subdomains), or "*" (everyone).
+    senders: list[str] = []
+    networks: list[str] = []  # client networks (CIDR)
+
+    @field_validator("networks")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        return _valid_networks(value)
+
+    @field_validator("senders")
+    @classmethod
+    def _lowercase(cls, value: list[str]) -> list[str]:
+        return [sender.strip().lower().rstrip(".") for sender in value if sender.strip()]
+
+
 class DomainSettings(BaseModel):
     """A domain we protect: we accept its mail and relay it to its own mail server."""
 
     relay: str = Field(description="host:port of the organisation's mail server for this domain")
+    require_tls: RequireTlsSettings = RequireTlsSettings()
     # Overrides of the global ``scanner`` section for mail to this domain, same keys and shape
     # (e.g. ``{spam_threshold: 8}``); merged over the global values at start-up.
     scanner: dict[str, Any] = {}
@@ -53,6 +74,8 @@ class DomainSettings(BaseModel):
     # ``verify: callout``, an RCPT probe to ``relay``. Neither: every address is accepted.
     recipients: list[str] | None = None
     verify: Literal["callout"] | None = None
+    # Greylisting for this domain's recipients; None: the global greylist.enabled.
+    greylist: bool | None = None
 
     @field_validator("relay")
     @classmethod
@@ -89,18 +112,21 @@ class SmtpSettings(BaseModel):
     # Client networks (CIDR) that may relay to any domain and are exempt from session limits.
     # Empty by default: not even loopback is trusted unless listed.
     trusted_networks: list[str] = []
+    # STARTTLS on smtp.listen (TLS 1.2 and newer, AEAD ciphers only). Without tls_cert and
+    # tls_key, a self-signed pair is generated under api.self_signed_dir on first start
+    # (senders to an MX do not verify certificates; configure a real one all the same).
+    starttls: bool = True
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # A load balancer in front passes the real client on (PROXY protocol v1 or v2); a
+    # connection without the header within the timeout is closed. Off by default.
+    proxy_protocol: bool = False
+    proxy_protocol_timeout: float = Field(default=5.0, gt=0)
 
     @field_validator("trusted_networks")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
-        import ipaddress
-
-        for network in value:
-            try:
-                ipaddress.ip_network(network, strict=False)
-            except ValueError:
-                raise ValueError(f"not a network (CIDR): {network!r}") from None
-        return value
+        return _valid_networks(value)
 
     def trusts(self, address: str) -> bool:
         """Whether the client ``address`` is in one of ``trusted_networks``."""
@@ -113,6 +139,54 @@ class SmtpSettings(BaseModel):
         return any(
             ip in ipaddress.ip_network(network, strict=False) for network in self.trusted_networks
         )
+
+
+def _valid_networks(value: list[str]) -> list[str]:
+    import ipaddress
+
+    for network in value:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ValueError(f"not a network (CIDR): {network!r}") from None
+    return value
+
+
+class SubmissionSettings(BaseModel):
+    """Authenticated submission (docs/ingress.md): users who log in (SMTP AUTH PLAIN or LOGIN,
+    over TLS only) may send to any domain. Both listeners are off unless set."""
+
+    # host:port of the submission listener (port 587: STARTTLS required before AUTH and MAIL).
+    listen: str | None = None
+    # host:port of the implicit-TLS submission listener (port 465, RFC 8314).
+    listen_tls: str | None = None
+    # User name -> argon2 hash (make one with ``python -m services.ingress hash-password``).
+    # More users are kept in the database through the API (/v1/submission-users).
+    users: dict[str, str] = {}
+    # Failed logins from one client IP within auth_failure_window seconds before further AUTH
+    # is refused with 421 4.7.0 and the connection closed; each failure is answered only
+    # after auth_failure_delay seconds.
+    max_auth_failures: int = Field(default=5, ge=1)
+    auth_failure_window: float = Field(default=600.0, gt=0)
+    auth_failure_delay: float = Field(default=1.0, ge=0)
+
+    @field_validator("listen", "listen_tls")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_host_port(value)
+        return value
+
+    @field_validator("users")
+    @classmethod
+    def _argon2_hashes(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, hashed in value.items():
+            if not hashed.startswith("$argon2"):
+                raise ValueError(
+                    f"submission.users.{name}: not an argon2 hash "
+                    "(python -m services.ingress hash-password makes one)"
+                )
+        return value
 
 
 class ApiSettings(BaseModel):
@@ -523,6 +597,10 @@ class SenderListSettings(BaseModel):
 
 class ScannerSettings(BaseModel):
     prefetch: int = 16
+    # The HTTP port of /healthz, /readyz and /metrics (moat/probes.py), on metrics_host; 0: off.
+    # `python -m services` gives scanner-1 this port, the others the ports after the highest
+    # of the three services' (docs/observability.md).
+    metrics_port: int = Field(default=9101, ge=0, le=65535)
     check_timeout: float = 20.0
     spam_threshold: float = 5.0
     # What happens to mail of each verdict; a virus is quarantined whatever its score.
@@ -542,6 +620,8 @@ class ScannerSettings(BaseModel):
 
 class DeliverySettings(BaseModel):
     prefetch: int = 32
+    # The HTTP port of /healthz, /readyz and /metrics (moat/probes.py), on metrics_host; 0: off.
+    metrics_port: int = Field(default=9102, ge=0, le=65535)
     # Seconds to wait before each retry; the last value repeats until the lifetime runs out.
     # Postfix-like: 5 minutes doubling to about an hour, for up to 5 days.
     retry_schedule: list[int] = [300, 600, 1200, 2400, 3600]
@@ -589,10 +669,74 @@ class RetentionSettings(BaseModel):
     orphan_grace: float = Field(default=3600.0, gt=0)
 
 
+class S3Settings(BaseModel):
+    """An S3-compatible bucket for the message store (``moat/s3store.py``)."""
+
+    bucket: str = ""
+    prefix: str = "spool/"  # every key starts with it: one bucket can serve several uses
+    endpoint_url: str | None = None  # None: AWS; else e.g. http://seaweedfs:8333
+    region: str = "us-east-1"
+    # path: http://host/bucket/key, what most self-hosted stores need; virtual: bucket.host.
+    addressing_style: Literal["auto", "path", "virtual"] = "path"
+    # Empty: boto3's own chain (AWS_* variables, web identity on Kubernetes, instance role).
+    # Give the secret through the environment (MOAT_STORE__S3__SECRET_ACCESS_KEY), not a file.
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+    create_bucket: bool = False  # create it at start-up if missing (compose, tests)
+    connect_timeout: float = Field(default=5.0, gt=0)
+    read_timeout: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    max_pool_connections: int = Field(default=32, ge=1)
+
+
+class StoreSettings(BaseModel):
+    """Where raw messages are kept (``moat/spool.py``): ``local``, the directory ``spool_dir``
+    (one host, or a shared volume), or ``s3``, a bucket (pods that share no disk)."""
+
+    backend: Literal["local", "s3"] = "local"
+    s3: S3Settings = S3Settings()
+
+
+class LimitsSettings(BaseModel):
+    """Per client IP session limits (docs/ingress-limits.md); Postfix's names and defaults.
+    0 turns a limit off. Trusted networks are exempt."""
+
+    # Counters shared by the ingress replicas; None: each process counts on its own.
+    redis_url: str | None = None
+    redis_prefix: str = "moat:"
+    redis_retry: float = Field(default=30.0, gt=0)  # after an outage, try Redis again after
+    redis_timeout: float = Field(default=0.5, gt=0)  # a slower answer counts as an outage
+    connections: int = Field(default=50, ge=0)  # smtpd_client_connection_count_limit
+    messages_per_minute: int = Field(default=0, ge=0)  # smtpd_client_message_rate_limit
+    recipients_per_minute: int = Field(default=0, ge=0)  # smtpd_client_recipient_rate_limit
+    rate_window: float = Field(default=60.0, gt=0)  # anvil_rate_time_unit
+    soft_error_limit: int = Field(default=10, ge=0)  # smtpd_soft_error_limit
+    hard_error_limit: int = Field(default=20, ge=0)  # smtpd_hard_error_limit
+    error_sleep: float = Field(default=1.0, ge=0)  # smtpd_error_sleep_time
+    # Pre-greeting pause (postscreen_greet_wait): a client that talks in it is refused. A
+    # client that waited is not paused again for greet_pass_ttl (postscreen_greet_ttl).
+    greet_pause: float = Field(default=1.0, ge=0)
+    greet_pass_ttl: float = Field(default=86400.0, ge=0)
+    # A connection's entry in the shared count expires after this, should its replica die.
+    connection_ttl: float = Field(default=3600.0, gt=0)
+
+
+class GreylistSettings(BaseModel):
+    """Greylisting at RCPT (postgrey's defaults); off unless enabled here or per domain."""
+
+    enabled: bool = False
+    delay: float = Field(default=300.0, ge=0)  # a retry before this is refused again
+    retry_window: float = Field(default=2 * 86400.0, gt=0)  # a first attempt is forgotten after
+    memory: float = Field(default=36 * 86400.0, gt=0)  # a client that passed skips it this long
+    ipv6_prefix: int = Field(default=64, ge=0, le=128)  # an IPv6 client's network
+
+
 class IngressSettings(BaseModel):
     # Messages stored but whose publish was never recorded as confirmed are republished.
     sweep_interval: float = 60.0
     sweep_grace: float = 120.0
+    # The HTTP port of /healthz, /readyz and /metrics (moat/probes.py), on metrics_host; 0: off.
+    metrics_port: int = Field(default=9103, ge=0, le=65535)
 
 
 class Settings(BaseSettings):
@@ -602,9 +746,15 @@ class Settings(BaseSettings):
 
     env: Literal["dev", "test", "prod"] = "dev"
     log_level: str = "INFO"
+    # console (for people) or json (one object per line; docs/observability.md).
+    log_format: Literal["console", "json"] = "console"
+    # Where ingress, scanner and delivery serve /healthz, /readyz and /metrics (their
+    # metrics_port): loopback unless a scraper elsewhere needs them (0.0.0.0 in a pod).
+    metrics_host: str = "127.0.0.1"
     domains: dict[str, DomainSettings] = {}
     database_url: str = "sqlite+aiosqlite:///var/moat.db"
     spool_dir: Path = Path("var/spool")
+    store: StoreSettings = StoreSettings()
     # Ingress refuses MAIL (452 4.3.1) while the spool's file system has less free space than
     # this; None: 1.5 times smtp.max_message_size (Postfix's queue_minfree rule).
     spool_min_free: int | None = Field(default=None, ge=0)
@@ -614,9 +764,12 @@ class Settings(BaseSettings):
     # STOP_MARGIN seconds after that.
     shutdown_timeout: float = Field(default=20.0, gt=0)
     smtp: SmtpSettings = SmtpSettings()
+    submission: SubmissionSettings = SubmissionSettings()
     api: ApiSettings = ApiSettings()
     broker: BrokerSettings = BrokerSettings()
     ingress: IngressSettings = IngressSettings()
+    limits: LimitsSettings = LimitsSettings()
+    greylist: GreylistSettings = GreylistSettings()
     scanner: ScannerSettings = ScannerSettings()
     delivery: DeliverySettings = DeliverySettings()
     retention: RetentionSettings = RetentionSettings()
@@ -682,6 +835,13 @@ class Settings(BaseSettings):
         if self.spool_min_free is not None:
             return self.spool_min_free
         return self.smtp.max_message_size * 3 // 2
+
+    def greylists(self, domain: str) -> bool:
+        """Whether mail to ``domain`` is greylisted."""
+        settings = self.relay_for(domain)
+        if settings is None or settings.greylist is None:
+            return self.greylist.enabled
+        return settings.greylist
 
     def relay_for(self, domain: str) -> DomainSettings | None:
         return self.domains.get(domain.lower().rstrip("."))

@@ -1,39 +1,132 @@
-"""The message store: each accepted message's raw bytes in one file under the spool directory.
+"""The message store: each accepted message's raw bytes, kept until its state no longer needs
+them. One interface (``MessageStore``), two backends chosen by ``store.backend``:
 
-A write goes to a temporary file in the same directory, is fsynced, renamed into place and the
-directory fsynced, so a file either exists whole or not at all, and survives a power cut once
-``write`` returns. Files are spread over 256 subdirectories by the id's last two characters (the
-random part of the ULID) so no directory grows too large.
+- ``DirectoryStore`` (``local``, the default): one file per message under ``spool_dir``. A write
+  goes to a temporary file in the same directory, is fsynced, renamed into place and the
+  directory fsynced, so a file either exists whole or not at all, and survives a power cut once
+  ``write`` returns. Files are spread over 256 subdirectories by the id's last two characters
+  (the random part of the ULID) so no directory grows too large. A temporary file is named after
+  the host and process writing it, so that a process starting up can tell the leftovers of a
+  dead one on its own host from a write in progress elsewhere.
+- ``S3Store`` (``s3``, ``moat/s3store.py``): one object per message in an S3-compatible bucket,
+  for hosts (Kubernetes pods) that share no disk. ``write`` returns once the PUT has completed,
+  which S3 answers only after the object is stored durably; an object exists whole or not at
+  all, so there are no temporary leftovers.
 
-A file lives as long as its message's state needs it (``lifecycle.NO_COPY_NEEDED``): delivery
-removes it once a message is delivered or bounced, retention (``moat/retention.py``) when
-quarantined mail is purged, and cleans up what crashes left behind. A temporary file is named
-after the host and process writing it, so that a process starting up can tell the leftovers of
-a dead one on its own host from a write in progress elsewhere.
+Both keep the ``write`` promise ingress relies on: durable before the 250. A copy lives as long
+as its message's state needs it (``lifecycle.NO_COPY_NEEDED``): delivery removes it once a
+message is delivered or bounced, retention (``moat/retention.py``) when quarantined mail is
+purged, and cleans up what crashes left behind. A missing copy is ``FileNotFoundError`` from
+every backend; a store that cannot be reached is an ``OSError`` (``StoreUnavailable``), an
+outage to the services (``moat.services.is_outage``).
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from moat.settings import Settings
 
 INLINE_READ_LIMIT = 256 * 1024
+_CHUNK = 64 * 1024
 _SUFFIX = ".eml"
 _TEMPORARY = ".tmp"
 _HOST = socket.gethostname().replace("/", "_")
 
 
-class MessageStore:
+class StoreUnavailable(OSError):
+    """The store could not be reached or refused the operation (not: the copy is missing)."""
+
+
+class Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class Copy:
+    """An open raw copy: opened before it is streamed, so a delete meanwhile cannot cut it
+    (a file stays readable once open; an S3 GET that has begun is answered whole)."""
+
+    def __init__(self, handle: Readable, size: int) -> None:
+        self.handle = handle
+        self.size = size
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            while chunk := await asyncio.to_thread(self.handle.read, _CHUNK):
+                yield chunk
+        finally:
+            self.handle.close()
+
+    async def read_all(self) -> bytes:
+        try:
+            return await asyncio.to_thread(self.handle.read)
+        finally:
+            self.handle.close()
+
+
+def check_id(message_id: str) -> str:
+    if not message_id.isalnum():
+        raise ValueError(f"not a message id: {message_id!r}")
+    return message_id
+
+
+class MessageStore(abc.ABC):
+    """Where raw messages are kept. Every service reads, writes, removes and lists copies
+    through this interface only."""
+
+    @abc.abstractmethod
+    async def write(self, message_id: str, data: bytes) -> None:
+        """Store ``data`` durably: once this returns, the copy survives a crash."""
+
+    @abc.abstractmethod
+    async def read(self, message_id: str) -> bytes:
+        """The whole copy; ``FileNotFoundError`` if there is none."""
+
+    @abc.abstractmethod
+    async def head(self, message_id: str, size: int) -> bytes:
+        """The first ``size`` bytes of the copy (enough for its header)."""
+
+    @abc.abstractmethod
+    async def open(self, message_id: str) -> Copy:
+        """The copy, opened for streaming; ``FileNotFoundError`` if there is none."""
+
+    @abc.abstractmethod
+    async def exists(self, message_id: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def delete(self, message_id: str) -> None:
+        """Remove the copy; removing one that is gone is no error."""
+
+    @abc.abstractmethod
+    def free_bytes(self) -> int:
+        """Bytes free for us in the store (ingress refuses MAIL below ``spool_min_free``)."""
+
+    @abc.abstractmethod
+    def stored(self) -> Iterator[tuple[str, float]]:
+        """Every message in the store: its id and the time its copy was written (blocking:
+        call it in a thread)."""
+
+    @abc.abstractmethod
+    def sweep_temporary(self, older_than: float) -> int:
+        """Remove what interrupted writes left behind (blocking); returns how many."""
+
+
+class DirectoryStore(MessageStore):
     def __init__(self, root: Path) -> None:
         self.root = root
 
     def path(self, message_id: str) -> Path:
-        if not message_id.isalnum():
-            raise ValueError(f"not a message id: {message_id!r}")
+        check_id(message_id)
         return self.root / message_id[-2:].lower() / f"{message_id}{_SUFFIX}"
 
     async def write(self, message_id: str, data: bytes) -> None:
@@ -44,6 +137,20 @@ class MessageStore:
         if path.stat().st_size <= INLINE_READ_LIMIT:
             return path.read_bytes()  # from the page cache: cheaper than a hop to a thread
         return await asyncio.to_thread(path.read_bytes)
+
+    async def head(self, message_id: str, size: int) -> bytes:
+        def read() -> bytes:
+            with self.path(message_id).open("rb") as file:
+                return file.read(size)
+
+        return await asyncio.to_thread(read)
+
+    async def open(self, message_id: str) -> Copy:
+        handle = await asyncio.to_thread(open, self.path(message_id), "rb")
+        return Copy(handle, os.fstat(handle.fileno()).st_size)
+
+    async def exists(self, message_id: str) -> bool:
+        return self.path(message_id).exists()
 
     async def delete(self, message_id: str) -> None:
         await asyncio.to_thread(self.path(message_id).unlink, True)
@@ -70,7 +177,6 @@ class MessageStore:
         return stat.f_bavail * stat.f_frsize
 
     def stored(self) -> Iterator[tuple[str, float]]:
-        """Every message in the spool: its id and the time its file was written."""
         for path in self._files("*" + _SUFFIX):
             try:
                 yield path.name.removesuffix(_SUFFIX), path.stat().st_mtime
@@ -78,10 +184,9 @@ class MessageStore:
                 continue
 
     def sweep_temporary(self, older_than: float) -> int:
-        """Remove what interrupted writes left behind: temporary files of processes of this
-        host that are gone, and any older than ``older_than`` seconds (no write takes that
-        long; a younger one of another host may be a write in progress). Returns how many
-        were removed."""
+        """Temporary files of processes of this host that are gone, and any older than
+        ``older_than`` seconds (no write takes that long; a younger one of another host may be
+        a write in progress)."""
         cutoff = time.time() - older_than
         removed = 0
         for path in self._files(f"*{_TEMPORARY}*"):
@@ -116,3 +221,12 @@ def _writer_is_gone(name: str) -> bool:
     except PermissionError:  # alive, someone else's
         return False
     return False
+
+
+def open_store(settings: Settings) -> MessageStore:
+    """The store ``settings.store.backend`` names: built once in a service's ``main``."""
+    if settings.store.backend == "s3":
+        from moat.s3store import S3Store  # boto3 is imported only where it is used
+
+        return S3Store(settings.store.s3)
+    return DirectoryStore(settings.spool_dir)

@@ -21,6 +21,7 @@ import contextlib
 import ctypes
 import http.client
 import logging
+import os
 import signal
 import socket
 import ssl
@@ -75,6 +76,7 @@ class Child:
     name: str  # as logged: ingress, scanner-2, ...
     service: str  # ingress, scanner, delivery or api: its place in STOP_ORDER
     command: list[str]
+    env: dict[str, str] = field(default_factory=dict)  # on top of the supervisor's environment
     process: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     restarts: int = 0
@@ -82,8 +84,9 @@ class Child:
     restart_at: float | None = None  # while dead: when its backoff is over
 
     @classmethod
-    def of(cls, service: str, name: str | None = None) -> Child:
-        return cls(name or service, service, [sys.executable, "-m", f"services.{service}"])
+    def of(cls, service: str, name: str | None = None, env: dict[str, str] | None = None) -> Child:
+        command = [sys.executable, "-m", f"services.{service}"]
+        return cls(name or service, service, command, dict(env or {}))
 
     @property
     def running(self) -> bool:
@@ -93,7 +96,11 @@ class Child:
         # A process group of its own: the terminal's Ctrl-C reaches the supervisor only, which
         # then stops the children in order.
         self.process = subprocess.Popen(
-            self.command, stdin=subprocess.DEVNULL, process_group=0, preexec_fn=_die_with_parent
+            self.command,
+            stdin=subprocess.DEVNULL,
+            process_group=0,
+            preexec_fn=_die_with_parent,
+            env={**os.environ, **self.env} if self.env else None,
         )
         self.started = now
         self.restart_at = None
@@ -255,6 +262,31 @@ class Readiness:
 # --- the supervisor ----------------------------------------------------------------------------
 
 
+def scanner_port(settings: Settings, n: int) -> int:
+    """The probe port of the n-th scanner (from 1), each replica its own: scanner-1 on
+    ``scanner.metrics_port``, the others on the ports after the highest of ingress's,
+    delivery's and the scanner's (the defaults 9101, 9102, 9103 give 9104, 9105, ...), so
+    that none takes another service's. 0 stays 0 (off)."""
+    base = settings.scanner.metrics_port
+    if not base or n == 1:
+        return base
+    highest = max(base, settings.delivery.metrics_port, settings.ingress.metrics_port)
+    return highest + n - 1
+
+
+def probes_at(settings: Settings, child: Child) -> str:
+    """Where a child serves /healthz, /readyz and /metrics, as the start line says it."""
+    if child.service == "api":
+        return f": /healthz, /readyz, /metrics on https://{settings.api.listen}"
+    if child.service == "scanner":
+        port = int(child.env.get("MOAT_SCANNER__METRICS_PORT", settings.scanner.metrics_port))
+    else:
+        port = getattr(settings, child.service).metrics_port
+    if not port:
+        return ""
+    return f": /healthz, /readyz, /metrics on http://{settings.metrics_host}:{port}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         prog="python -m services",
@@ -274,7 +306,7 @@ def main() -> int:
     args = parser.parse_args()
 
     settings = load_settings()
-    setup_logging("moat", settings.log_level)
+    setup_logging("moat", settings.log_level, settings.log_format)
     if not args.no_migrate:
         upgrade(settings.database_url)
 
@@ -290,7 +322,11 @@ def main() -> int:
     signal.signal(signal.SIGTERM, request_stop)
 
     scanners = [
-        Child.of("scanner", f"scanner-{n}" if args.scanners > 1 else None)
+        Child.of(
+            "scanner",
+            f"scanner-{n}" if args.scanners > 1 else None,
+            {"MOAT_SCANNER__METRICS_PORT": str(scanner_port(settings, n))},
+        )
         for n in range(1, args.scanners + 1)
     ]
     # Started in the reverse of STOP_ORDER: the stages behind ingress come first.
@@ -298,7 +334,7 @@ def main() -> int:
     for child in children:
         child.start(time.monotonic())
         assert child.process is not None
-        log.info("started %s (pid %d)", child.name, child.process.pid)
+        log.info("started %s (pid %d)%s", child.name, child.process.pid, probes_at(settings, child))
     readiness = Readiness(settings, args.ready_timeout)
 
     while stop_signal is None:

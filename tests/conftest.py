@@ -108,3 +108,15 @@ def make_gateway(
 def token() -> str:
     """A unique string to find one test's mail at the sinks."""
     return uuid.uuid4().hex
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[Any]:
+    """A real S3-compatible server on loopback (moto in server mode) for the S3 store."""
+    from tests.support.s3 import start_s3_server
+
+    server = start_s3_server()
+    try:
+        yield server
+    finally:
+        server.stop()

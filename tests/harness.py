@@ -262,6 +262,10 @@ class Gateway:
     def smtp_port(self) -> int:
         return int(self.config["smtp"]["listen"].rsplit(":", 1)[1])
 
+    def probe_url(self, service: str) -> str:
+        """Where ingress, scanner or delivery serves /healthz, /readyz and /metrics."""
+        return f"http://127.0.0.1:{self.config[service]['metrics_port']}"
+
     @property
     def api_url(self) -> str:
         return f"https://{self.config['api']['listen']}"
@@ -475,8 +479,9 @@ def gateway_config(
             "publish_timeout": 3,
             "delivery_limit": 3,
         },
-        "ingress": {"sweep_interval": 1, "sweep_grace": 3},
-        "scanner": {"prefetch": 8},
+        # Probe ports of their own: two gateways (or a developer's make run) never share one.
+        "ingress": {"sweep_interval": 1, "sweep_grace": 3, "metrics_port": free_port()},
+        "scanner": {"prefetch": 8, "metrics_port": free_port()},
         "dns": {"nameservers": ["127.0.0.1"], "port": test_dns().port, "timeout": 1},
         "delivery": {
             "retry_schedule": [1, 2],
@@ -487,6 +492,7 @@ def gateway_config(
             "sweep_grace": 3,
             "connect_timeout": 5,
             "command_timeout": 10,
+            "metrics_port": free_port(),
         },
     }
     for key, value in overrides.items():

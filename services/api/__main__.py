@@ -36,12 +36,13 @@ async def main(settings: Settings) -> None:
         ssl_certfile=str(cert),
         ssl_keyfile=str(key),
         log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn's lines go through our handler, in our format (moat/logs.py)
         access_log=True,  # one line per request; query strings with secrets redacted
         server_header=False,
         proxy_headers=False,
         timeout_graceful_shutdown=5,  # an idle keep-alive client must not hold a stop forever
     )
-    access_log.install()  # after uvicorn.Config, which sets up its loggers
+    access_log.install()
     log.info("HTTPS API on https://%s:%d", host, port)
     await uvicorn.Server(config).serve()
 

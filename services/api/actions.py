@@ -34,6 +34,13 @@ async def retry_message(repository: Repository, broker: Broker, message_id: str)
             attempt = record.attempts if record else 0
             await broker.publish(DELIVER, DeliveryRequest(message_id=message_id, attempt=attempt))
     except PublishError as exc:
-        log.warning("retry of %s recorded but not published (%s); the sweep will", message_id, exc)
+        log.warning(
+            "retry of %s recorded but not published (%s); the sweep will",
+            message_id,
+            exc,
+            extra={"queue_id": message_id},
+        )
         raise Queued(message_id) from exc
-    log.info("administrator retry: %s back to %s", message_id, status)
+    log.info(
+        "administrator retry: %s back to %s", message_id, status, extra={"queue_id": message_id}
+    )

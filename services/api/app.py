@@ -30,7 +30,7 @@ from moat.repository import Repository
 from moat.sender_rules import SenderRuleStore
 from moat.services import every
 from moat.settings import Settings
-from moat.spool import MessageStore
+from moat.spool import open_store
 from services.api.audit import AuditLog
 from services.api.auth import TokenStore
 from services.api.deps import get_caller, require_admin, require_staff, require_writer
@@ -48,6 +48,7 @@ from services.api.routes import (
     release_requests,
     senders,
     stats,
+    submission_users,
     tokens,
     webhooks,
 )
@@ -124,7 +125,7 @@ def create_app(
     app.state.tokens = TokenStore(repository.engine)
     app.state.audit = AuditLog(repository.engine)
     app.state.sender_rules = SenderRuleStore(repository.engine)
-    app.state.store = store = MessageStore(settings.spool_dir)
+    app.state.store = store = open_store(settings)
     app.state.quarantine = Quarantine(repository, store, broker, app.state.audit, settings)
     templates = make_templates()
     links = Links(key, repository.engine, settings.api.base_url)
@@ -207,6 +208,7 @@ def create_app(
     app.include_router(webhooks.router)
     app.include_router(digests.router)
     app.include_router(release_requests.router)
+    app.include_router(submission_users.router)
     install_openapi(
         app,
         authenticated=get_caller,

@@ -92,12 +92,12 @@ async def spooled_headers(store: MessageStore, message_id: str) -> tuple[str | N
     """Subject and From of the spooled copy, for records stored before the scanner kept
     them (or without them): read from the header only."""
 
-    def read() -> tuple[str | None, str | None]:
-        try:
-            with store.path(message_id).open("rb") as file:
-                head = file.read(_HEADER_BYTES)
-        except OSError:
-            return None, None
+    try:
+        head = await store.head(message_id, _HEADER_BYTES)
+    except OSError:
+        return None, None
+
+    def parse() -> tuple[str | None, str | None]:
         header = BytesHeaderParser(policy=compat32).parsebytes(head)
         subject, sender = header.get("Subject"), header.get("From")
         return (
@@ -105,4 +105,4 @@ async def spooled_headers(store: MessageStore, message_id: str) -> tuple[str | N
             decoded(sender) if sender is not None else None,
         )
 
-    return await asyncio.to_thread(read)
+    return await asyncio.to_thread(parse)

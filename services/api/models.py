@@ -78,6 +78,9 @@ class MessagePublic(BaseModel):
     message_id: str | None = Field(description="the Message-ID header")
     client_address: str
     helo: str
+    submitted_by: str | None = Field(
+        description="the submission user who sent it (SMTP AUTH); null: not authenticated"
+    )
     size: int
     received_at: UtcDateTime
     updated_at: UtcDateTime

@@ -16,10 +16,9 @@ import asyncio
 import base64
 import binascii
 import logging
-import os
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, BinaryIO
+from typing import Any
 
 from moat import mime
 from moat.broker import Broker, PublishError
@@ -34,7 +33,7 @@ from moat.repository import (
     Repository,
 )
 from moat.settings import Settings
-from moat.spool import MessageStore
+from moat.spool import Copy, MessageStore
 from moat.topology import DELIVER, SCAN
 from services.api.audit import AuditLog
 from services.api.auth import Principal, Role
@@ -51,7 +50,6 @@ COPY_GONE = frozenset({MessageStatus.DELETED, MessageStatus.PURGED, MessageStatu
 RECIPIENT_GONE = frozenset({RecipientStatus.DELETED, RecipientStatus.PURGED})
 
 _CURSOR_PREFIX = b"m1:"  # a cursor is this and the last id of the page, base64url
-_CHUNK = 256 * 1024  # bytes read at a time when streaming a raw copy
 
 # How a bulk result names what ``Refused`` says with a status (else: conflict).
 _OUTCOMES = {403: "forbidden", 404: "not_found"}
@@ -79,27 +77,6 @@ class Done:
 class Page:
     messages: list[MessageRecord]
     next: str | None  # the cursor of the next page; None on the last
-
-
-@dataclass(frozen=True)
-class Copy:
-    """An open raw copy: opened before it is streamed, so a delete meanwhile cannot cut it."""
-
-    handle: BinaryIO
-    size: int
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        try:
-            while chunk := await asyncio.to_thread(self.handle.read, _CHUNK):
-                yield chunk
-        finally:
-            self.handle.close()
-
-    async def read_all(self) -> bytes:
-        try:
-            return await asyncio.to_thread(self.handle.read)
-        finally:
-            self.handle.close()
 
 
 @dataclass(frozen=True)
@@ -227,18 +204,23 @@ class Quarantine:
         if not caller.sees_everything and all(r.status in RECIPIENT_GONE for r in mine):
             raise Refused(410, "your copy of the message was deleted")
         try:
-            handle = await asyncio.to_thread(open, self.store.path(message_id), "rb")
+            copy = await self.store.open(message_id)
         except FileNotFoundError:
             if record.status not in (
                 MessageStatus.DELIVERED,
                 MessageStatus.PARTIALLY_DELIVERED,
                 MessageStatus.BOUNCED,
             ):  # its state still needs the copy: worth a look
-                log.warning("%s is %s but its spool file is missing", message_id, record.status)
+                log.warning(
+                    "%s is %s but its raw copy is missing",
+                    message_id,
+                    record.status,
+                    extra={"queue_id": message_id},
+                )
             raise Refused(
                 410, f"the message's copy is no longer kept (it is {record.status})"
             ) from None
-        return record, Copy(handle, os.fstat(handle.fileno()).st_size)
+        return record, copy
 
     async def preview(self, caller: Principal, message_id: str) -> mime.Preview:
         """The safe rendering of the message (``moat.mime.preview``); 410 as ``open_copy``."""
@@ -282,13 +264,25 @@ class Quarantine:
                 )
         except PublishError as exc:
             # Recorded all the same: the recovery sweeps send it on once the broker is back.
-            log.warning("release of %s recorded, not yet published: %s", message_id, exc)
+            log.warning(
+                "release of %s recorded, not yet published: %s",
+                message_id,
+                exc,
+                extra={"queue_id": message_id},
+            )
             detail = "recorded; it goes on once the broker is reachable again"
         if record.verdict == VerdictName.SPAM and not rescan:
             await self.repository.record_feedback(message_id, "ham", "release")
         action = "rescanned" if rescan else "released"
         await self.audit.record(caller, action, message_id, ", ".join(result.recipients))
-        log.info("%s %s by %s: %s", message_id, action, caller.actor, ", ".join(result.recipients))
+        log.info(
+            "%s %s by %s: %s",
+            message_id,
+            action,
+            caller.actor,
+            ", ".join(result.recipients),
+            extra={"queue_id": message_id},
+        )
         assert result.status is not None
         return Done(message_id, action, result.recipients, result.status, detail)
 

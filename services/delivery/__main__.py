@@ -12,7 +12,7 @@ import asyncio
 import logging
 from datetime import timedelta
 
-from moat import runtime
+from moat import metrics, probes, runtime
 from moat.dead_letters import DeadLetterSweep
 from moat.model import DeliveryRequest
 from moat.retention import Retention
@@ -26,6 +26,7 @@ log = logging.getLogger("delivery")
 
 
 async def main(settings: Settings) -> None:
+    probe = await probes.serve("delivery", settings, settings.delivery.metrics_port)
     parts = await build(settings)
     smtp = SmtpClient(
         settings.smtp.hostname, settings.delivery.connect_timeout, settings.delivery.command_timeout
@@ -45,12 +46,19 @@ async def main(settings: Settings) -> None:
     async def republish_overdue() -> None:
         grace = timedelta(seconds=settings.delivery.sweep_grace)
         for message_id, attempt in await parts.repository.overdue_for_delivery(grace):
-            log.warning("republishing overdue %s (attempt %d)", message_id, attempt)
+            log.warning(
+                "republishing overdue %s (attempt %d)",
+                message_id,
+                attempt,
+                extra={"queue_id": message_id},
+            )
+            metrics.get().job_did("overdue_sweep", "republished", 1)
             await parts.broker.publish(
                 DELIVER, DeliveryRequest(message_id=message_id, attempt=attempt)
             )
 
     await consumer.start()
+    probe.readiness = probes.consumer_ready(parts.broker, DELIVER)
     background = [
         asyncio.create_task(
             every(settings.delivery.sweep_interval, republish_overdue, "overdue sweep")
@@ -70,6 +78,7 @@ async def main(settings: Settings) -> None:
             task.cancel()
         await smtp.close()
         await parts.close()
+        await probe.close()
 
 
 READS = """\

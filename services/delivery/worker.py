@@ -20,6 +20,7 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
+from moat import metrics
 from moat.broker import Broker, Consumer, PoisonMessage
 from moat.db import db_now
 from moat.lifecycle import NO_COPY_NEEDED, RECIPIENT_TO_DELIVER
@@ -74,7 +75,8 @@ class DeliveryConsumer(Consumer[DeliveryRequest]):
         keeper = asyncio.create_task(self._keep_lease(record.id, lease))
         try:
             raw = await self.store.read(record.id)
-            await self._attempt(record, raw)
+            with metrics.get().delivery_duration.time():
+                await self._attempt(record, raw)
         except BaseException as exc:
             # Let the redelivered request claim the message at once instead of after the lease.
             await asyncio.shield(self.repository.release_lease(record.id))
@@ -165,6 +167,9 @@ class DeliveryConsumer(Consumer[DeliveryRequest]):
                 await self.store.delete(bounce.message_id)
             return
         log.info("%s attempt %d -> %s (%s)", record.id, attempts_made, status, summary[:300])
+        metrics.get().attempted(
+            status, _reply_classes(results), (now - record.received_at).total_seconds()
+        )
         handoff = self.settings.broker.handoff_timeout
         if bounce is not None:
             await self.broker.publish(
@@ -230,3 +235,10 @@ class DeliveryConsumer(Consumer[DeliveryRequest]):
                     + ";\r\n\t".join(methods)
                 )
         return ("\r\n".join(lines) + "\r\n").encode("utf-8", "replace")
+
+
+def _reply_classes(results: dict[str, tuple[Reply, str | None]]) -> list[str]:
+    return [
+        metrics.reply_class(reply.code, reply.failure == NoReply.NO_ROUTE)
+        for reply, _ in results.values()
+    ]

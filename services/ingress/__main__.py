@@ -7,20 +7,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from datetime import timedelta
 
-from moat import runtime
+from moat import metrics, probes, runtime
+from moat.counters import build_store
 from moat.model import ScanRequest
 from moat.sender_rules import CachedRules, SenderRuleStore
 from moat.services import build, every
-from moat.settings import Settings, load_settings, split_host_port
+from moat.settings import Settings, load_settings
+from moat.submission_users import SubmissionUserStore
 from moat.topology import SCAN
-from services.ingress.handler import IngressHandler, QueuedMarker, Sessions, smtp_factory
+from services.ingress import cli
+from services.ingress.handler import IngressHandler, QueuedMarker, Sessions
+from services.ingress.limits import Greylist, SessionLimits
+from services.ingress.listeners import start_listeners
 
 log = logging.getLogger("ingress")
 
 
 async def main(settings: Settings) -> None:
+    probe = await probes.serve("ingress", settings, settings.ingress.metrics_port)
     parts = await build(settings)
     confirmed = QueuedMarker(parts.repository)
     sender_rules = None
@@ -31,8 +38,25 @@ async def main(settings: Settings) -> None:
         sender_rules = CachedRules(
             SenderRuleStore(parts.repository.engine), settings.scanner.sender_lists.poll_interval
         )
+    counters = build_store(
+        settings.limits.redis_url,
+        settings.limits.redis_prefix,
+        settings.limits.redis_retry,
+        settings.limits.redis_timeout,
+    )
+    limits = SessionLimits(settings.limits, settings.smtp, counters)
+    greylist = None
+    if any(settings.greylists(domain) for domain in settings.domains):
+        greylist = Greylist(settings.greylist, counters)
     handler = IngressHandler(
-        settings, parts.repository, parts.store, parts.broker, confirmed, sender_rules
+        settings,
+        parts.repository,
+        parts.store,
+        parts.broker,
+        confirmed,
+        sender_rules,
+        limits,
+        greylist,
     )
 
     async def republish_unconfirmed() -> None:
@@ -40,7 +64,12 @@ async def main(settings: Settings) -> None:
         for message_id in await parts.repository.unconfirmed(grace):
             await parts.broker.publish(SCAN, ScanRequest(message_id=message_id))
             confirmed.add(message_id)
-            log.warning("republished %s: its first publish was never confirmed", message_id)
+            log.warning(
+                "republished %s: its first publish was never confirmed",
+                message_id,
+                extra={"queue_id": message_id},
+            )
+            metrics.get().job_did("unconfirmed_sweep", "republished", 1)
 
     leftovers = await asyncio.to_thread(
         parts.store.sweep_temporary, settings.retention.orphan_grace
@@ -48,11 +77,18 @@ async def main(settings: Settings) -> None:
     if leftovers:
         log.warning("removed %d temporary spool file(s) of interrupted writes", leftovers)
 
-    host, port = split_host_port(settings.smtp.listen)
-    loop = asyncio.get_running_loop()
     sessions = Sessions()
-    server = await loop.create_server(smtp_factory(settings, handler, sessions), host, port)
-    log.info("SMTP listening on %s:%d for %d domain(s)", host, port, len(settings.domains))
+    servers = await start_listeners(
+        settings, handler, sessions, SubmissionUserStore(parts.repository.engine)
+    )
+    probe.readiness = lambda: [
+        what
+        for what, up in (
+            ("broker connection", parts.broker.connected),
+            ("SMTP listener", all(server.is_serving() for server in servers)),
+        )
+        if not up
+    ]
     tasks = [
         asyncio.create_task(confirmed.run()),
         asyncio.create_task(
@@ -63,24 +99,38 @@ async def main(settings: Settings) -> None:
         await runtime.wait_for_stop_signal()
     finally:
         log.info("stopping: no new sessions; ending %d open one(s)", len(sessions.open))
-        server.close()
+        for server in servers:
+            server.close()
         await sessions.close_all(settings.shutdown_timeout)
-        await server.wait_closed()
+        for server in servers:
+            await server.wait_closed()
         for task in tasks:
             task.cancel()
         await confirmed.flush()
+        await counters.close()
         await parts.close()
+        await probe.close()
 
 
 READS = """\
-reads: smtp.* (listen, hostname, limits), domains (the protected domains; any other recipient
-is refused; recipients or verify: callout verify their users at RCPT), callout.*,
+reads: smtp.* (listen, hostname, limits, trusted_networks, starttls, tls_cert, tls_key;
+api.self_signed_dir for a generated certificate), submission.* (the submission listeners and
+their users; more users from the database), domains (the protected domains; any other recipient
+is refused; recipients or verify: callout verify their users at RCPT; require_tls), callout.*,
 scanner.sender_lists (block_action: reject refuses blocked senders at RCPT; the rules are read
-from the database), ingress.* (the sweep), spool_min_free, database_url, spool_dir, broker.*,
+from the database), ingress.* (the sweep), limits.* and greylist.* (per client limits,
+greylisting; Redis if limits.redis_url), spool_min_free, database_url, spool_dir, broker.*,
 shutdown_timeout, log_level, env.
-connects to: the database and RabbitMQ; listens for SMTP on smtp.listen."""
+connects to: the database, RabbitMQ and Redis (limits.redis_url, if set); listens for SMTP
+on smtp.listen, and on submission.listen / submission.listen_tls when set.
+`hash-password` reads a password (twice, from a terminal; once from a pipe) and prints its
+argon2 hash for submission.users; it reads no settings."""
 
 
 if __name__ == "__main__":
-    runtime.service_parser("ingress", __doc__, READS).parse_args()
+    parser = runtime.service_parser("ingress", __doc__, READS)
+    cli.add_commands(parser)
+    args = parser.parse_args()
+    if args.command is not None:
+        sys.exit(cli.run(args))
     runtime.run("ingress", load_settings(), main)

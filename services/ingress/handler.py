@@ -13,12 +13,14 @@ import contextlib
 import errno
 import logging
 import re
+import ssl
+import time
 from email.utils import format_datetime
 from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
-from moat import replies
+from moat import logs, metrics, replies
 from moat.addresses import is_mailbox
 from moat.broker import Broker
 from moat.model import ScanRequest, new_message_id, utcnow
@@ -27,7 +29,16 @@ from moat.sender_rules import CachedRules, RuleAction
 from moat.settings import Settings
 from moat.spool import MessageStore
 from moat.topology import SCAN
+from services.ingress.limits import Greylist, LimitedSMTP, SessionLimits
 from services.ingress.recipients import RecipientVerifier
+from services.ingress.security import (
+    may_relay,
+    must_use_tls,
+    protocol_name,
+    submitted_by,
+    tls_clause,
+    tls_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -129,17 +140,32 @@ class Sessions:
                     session.transport.close()
 
 
-class MoatSMTP(SMTP):
+class MoatSMTP(LimitedSMTP):
     """aiosmtpd's protocol, with an enhanced status code (RFC 3463) on every reply, and a
-    polite end when the service stops (see ``Sessions``)."""
+    polite end when the service stops (see ``Sessions``). No AUTH here: the MX listener takes
+    no passwords (the submission listeners do: ``services/ingress/submission.py``)."""
 
+    offers_auth = False
     _in_ehlo = False
     _in_data = False
     _draining = False
 
-    def __init__(self, handler: Any, sessions: Sessions, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        handler: Any,
+        sessions: Sessions,
+        limits: SessionLimits | None = None,
+        proxy_timeout: float | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(handler, **kwargs)
         self.sessions = sessions
+        self.limits = limits
+        self.proxy_timeout = proxy_timeout
+
+    def client_address(self) -> str:
+        assert self.session is not None
+        return client_ip(self.session)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -168,6 +194,7 @@ class MoatSMTP(SMTP):
             await super().smtp_DATA(arg)
         finally:
             self._in_data = False
+            logs.bind_queue_id(None)
         if self._draining:
             await self._goodbye()
 
@@ -178,6 +205,12 @@ class MoatSMTP(SMTP):
             await super().smtp_EHLO(hostname)
         finally:
             self._in_ehlo = False
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        if not self.offers_auth:
+            await self.push(replies.AUTH_NOT_ENABLED)
+            return
+        await super().smtp_AUTH(arg)
 
     @syntax("VRFY <address>")
     async def smtp_VRFY(self, arg: str) -> None:
@@ -190,6 +223,8 @@ class MoatSMTP(SMTP):
         await self.push(replies.NO_EXPN)
 
     async def push(self, status: AnyStr) -> None:
+        if self._in_ehlo and not self.offers_auth and str(status).startswith("250-AUTH"):
+            return  # aiosmtpd lists AUTH once TLS is up; this listener does not offer it
         if isinstance(status, str) and not self._in_ehlo:
             await super().push(replies.with_enhanced_code(status))
         else:
@@ -224,6 +259,8 @@ class IngressHandler:
         broker: Broker,
         confirmed: QueuedMarker,
         sender_rules: CachedRules | None = None,
+        limits: SessionLimits | None = None,
+        greylist: Greylist | None = None,
     ) -> None:
         self.settings = settings
         self.repository = repository
@@ -233,6 +270,8 @@ class IngressHandler:
         # Only with block_action: reject somewhere; else the scanner alone applies the lists.
         self.sender_rules = sender_rules
         self.recipients = RecipientVerifier(settings)  # docs/recipient-verification.md
+        self.limits = limits
+        self.greylist = greylist
 
     async def handle_EHLO(
         self,
@@ -255,8 +294,10 @@ class IngressHandler:
         mail_options: list[str],
     ) -> str:
         if not self._room_for(_declared_size(mail_options)):
-            log.warning("spool space low: MAIL from %s refused with 452 4.3.1", session.peer)
+            log.warning("spool space low: MAIL from %s refused with 452 4.3.1", client_ip(session))
             return replies.INSUFFICIENT_STORAGE
+        if self.limits and not await self.limits.allow_message(client_ip(session)):
+            return replies.TOO_MUCH_MAIL
         # Without SMTPUTF8 the transaction is ASCII (RFC 6531 3.4): such an address could be
         # neither relayed nor sent a DSN, so taking it would only move the failure out of
         # sight. aiosmtpd has already read the SMTPUTF8 parameter into the envelope.
@@ -282,19 +323,31 @@ class IngressHandler:
             return replies.SMTPUTF8_REQUIRED
         if not is_mailbox(address):
             return replies.BAD_RECIPIENT_SYNTAX
+        if self.limits and not await self.limits.allow_recipient(client_ip(session)):
+            return replies.TOO_MANY_RECIPIENTS_RATE
         domain = address.rpartition("@")[2]
-        if self.settings.relay_for(domain) is None:
-            log.info("relay denied: %s -> %s from %s", envelope.mail_from, address, session.peer)
+        client = client_ip(session)
+        protected = self.settings.relay_for(domain) is not None
+        if not (protected or may_relay(self.settings, session, client)):
+            log.info("relay denied: %s -> %s from %s", envelope.mail_from, address, client)
             return replies.RELAY_DENIED.format(domain=_printable(domain))
         if len(envelope.rcpt_tos) >= self.settings.smtp.max_recipients:
             return replies.TOO_MANY_RECIPIENTS
+        if tls_of(server) is None and must_use_tls(
+            self.settings, domain, _reverse_path(envelope), client
+        ):
+            return replies.TLS_REQUIRED
         if await self._sender_blocked(_reverse_path(envelope), address, domain):
-            log.info("sender blocked: %s -> %s from %s", envelope.mail_from, address, session.peer)
+            log.info(
+                "sender blocked: %s -> %s from %s", envelope.mail_from, address, client_ip(session)
+            )
             return replies.SENDER_BLOCKED
         refusal = await self.recipients.refusal(address, domain)
         if refusal is not None:
-            log.info("recipient refused: %s from %s: %s", address, session.peer, refusal[:9])
+            log.info("recipient refused: %s from %s: %s", address, client_ip(session), refusal[:9])
             return refusal
+        if await self._greylisted(session, envelope, address, domain):
+            return replies.GREYLISTED
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return replies.RECIPIENT_OK
@@ -303,14 +356,19 @@ class IngressHandler:
         # aiosmtpd hands over bare CRs and LFs as they came. Made CRLF first, so the loop
         # count, the forged-header rule, the spool, the scanners and the relay read one set
         # of lines: nothing can hide behind a line break that only some of them see.
+        started = time.perf_counter()
         data = normalise_line_endings(envelope.original_content or b"")
         if count_received_headers(data) > self.settings.smtp.max_received_headers:
-            log.warning("loop suspected: from=<%s> client=%s", envelope.mail_from, session.peer)
+            log.warning(
+                "loop suspected: from=<%s> client=%s", envelope.mail_from, client_ip(session)
+            )
+            metrics.get().ingress_messages.labels("loop").inc()
             return replies.LOOP_DETECTED
 
         message_id = new_message_id()
+        logs.bind_queue_id(message_id)  # until the end of this DATA (MoatSMTP.smtp_DATA)
         data = strip_forged_headers(data, self.settings.smtp.hostname)
-        raw = self._received_header(session, envelope, message_id) + data
+        raw = self._received_header(server, session, envelope, message_id) + data
         client_address = client_ip(session)
         stored = recorded = False
         try:
@@ -324,6 +382,7 @@ class IngressHandler:
                 client_address=client_address,
                 helo=session.host_name or "",
                 smtp_utf8=bool(envelope.smtp_utf8),
+                submitted_by=submitted_by(session),
             )
             await self.repository.record_received(new)
             recorded = True
@@ -331,12 +390,15 @@ class IngressHandler:
                 SCAN, ScanRequest(message_id=message_id, envelope=new.envelope)
             )
         except Exception as exc:
-            log.error("message from %s not accepted (%s): %s", session.peer, message_id, exc)
+            log.error("message from %s not accepted (%s): %s", client_ip(session), message_id, exc)
             await self._undo(message_id, stored=stored, recorded=recorded, reason=str(exc))
+            metrics.get().ingress_messages.labels("failed").inc()
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 return replies.INSUFFICIENT_STORAGE
             return replies.TEMPORARY_FAILURE
         self.confirmed.add(message_id)
+        if isinstance(server, LimitedSMTP):
+            server.message_delivered()
         log.info(
             "queued %s from=<%s> to=%d size=%d client=%s",
             message_id,
@@ -345,6 +407,7 @@ class IngressHandler:
             len(raw),
             client_address,
         )
+        metrics.get().queued(time.perf_counter() - started)
         return replies.QUEUED.format(message_id=message_id)
 
     async def _sender_blocked(self, sender: str, recipient: str, domain: str) -> bool:
@@ -362,6 +425,16 @@ class IngressHandler:
             return False
         rule = rules.applicable(sender, recipient)
         return rule is not None and rule.action == RuleAction.BLOCK
+
+    async def _greylisted(
+        self, session: Session, envelope: Envelope, address: str, domain: str
+    ) -> bool:
+        if self.greylist is None or not self.settings.greylists(domain):
+            return False
+        ip = client_ip(session)
+        if not ip or self.settings.smtp.trusts(ip) or session.authenticated:
+            return False
+        return not await self.greylist.admits(ip, _reverse_path(envelope), address)
 
     def _room_for(self, size: int) -> bool:
         """Whether the spool has room for a message of ``size`` bytes (0: not declared) and
@@ -390,17 +463,19 @@ class IngressHandler:
             # of what the sender retries, never a loss.
             log.exception("could not clean up %s after a failed accept", message_id)
 
-    def _received_header(self, session: Session, envelope: Envelope, message_id: str) -> bytes:
+    def _received_header(
+        self, server: SMTP, session: Session, envelope: Envelope, message_id: str
+    ) -> bytes:
         helo = _printable(session.host_name or "unknown")
         peer = client_ip(session) or "unknown"
-        protocol = "ESMTP" if session.extended_smtp else "SMTP"
-        if envelope.smtp_utf8:
-            protocol = "UTF8SMTP"
+        tls = tls_of(server)
+        protocol = protocol_name(session, envelope, tls is not None)
+        using = f"\r\n\t{tls_clause(tls)}" if tls is not None else ""
         recipient = ""
         if len(envelope.rcpt_tos) == 1:
             recipient = f"\r\n\tfor <{envelope.rcpt_tos[0]}>"
         header = (
-            f"Received: from {helo} ([{peer}])\r\n"
+            f"Received: from {helo} ([{peer}]){using}\r\n"
             f"\tby {self.settings.smtp.hostname} (Moat) with {protocol} id {message_id}"
             f"{recipient}; {format_datetime(utcnow())}\r\n"
         )
@@ -441,6 +516,9 @@ def client_ip(session: Session) -> str:
     """The client's IP address as every rule and record should see it ("" if unknown). One
     place, so that a front end passing the real client on (the PROXY protocol) changes it for
     the limits, SPF, the logs and our Received: line alike."""
+    proxy = session.proxy_data
+    if proxy and proxy.src_addr is not None:  # not a PROXY v2 LOCAL (the balancer's own check)
+        return str(proxy.src_addr)
     peer = session.peer
     if isinstance(peer, tuple) and peer:
         return str(peer[0])
@@ -466,11 +544,29 @@ def _printable(text: str) -> str:
     return _UNSAFE_IN_HEADER.sub("?", text)[:255]
 
 
-def smtp_factory(settings: Settings, handler: IngressHandler, sessions: Sessions) -> Any:
+def smtp_factory(
+    settings: Settings,
+    handler: IngressHandler,
+    sessions: Sessions,
+    tls_context: ssl.SSLContext | None = None,
+    protocol: type[MoatSMTP] = MoatSMTP,
+    **options: Any,
+) -> Any:
+    """The protocol factory of a listener: the MX (``MoatSMTP``, STARTTLS with
+    ``tls_context``) or a submission listener (``protocol`` and its ``options``). The
+    handler's limits and the PROXY protocol apply to every listener but the implicit-TLS one,
+    where TLS comes before any byte the protocol could read (docs/ingress-limits.md)."""
+    proxy = settings.smtp.proxy_protocol and not options.get("implicit_tls")
+    proxy_timeout = settings.smtp.proxy_protocol_timeout if proxy else None
+
     def make() -> MoatSMTP:
-        return MoatSMTP(
+        return protocol(
             handler,
             sessions,
+            tls_context=tls_context,
+            limits=handler.limits,
+            proxy_timeout=proxy_timeout,
+            **options,
             hostname=settings.smtp.hostname,
             ident="Moat ESMTP",
             data_size_limit=settings.smtp.max_message_size,

@@ -14,7 +14,7 @@ import sys
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from moat import runtime
+from moat import probes, runtime
 from moat.feedback import FeedbackQueue
 from moat.services import build, every
 from moat.settings import Settings, load_settings
@@ -31,9 +31,11 @@ log = logging.getLogger("scanner")
 
 async def main(settings: Settings) -> None:
     scanner = Scanner(settings)  # builds the checks: a bad registry fails before connecting
+    probe = await probes.serve("scanner", settings, settings.scanner.metrics_port)
     parts = await build(settings)
     consumer = ScanConsumer(parts.broker, parts.repository, parts.store, scanner)
     await consumer.start()
+    probe.readiness = probes.consumer_ready(parts.broker, SCAN)
     log.info(
         "consuming %s with prefetch %d; checks: %s",
         SCAN,
@@ -48,6 +50,7 @@ async def main(settings: Settings) -> None:
             learning.cancel()
         await consumer.stop(settings.shutdown_timeout)
         await parts.close()
+        await probe.close()
 
 
 def _learn_feedback(

@@ -29,7 +29,14 @@ class FeedbackLearner:
             for item in batch:
                 result = await self._learn(item.message_id, item.label, item.source)
                 await self.queue.settle(item.id, result)
-                log.info("feedback %d: %s as %s: %s", item.id, item.message_id, item.label, result)
+                log.info(
+                    "feedback %d: %s as %s: %s",
+                    item.id,
+                    item.message_id,
+                    item.label,
+                    result,
+                    extra={"queue_id": item.message_id},
+                )
                 settled += 1
         return settled
 
@@ -41,6 +48,8 @@ class FeedbackLearner:
         try:
             learned = await self.classifier.learn(raw, label == "spam", source, message_id)
         except Exception as exc:
-            log.exception("feedback on %s could not be learned", message_id)
+            log.exception(
+                "feedback on %s could not be learned", message_id, extra={"queue_id": message_id}
+            )
             return f"failed: {type(exc).__name__}"
         return "learned" if learned.learned else "already"

@@ -4,7 +4,9 @@ mail handed on to ``deliver``."""
 from __future__ import annotations
 
 import logging
+import time
 
+from moat import metrics
 from moat.broker import Broker, Consumer, PoisonMessage
 from moat.lifecycle import SCANNABLE
 from moat.mime import main_headers
@@ -35,6 +37,7 @@ class ScanConsumer(Consumer[ScanRequest]):
         # then store the verdict only if the message has none yet. Redeliveries and oddities
         # are sorted out afterwards.
         message_id = body.message_id
+        started = time.perf_counter()
         try:
             raw = await self.store.read(message_id)
         except FileNotFoundError:
@@ -50,6 +53,7 @@ class ScanConsumer(Consumer[ScanRequest]):
         headers = main_headers(result.message.message)
         if await self.repository.record_verdict(message_id, verdict, status, headers):
             log.info("%s %s score=%.2f -> %s", message_id, verdict.verdict, verdict.score, status)
+            metrics.get().judged(verdict.verdict, verdict.action, time.perf_counter() - started)
             if deliver:
                 await self.broker.publish(
                     DELIVER,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from moat.spool import MessageStore
+from moat.spool import DirectoryStore
 from tests.harness import Gateway, Sink, wait_for
 from tests.support.mime import nested_multipart, nested_rfc822
 from tests.support.raw_smtp import RawSMTP, queue_id
@@ -64,7 +64,7 @@ def test_forged_headers_behind_a_bare_line_break_do_not_reach_the_relay(
             )
         gateway.wait_status(message_id, "delivering")
         # The stored copy, which the scanners read, has the lines the relay gets: CRLF only.
-        stored = MessageStore(Path(gateway.config["spool_dir"])).path(message_id).read_bytes()
+        stored = DirectoryStore(Path(gateway.config["spool_dir"])).path(message_id).read_bytes()
         assert stored.count(b"\r") == stored.count(b"\n") == stored.count(b"\r\n")
         assert b"X-Moat-" not in stored and b"bank.test" not in stored
     finally:

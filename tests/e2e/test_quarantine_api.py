@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import select
 
 from moat.db import audit, create_engine, feedback
-from moat.spool import MessageStore
+from moat.spool import DirectoryStore
 from services.scanner.checks import EICAR, GTUBE
 from tests.harness import Gateway, Received, Sink, wait_for
 
@@ -121,7 +121,7 @@ def _copies(sink: Sink, token: str, *, notices: bool = False) -> list[Received]:
 
 
 def _spool_file(gateway: Gateway, message_id: str) -> Path:
-    return MessageStore(Path(gateway.config["spool_dir"])).path(message_id)
+    return DirectoryStore(Path(gateway.config["spool_dir"])).path(message_id)
 
 
 def _problem(response: httpx.Response, status: int) -> str:

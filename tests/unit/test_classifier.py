@@ -27,7 +27,7 @@ from moat.migrate import upgrade
 from moat.model import Category
 from moat.repository import Repository
 from moat.settings import ClassifierSettings, Settings
-from moat.spool import MessageStore
+from moat.spool import DirectoryStore
 from services.scanner import cli
 from services.scanner.checks import build_checks, parse
 from services.scanner.checks.classifier import ClassifierCheck, finding
@@ -425,7 +425,7 @@ def test_feedback_rows_are_learned_once_by_concurrent_replicas(
     model_path = tmp_path / "model.npz"
     synthetic_model().save(model_path)
     settings = settings_for(database_url, model_path=str(model_path))
-    store = MessageStore(tmp_path / "spool")
+    store = DirectoryStore(tmp_path / "spool")
     rng = random.Random(41)
     ids = [f"01JTESTFEEDBACK00000000{n:03d}" for n in range(8)]
 

@@ -22,7 +22,7 @@ from moat.model import RecipientStatus as R
 from moat.repository import NewMessage, Repository
 from moat.retention import Retention
 from moat.settings import Settings
-from moat.spool import _HOST, MessageStore
+from moat.spool import _HOST, DirectoryStore
 
 DAY = 86400.0
 
@@ -39,7 +39,7 @@ def _dead_pid() -> int:
 
 
 def test_write_leaves_no_temporary_file(tmp_path: Path) -> None:
-    store = MessageStore(tmp_path)
+    store = DirectoryStore(tmp_path)
     asyncio.run(store.write("01TESTWRITE000000000000000", b"x\r\n"))
     assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == [
         "01TESTWRITE000000000000000.eml"
@@ -48,7 +48,7 @@ def test_write_leaves_no_temporary_file(tmp_path: Path) -> None:
 
 
 def test_sweep_temporary_takes_leftovers_only(tmp_path: Path) -> None:
-    store = MessageStore(tmp_path)
+    store = DirectoryStore(tmp_path)
     directory = tmp_path / "0a"
     directory.mkdir()
     dead = directory / f"01A.tmp-{_HOST}-{_dead_pid()}"  # this host, writer gone
@@ -71,7 +71,7 @@ def test_sweep_temporary_takes_leftovers_only(tmp_path: Path) -> None:
 
 
 def test_free_bytes_is_the_file_systems(tmp_path: Path) -> None:
-    store = MessageStore(tmp_path / "spool")
+    store = DirectoryStore(tmp_path / "spool")
     stat = os.statvfs(tmp_path)
     assert abs(store.free_bytes() - stat.f_bavail * stat.f_frsize) < 64 * 1024 * 1024
 
@@ -91,7 +91,7 @@ class World:
         url = f"sqlite+aiosqlite:///{tmp_path / 'moat.db'}"
         upgrade(url)
         self.repository = Repository(create_engine(url))
-        self.store = MessageStore(tmp_path / "spool")
+        self.store = DirectoryStore(tmp_path / "spool")
 
     async def message(self, message_id: str, status: M, *, days_old: float) -> None:
         """A message in ``status``, received and last changed ``days_old`` days ago."""

@@ -50,7 +50,7 @@ async def feedback(
     the message is left to learn from (delivered mail's copy is removed, unless
     ``retention.delivered_copy`` keeps it a while)."""
     await visible_message(repository, caller, message_id, with_history=False)
-    if not store.path(message_id).exists():
+    if not await store.exists(message_id):
         raise HTTPException(
             status.HTTP_410_GONE, f"message {message_id!r} is no longer in the spool"
         )

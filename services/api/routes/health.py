@@ -14,6 +14,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from sqlalchemy import text
 
+from moat import metrics as moat_metrics
+from moat.broker import Broker
 from moat.model import MessageStatus
 from services.api.deps import BrokerDep, RepositoryDep, SettingsDep
 from services.api.middleware import ApiMetrics
@@ -69,10 +71,13 @@ async def readyz(repository: RepositoryDep, broker: BrokerDep) -> Readiness | Re
     response_class=Response,
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
 )
-async def metrics(request: Request, repository: RepositoryDep, settings: SettingsDep) -> Response:
-    """Prometheus text format: requests by route and status, request latency, and messages
-    by status (read at most every ``api.metrics_cache_seconds``; while the database is
-    unreachable the last figures stay)."""
+async def metrics(
+    request: Request, repository: RepositoryDep, broker: BrokerDep, settings: SettingsDep
+) -> Response:
+    """Prometheus text format: requests by route and status, request latency, messages by
+    status, and each queue's depth and consumers (read at most every
+    ``api.metrics_cache_seconds``; while the database or the broker is unreachable the last
+    figures stay)."""
     state: ApiMetrics = request.app.state.metrics
     if time.monotonic() - state.messages_read_at >= settings.api.metrics_cache_seconds:
         try:
@@ -82,4 +87,33 @@ async def metrics(request: Request, repository: RepositoryDep, settings: Setting
             log.info("metrics: cannot count messages: %s", type(exc).__name__)
         else:
             state.set_messages(counts, [status.value for status in MessageStatus])
-    return Response(generate_latest(state.registry), media_type=CONTENT_TYPE_LATEST)
+        await _read_queues(broker)
+    shared = moat_metrics.get().registry.restricted_registry(API_SHARED_METRICS)
+    return Response(
+        generate_latest(state.registry) + generate_latest(shared), media_type=CONTENT_TYPE_LATEST
+    )
+
+
+# What the API serves of moat/metrics.py besides its own: the queues (one reader for the whole
+# gateway, not one per scanner replica), its broker connection and its background jobs.
+API_SHARED_METRICS = [
+    "moat_queue_messages",
+    "moat_queue_consumers",
+    "moat_broker_connected",
+    "moat_job_runs_total",
+    "moat_job_items_total",
+]
+
+
+async def _read_queues(broker: Broker) -> None:
+    """Depth and consumers of every queue, by passive declares; while the broker is away the
+    last figures stay (``moat_broker_connected`` says so)."""
+    try:
+        stats = await broker.queue_stats()
+    except Exception as exc:
+        log.info("metrics: cannot read the queues: %s", type(exc).__name__)
+        return
+    shared = moat_metrics.get()
+    for queue, ready, consumers in stats:
+        shared.queue_messages.labels(queue).set(ready)
+        shared.queue_consumers.labels(queue).set(consumers)

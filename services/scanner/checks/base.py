@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from email.message import Message
 from typing import Protocol
 
+from moat import metrics
 from moat.mime import content_type, decoded_payload, filename, parse_limited, walk
 from moat.model import Category, Finding
 from moat.model import MessageEnvelope as Envelope
@@ -120,6 +121,7 @@ async def run_checks(
             findings = await asyncio.wait_for(check.check(message), timeout)
         except Exception as exc:
             reason = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}"
+            metrics.get().check_failed(check.name, timed_out=isinstance(exc, TimeoutError))
             log.warning("check %s failed on %s: %r", check.name, message.message_id, exc)
             findings = [
                 Finding(
@@ -130,6 +132,7 @@ async def run_checks(
                 )
             ]
         elapsed_ms = (time.perf_counter() - started) * 1000
+        metrics.get().check_duration.labels(check.name).observe(elapsed_ms / 1000)
         if not findings:
             findings = [
                 Finding(
