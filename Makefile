@@ -77,13 +77,13 @@ bench: install
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
 
-# The spam classifier: train the shipped model on the SpamAssassin corpus (deterministic;
-# prints cross-validation and held-out figures), and evaluate it online, TREC style, on a corpus
+# The spam classifier: train the shipped model on the permitted corpora (deterministic;
+# prints out-of-source and held-out figures), and evaluate it online, TREC style, on a corpus
 # (EVAL_ARGS, e.g. --ham DIR --spam DIR, or --index FILE; see docs/classifier.md).
 CORPUS ?= ../shared/corpus
 
 train: install
-	$(PY) -m services.scanner.classifier.training --corpus $(CORPUS)/spamassassin $(TRAIN_ARGS)
+	$(PY) -m services.scanner.classifier.training --corpus $(CORPUS) $(TRAIN_ARGS)
 
 evaluate: install
 	$(PY) -m services.scanner.classifier.evaluation $(or $(EVAL_ARGS),--phishing $(CORPUS)/phishing_pot/phishing-sample2500.tar.gz)

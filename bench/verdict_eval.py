@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from moat.model import MessageEnvelope
 from moat.settings import load_settings
-from services.scanner.classifier.training import DEFAULT_CORPUS, corpus_files, held_out
+from services.scanner.classifier.training import SPAMASSASSIN, corpus_files, held_out
 from services.scanner.scanning import Scanner
 
 ENVELOPE = MessageEnvelope()  # as `check` without --rcpt: the global policy
@@ -53,4 +53,4 @@ async def main(corpus: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_CORPUS)))
+    sys.exit(asyncio.run(main(Path(sys.argv[1]) if len(sys.argv) > 1 else SPAMASSASSIN)))

@@ -1,10 +1,13 @@
-"""DNS for the checks (SPF, DKIM, DMARC, blocklists): one async resolver, short timeouts and a
-small cache, configured from ``dns`` in settings. Tests point it at a DNS server on loopback."""
+"""DNS for the checks (SPF, DKIM, DMARC, ARC, blocklists): one async resolver, short timeouts,
+and dnspython's own cache (``dns.resolver.LRUCache``), configured from ``dns`` in settings.
+Tests point it at a DNS server on loopback.
+
+The cache keeps each answer for the TTL its zone gave it (the smallest TTL of the answer's
+records), no longer; negative answers (NXDOMAIN, no such record) for the SOA minimum the
+zone's authority section carries (RFC 2308). A failure (timeout, SERVFAIL) is never cached,
+so the next message asks again."""
 
 from __future__ import annotations
-
-import time
-from collections import OrderedDict
 
 import dns.asyncresolver
 import dns.exception
@@ -20,7 +23,7 @@ class DnsError(Exception):
 class Resolver:
     """``lookup`` answers a list of strings (A/AAAA addresses, TXT strings joined, MX hosts,
     PTR names), ``[]`` when the name or record does not exist, and raises ``DnsError`` when the
-    answer could not be had. Answers (including "none") are cached for ``cache_seconds``."""
+    answer could not be had."""
 
     def __init__(self, settings: DnsSettings) -> None:
         self.settings = settings
@@ -30,28 +33,22 @@ class Resolver:
         self._resolver.port = settings.port
         self._resolver.lifetime = settings.timeout
         self._resolver.timeout = settings.timeout
-        self._cache: OrderedDict[tuple[str, str], tuple[float, list[str]]] = OrderedDict()
+        # Least recently used answers go first once ``cache_size`` are held; each expires
+        # by its own TTL.
+        self.cache = dns.resolver.LRUCache(settings.cache_size)
+        self._resolver.cache = self.cache
 
     async def lookup(self, name: str, rdtype: str) -> list[str]:
-        key = (name.lower().rstrip("."), rdtype.upper())
-        cached = self._cache.get(key)
-        now = time.monotonic()
-        if cached is not None and cached[0] > now:
-            self._cache.move_to_end(key)
-            return cached[1]
+        qname, qtype = name.lower().rstrip(".") + ".", rdtype.upper()
         try:
-            answer = await self._resolver.resolve(key[0] + ".", key[1], search=False)
-            values = [_text(rdata, key[1]) for rdata in answer]
+            answer = await self._resolver.resolve(qname, qtype, search=False)
+            return [_text(rdata, qtype) for rdata in answer]
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-            values = []
+            return []
         except (dns.exception.Timeout, dns.resolver.NoNameservers) as exc:
-            raise DnsError(f"{key[1]} {key[0]}: {type(exc).__name__}") from exc
+            raise DnsError(f"{qtype} {qname}: {type(exc).__name__}") from exc
         except dns.exception.DNSException as exc:
-            raise DnsError(f"{key[1]} {key[0]}: {exc}") from exc
-        self._cache[key] = (now + self.settings.cache_seconds, values)
-        if len(self._cache) > self.settings.cache_size:
-            self._cache.popitem(last=False)
-        return values
+            raise DnsError(f"{qtype} {qname}: {exc}") from exc
 
 
 def _text(rdata: object, rdtype: str) -> str:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import (
     BaseModel,
+    ConfigDict,
     Field,
     PrivateAttr,
     SecretStr,
@@ -27,6 +28,9 @@ from pydantic_settings import (
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+
+if TYPE_CHECKING:
+    from moat.symbols import SymbolTable
 
 PLACEHOLDER_TOKEN = "change-me"
 
@@ -279,8 +283,9 @@ class DnsSettings(BaseModel):
     nameservers: list[str] = []  # empty: the system's (/etc/resolv.conf)
     port: int = 53
     timeout: float = 2.0  # seconds per lookup; a blocklist that is slow is skipped
-    cache_seconds: float = 300.0
-    cache_size: int = 10_000
+    # Answers cached (dnspython's LRU cache), each for its own TTL; the least recently used
+    # go first past this many.
+    cache_size: int = Field(default=10_000, ge=1)
 
 
 # --- scanner engines: each engine's settings in its own section of ``scanner`` ----------------
@@ -306,8 +311,6 @@ class ClamAVSettings(BaseModel):
     # clamd down or slow: true = the check fails and the message waits for a retry; false =
     # an info finding CLAMAV_UNAVAILABLE and the mail goes on UNSCANNED for viruses.
     fail_closed: bool = True
-    # Score of a CLAMAV_VIRUS finding (a virus finding forces the virus verdict anyway).
-    virus_score: float = 100.0
 
     @field_validator("tcp")
     @classmethod
@@ -364,22 +367,6 @@ class AttachmentSettings(BaseModel):
     max_mime_parts: int = Field(default=500, ge=1)
     # Bytes of headers over all parts of a message; more: MIME_UNSCANNABLE.
     max_header_bytes: int = Field(default=512 * 1024, ge=1)
-    # Score of each symbol when it is a policy finding (policy forces the verdict anyway).
-    scores: dict[str, float] = {
-        "ATTACHMENT_EXECUTABLE": 10.0,
-        "ATTACHMENT_SCRIPT": 10.0,
-        "ATTACHMENT_MACRO": 10.0,
-        "ATTACHMENT_DISK_IMAGE": 10.0,
-        "ATTACHMENT_BLOCKED_EXTENSION": 10.0,
-        "ATTACHMENT_TYPE_MISMATCH": 10.0,
-        "ARCHIVE_BOMB": 10.0,
-        "ARCHIVE_LIMIT": 10.0,
-        "ARCHIVE_ENCRYPTED": 10.0,
-        "ARCHIVE_OPAQUE": 10.0,
-        "ARCHIVE_CORRUPT": 10.0,
-        "ATTACHMENT_PDF_ACTIVE": 10.0,
-        "MIME_UNSCANNABLE": 10.0,
-    }
 
 
 class ClassifierSettings(BaseModel):
@@ -389,26 +376,21 @@ class ClassifierSettings(BaseModel):
     enabled: bool = True  # false: the check reports nothing for this domain's mail
     model_path: Path | None = None  # None: the model shipped in services/scanner/classifier/model/
     poll_interval: float = 30.0  # seconds between looks for learned feedback; 0: never look
-    spam_probability: float = 0.9  # at or above: BAYES_SPAM
-    ham_probability: float = 0.2  # at or below: BAYES_HAM; in between: BAYES_UNSURE (score 0)
-    spam_score_min: float = 2.5  # BAYES_SPAM's score at spam_probability...
-    spam_score_max: float = 6.0  # ...rising linearly to this at probability 1
-    ham_score: float = -1.0  # BAYES_HAM's score at probability 0, rising linearly to 0
+    # Seconds between looks for new feedback rows to learn (one indexed query per replica);
+    # what one replica learns reaches the others at once through feedback.learned.
+    feedback_interval: float = Field(default=2.0, gt=0)
+    # The evaluation's "spam at or above" (services/scanner/classifier/evaluation.py); the
+    # verdict scores the probability by band (BAYES_00..BAYES_999 in moat/symbols.py).
+    spam_probability: float = Field(default=0.9, gt=0.0, le=1.0)
     max_text_bytes: int = 200_000  # text of a message tokenised at most (the rest is ignored)
     learn_rate: float = 2.0  # logit units a learning step moves the message by (times its error)
     learn_max_steps: int = 8  # steps at most per learned message...
     learn_margin: float = 3.0  # ...until its logit is this far on the right side of 0
 
-    @model_validator(mode="after")
-    def _ordered_thresholds(self) -> ClassifierSettings:
-        if not 0.0 <= self.ham_probability < self.spam_probability <= 1.0:
-            raise ValueError("need 0 <= ham_probability < spam_probability <= 1")
-        return self
-
 
 class AuthSettings(BaseModel):
-    """SPF, DKIM and DMARC: sender authentication (docs/checks/auth.md). A score of 0 makes
-    its finding informational; a negative one rewards authenticated mail."""
+    """SPF, DKIM, DMARC and ARC: sender authentication (docs/checks/auth.md). The scores of
+    their symbols are in the symbol table (moat/symbols.py, ``scanner.symbols``)."""
 
     enabled: bool = True  # false: no lookups and no findings for this (domain's) mail
     spf: bool = True  # SPF: the client IP against the envelope sender's domain (HELO if null)
@@ -417,21 +399,14 @@ class AuthSettings(BaseModel):
     spf_timeout: float = Field(10.0, gt=0)  # seconds for one SPF evaluation; then temperror
     max_signatures: int = Field(8, ge=0)  # DKIM signatures verified, topmost first; rest ignored
     min_key_bits: int = Field(1024, ge=512)  # a shorter RSA key makes a signature permerror
-    spf_pass_score: float = 0.0  # SPF_PASS
-    spf_fail_score: float = 2.0  # SPF_FAIL: the domain says this client may not send for it
-    spf_softfail_score: float = 1.0  # SPF_SOFTFAIL (~all)
-    spf_neutral_score: float = 0.0  # SPF_NEUTRAL (?all)
-    spf_permerror_score: float = 0.5  # SPF_PERMERROR: the domain's SPF record is broken
-    dkim_pass_score: float = 0.0  # DKIM_VALID: at least one signature verified
-    dkim_invalid_score: float = 1.0  # DKIM_INVALID: signed, but no signature verified
-    dmarc_pass_score: float = 0.0  # DMARC_PASS
-    dmarc_fail_score: float = 1.0  # DMARC_FAIL: failed where the domain asks nothing (p=none)
-    dmarc_quarantine_score: float = 5.0  # DMARC_QUARANTINE: failed under p=quarantine
     # DMARC_REJECT (failed under p=reject): "policy" forces the policy verdict (quarantine);
-    # "spam" only adds dmarc_reject_score to the spam score.
+    # "spam" makes it a plain score (the table's DMARC_REJECT score).
     dmarc_reject: Literal["policy", "spam"] = "policy"
-    dmarc_reject_score: float = 10.0  # DMARC_REJECT's score
-    own_domain_score: float = 3.0  # FROM_OWN_DOMAIN_UNAUTH: From one of our domains, no DMARC pass
+    # ARC (RFC 8617): sealers (the d= of ARC-Seal, e.g. google.com, a mailing list's domain)
+    # whose valid chain saying the mail authenticated at their hop is believed when DMARC
+    # fails here (forwarding, lists): no DMARC_REJECT/QUARANTINE/FAIL then. Empty: none.
+    arc: bool = True  # verify ARC chains
+    arc_trusted_sealers: list[str] = []
 
 
 class BlocklistZone(BaseModel):
@@ -466,32 +441,10 @@ class BlocklistZone(BaseModel):
         return {code.strip(): weight for code, weight in value.items()}
 
 
-# Header and content heuristics of the rules check, with their scores (``scores`` below).
-RULE_SCORES: dict[str, float] = {
-    "MISSING_DATE": 1.0,  # no Date header
-    "INVALID_DATE": 1.0,  # a Date that does not parse
-    "DATE_IN_FUTURE": 1.5,  # Date later than the message's arrival by ``date_future_hours``
-    "DATE_IN_PAST": 0.5,  # Date earlier than its arrival by ``date_past_days``
-    "MISSING_MESSAGE_ID": 1.0,  # no Message-ID header
-    "INVALID_MESSAGE_ID": 1.5,  # a Message-ID that is not <left@right>
-    "FROM_REPLYTO_MISMATCH": 1.0,  # Reply-To in another registrable domain than From
-    "DISPLAY_NAME_SPOOF": 3.0,  # a protected domain in From's display name, sent from elsewhere
-    "HTML_ONLY": 1.0,  # HTML without a text/plain alternative
-    "HTML_HIDDEN_TEXT": 1.5,  # invisible text in HTML (display:none, tiny, same colour as bg)
-    "URL_SHORTENER": 1.0,  # links through a URL shortener (``url_shorteners``)
-    "URL_IP_LITERAL": 2.0,  # links to an IP address instead of a name
-    "LOOKALIKE_DOMAIN": 3.0,  # a domain within a small edit distance of a protected one
-    "HOMOGRAPH_DOMAIN": 4.0,  # a domain that renders like a protected one (confusables, 0→o)
-    "COMBOSQUAT_DOMAIN": 2.5,  # a protected name with other words (example-login.test)
-}
-
-
 class RulesSettings(BaseModel):
     """Header heuristics, DNS blocklists and their weights (services/scanner/checks/headers.py,
     reputation.py; docs/checks/rules.md)."""
 
-    # Score of each heuristic's symbol (keys of RULE_SCORES); 0 turns a heuristic off.
-    scores: dict[str, float] = dict(RULE_SCORES)
     # A Date this many hours after the message's arrival is "in the future".
     date_future_hours: float = Field(default=6.0, gt=0, le=24 * 365)
     # A Date this many days before the message's arrival is "in the past".
@@ -562,14 +515,6 @@ class RulesSettings(BaseModel):
     # Seconds one blocklist lookup may take before it is skipped (DNSBL_TEMPFAIL).
     dns_timeout: float = Field(default=1.5, gt=0)
 
-    @field_validator("scores")
-    @classmethod
-    def _known_scores(cls, value: dict[str, float]) -> dict[str, float]:
-        unknown = sorted(set(value) - set(RULE_SCORES))
-        if unknown:
-            raise ValueError(f"unknown rule symbols: {', '.join(unknown)}")
-        return {**RULE_SCORES, **value}
-
     @field_validator("lookalike_allow")
     @classmethod
     def _allowed_domains(cls, value: list[str]) -> list[str]:
@@ -591,8 +536,15 @@ class SenderListSettings(BaseModel):
     block_action: Literal["quarantine", "reject"] = "quarantine"
     # Seconds between two reads of the rules by each scanner and ingress process.
     poll_interval: float = Field(default=10.0, gt=0)
-    # Score of SENDER_BLOCKED (a policy finding forces the policy verdict anyway).
-    blocked_score: float = 10.0
+
+
+class SymbolOverride(BaseModel):
+    """``scanner.symbols.<NAME>`` as a mapping: a new score, a new forced action, or both.
+    ``action: none`` takes a forced action away (the symbol only scores); unset keeps it."""
+
+    model_config = ConfigDict(extra="forbid")
+    score: float | None = None
+    action: Literal["virus", "policy", "spam", "allow", "none"] | None = None
 
 
 class ScannerSettings(BaseModel):
@@ -616,6 +568,26 @@ class ScannerSettings(BaseModel):
     auth: AuthSettings = AuthSettings()
     rules: RulesSettings = RulesSettings()
     sender_lists: SenderListSettings = SenderListSettings()
+    # Overrides of the symbol table (moat/symbols.py, docs/symbols.md): NAME: score, or
+    # NAME: {score: .., action: virus|policy|spam|allow|none}. An unknown NAME fails start-up.
+    symbols: dict[str, float | SymbolOverride] = {}
+    _table: SymbolTable | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _known_symbols(self) -> ScannerSettings:
+        from moat.symbols import SymbolTable
+
+        self._table = SymbolTable.for_policy(self)  # raises on an unknown symbol
+        return self
+
+    @property
+    def symbol_table(self) -> SymbolTable:
+        """The symbol table in force under this policy (built once, at validation)."""
+        if self._table is None:
+            from moat.symbols import SymbolTable
+
+            self._table = SymbolTable.for_policy(self)
+        return self._table
 
 
 class DeliverySettings(BaseModel):

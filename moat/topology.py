@@ -9,6 +9,10 @@ All queues are durable quorum queues on the default exchange (routing key = queu
 - ``dead``: messages that failed too often (``x-delivery-limit``) or were judged poison. They
   stay here, visible; their database status is ``failed``.
 
+Besides the queues, one fanout exchange, ``feedback.learned`` (``moat/fanout.py``): a scanner
+that learned feedback tells every scanner replica, each through an exclusive queue of its own,
+so all merge the new weights within a second instead of at their next poll.
+
 Dead-lettering uses the at-least-once strategy so that a message moving between queues is never
 dropped by the broker (it needs ``x-overflow: reject-publish`` on the source queue).
 """
@@ -21,6 +25,7 @@ from typing import Any
 SCAN = "scan"
 DELIVER = "deliver"
 DEAD = "dead"
+FEEDBACK_LEARNED = "feedback.learned"  # fanout exchange: "the classifier learned something"
 
 
 def retry_queue(delay_seconds: int) -> str:

@@ -22,7 +22,7 @@ from moat.spool import MessageStore
 from moat.topology import SCAN
 from services.scanner import cli
 from services.scanner.checks.classifier import ClassifierCheck
-from services.scanner.feedback import FeedbackLearner
+from services.scanner.feedback import FeedbackLearner, LearnedBroadcast
 from services.scanner.scanning import Scanner
 from services.scanner.worker import ScanConsumer
 
@@ -47,7 +47,8 @@ async def main(settings: Settings) -> None:
         await runtime.wait_for_stop_signal()
     finally:
         if learning is not None:
-            learning.cancel()
+            learning[0].cancel()
+            await learning[1].close()
         await consumer.stop(settings.shutdown_timeout)
         await parts.close()
         await probe.close()
@@ -55,20 +56,24 @@ async def main(settings: Settings) -> None:
 
 def _learn_feedback(
     settings: Settings, scanner: Scanner, engine: AsyncEngine, store: MessageStore
-) -> asyncio.Task[None] | None:
+) -> tuple[asyncio.Task[None], LearnedBroadcast] | None:
     """The loop that learns the feedback the API records (services/scanner/feedback.py), with
-    the classifier of this scanner's check; none when the classifier reads no database."""
-    interval = settings.scanner.classifier.poll_interval
+    the classifier of this scanner's check, and the broadcast that brings what any replica
+    learned to this one at once; none when the classifier reads no database."""
+    section = settings.scanner.classifier
     check = next((c for c in scanner.checks if isinstance(c, ClassifierCheck)), None)
-    if check is None or check.classifier.store is None or interval <= 0:
+    if check is None or check.classifier.store is None or section.poll_interval <= 0:
         log.warning("not learning feedback: the classifier has no database to learn into")
         return None
-    learner = FeedbackLearner(FeedbackQueue(engine), store, check.classifier)
+    broadcast = LearnedBroadcast(settings.broker.url.get_secret_value(), check.classifier)
+    broadcast.start()
+    learner = FeedbackLearner(FeedbackQueue(engine), store, check.classifier, broadcast.learned)
 
     async def learn() -> None:
         await learner.run_once()
 
-    return asyncio.create_task(every(interval, learn, "feedback learning"))
+    task = asyncio.create_task(every(section.feedback_interval, learn, "feedback learning"))
+    return task, broadcast
 
 
 READS = """\

@@ -39,7 +39,9 @@ async def check_files(settings: Settings, files: list[Path], rcpt: str | None) -
             line |= {"verdict": verdict.verdict, "action": verdict.action, "score": verdict.score}
         except Undecidable as exc:
             # An engine could not be reached: show it, with what the rest found.
-            score = sum(f.score for f in result.findings if f.category != Category.INFO)
+            table = settings.scanner_policy(scanner.policy_domain(envelope)).symbol_table
+            counted = (table.score(f) for f in result.findings)
+            score = sum(f.score for f in counted if f.category != Category.INFO)
             line |= {
                 "verdict": None,
                 "action": None,

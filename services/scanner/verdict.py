@@ -1,4 +1,5 @@
-"""The verdict: one pure function of the findings and the policy in settings."""
+"""The verdict: one pure function of the findings and the policy in settings. Scores and forced
+actions come from the policy's symbol table (moat/symbols.py), never from the checks."""
 
 from __future__ import annotations
 
@@ -7,31 +8,31 @@ from collections.abc import Sequence
 from moat.model import Action, Category, Finding, Verdict, VerdictName
 from moat.settings import ScannerSettings
 
-# The sender lists' allow (services/scanner/checks/sender_lists.py): no spam verdict.
-SENDER_ALLOWED = "SENDER_ALLOWED"
-
 
 class Undecidable(Exception):
     """A check failed, so no verdict may be given: the message must be scanned again."""
 
 
 def decide(findings: Sequence[Finding], policy: ScannerSettings) -> Verdict:
-    """Virus beats policy beats spam beats clean. A virus or policy finding forces its verdict
-    whatever the score; spam is a score at or over the threshold, unless every recipient
-    allows the sender (``SENDER_ALLOWED``): an allow spares a message the spam verdict, never
-    a virus or policy one. The score is kept as it is, so the verdict still shows it."""
+    """Each finding is counted as the table says: its score, and any action it forces. A
+    forced virus beats a forced policy, which beats spam (forced, or a score at or over the
+    threshold), which beats clean. A forced ``allow`` (``SENDER_ALLOWED``) spares the message
+    the spam verdict, never a virus or policy one; the score is kept as it is, so the verdict
+    still shows it. The findings are returned as counted (their table score and category)."""
     failed = [f.symbol for f in findings if f.category == Category.FAILURE]
     if failed:
         raise Undecidable(f"checks failed: {', '.join(failed)}")
-    score = round(sum(f.score for f in findings if f.category != Category.INFO), 3)
-    categories = {f.category for f in findings}
-    if Category.VIRUS in categories:
+    table = policy.symbol_table
+    counted = [table.score(f) for f in findings]
+    score = round(sum(f.score for f in counted if f.category != Category.INFO), 3)
+    forced = {table.action(f.symbol) for f in counted}
+    if "virus" in forced:
         name = VerdictName.VIRUS
-    elif Category.POLICY in categories:
+    elif "policy" in forced:
         name = VerdictName.POLICY
-    elif score >= policy.spam_threshold and not any(
-        f.symbol == SENDER_ALLOWED and f.category == Category.INFO for f in findings
-    ):
+    elif "allow" in forced:
+        name = VerdictName.CLEAN
+    elif "spam" in forced or score >= policy.spam_threshold:
         name = VerdictName.SPAM
     else:
         name = VerdictName.CLEAN
@@ -39,5 +40,5 @@ def decide(findings: Sequence[Finding], policy: ScannerSettings) -> Verdict:
         verdict=name,
         action=Action(policy.actions[name.value]),
         score=score,
-        findings=list(findings),
+        findings=counted,
     )

@@ -58,6 +58,8 @@ def test_every_corpus_message_gets_a_verdict(tmp_path: Path) -> None:
         )
         verdicts: Counter[str] = Counter()
         undecided: list[tuple[str, str]] = []
+        table = settings.scanner_policy("example.test").symbol_table
+        unknown: Counter[str] = Counter()  # symbols a check emitted that the table lacks
 
         async def scan_all() -> None:
             limit = asyncio.Semaphore(16)
@@ -65,6 +67,11 @@ def test_every_corpus_message_gets_a_verdict(tmp_path: Path) -> None:
             async def one(path: Path) -> None:
                 async with limit:
                     result = await scanner.scan(path.name, path.read_bytes(), envelope)
+                    unknown.update(
+                        f.symbol
+                        for f in result.findings
+                        if table.get(f.symbol) is None and not f.symbol.endswith(("_NONE", "_FAIL"))
+                    )
                     try:
                         verdicts[scanner.judge(result).verdict] += 1
                     except Undecidable as exc:
@@ -77,4 +84,5 @@ def test_every_corpus_message_gets_a_verdict(tmp_path: Path) -> None:
         elapsed = time.monotonic() - started
     print(f"\n{len(files)} messages in {elapsed:.1f}s: {dict(verdicts)}")
     assert not undecided, undecided[:10]
+    assert not unknown, unknown
     assert sum(verdicts.values()) == len(files)

@@ -26,9 +26,10 @@ _RDATA = {"A": A, "AAAA": AAAA, "MX": lambda v: MX(v), "PTR": PTR, "TXT": _txt}
 
 
 class _ZoneResolver(BaseResolver):  # type: ignore[misc]
-    def __init__(self, records: Records, failing: set[str]) -> None:
+    def __init__(self, records: Records, failing: set[str], ttls: dict[str, int]) -> None:
         self.records = records
         self.failing = failing
+        self.ttls = ttls
         self.queries: list[tuple[str, str]] = []
         self.lock = threading.Lock()
 
@@ -48,7 +49,8 @@ class _ZoneResolver(BaseResolver):  # type: ignore[misc]
             reply.header.rcode = RCODE.NXDOMAIN
             return reply
         for value in entry.get(qtype, []):
-            reply.add_answer(RR(name, getattr(QTYPE, qtype), rdata=_RDATA[qtype](value), ttl=60))
+            ttl = self.ttls.get(name, 60)
+            reply.add_answer(RR(name, getattr(QTYPE, qtype), rdata=_RDATA[qtype](value), ttl=ttl))
         return reply
 
 
@@ -57,9 +59,17 @@ def _ignore(_line: str) -> None:
 
 
 class FakeDNS:
-    def __init__(self, records: Records | None = None, failing: set[str] | None = None) -> None:
+    def __init__(
+        self,
+        records: Records | None = None,
+        failing: set[str] | None = None,
+        ttls: dict[str, int] | None = None,  # seconds per name; 60 for the rest
+    ) -> None:
         normalised = {k.lower().rstrip("."): v for k, v in (records or {}).items()}
-        self.resolver = _ZoneResolver(normalised, {f.lower() for f in failing or set()})
+        ttl_by_name = {k.lower().rstrip("."): v for k, v in (ttls or {}).items()}
+        self.resolver = _ZoneResolver(
+            normalised, {f.lower() for f in failing or set()}, ttl_by_name
+        )
         quiet = DNSLogger("-request,-reply,-truncated,-error,-recv,-send,-data", logf=_ignore)
         self.server = DNSServer(self.resolver, port=0, address="127.0.0.1", logger=quiet)
 

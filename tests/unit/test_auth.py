@@ -143,9 +143,15 @@ def test_all_pass_aligned(dns: FakeDNS, key: tuple[bytes, str]) -> None:
         "spf=pass smtp.mailfrom=example.org; dkim=pass header.d=example.org header.s=sel; "
         "dmarc=pass header.from=example.org"
     )
-    assert symbols(findings) == {"SPF_PASS", "DKIM_VALID", "DMARC_PASS"}
-    assert all(f.category == Category.INFO and f.score == 0 for f in findings)
-    assert decide(findings, settings(dns).scanner).verdict == VerdictName.CLEAN
+    assert symbols(findings) == {"SPF_PASS", "DKIM_VALID_ALIGNED", "DMARC_PASS"}
+    # Aligned authentication counts for the mail; an SPF pass alone earns nothing.
+    assert {f.symbol: (f.category, f.score) for f in findings if f.symbol != "AUTH_RESULTS"} == {
+        "SPF_PASS": (Category.INFO, 0.0),
+        "DKIM_VALID_ALIGNED": (Category.SPAM, -1.0),
+        "DMARC_PASS": (Category.SPAM, -1.0),
+    }
+    verdict = decide(findings, settings(dns).scanner)
+    assert verdict.verdict == VerdictName.CLEAN and verdict.score == -2.0
 
 
 def test_spf_fail_under_p_reject_is_a_policy_verdict(dns: FakeDNS) -> None:
@@ -162,7 +168,7 @@ def test_spf_fail_under_p_reject_is_a_policy_verdict(dns: FakeDNS) -> None:
 
 
 def test_a_domain_can_make_dmarc_reject_a_spam_score(dns: FakeDNS) -> None:
-    config = settings(dns, auth={"dmarc_reject": "spam", "dmarc_reject_score": 4.0})
+    config = settings(dns, auth={"dmarc_reject": "spam"}, symbols={"DMARC_REJECT": 4.0})
     reject = by_symbol(scan(config, message(), ip=BAD_IP), "DMARC_REJECT")
     assert reject.category == Category.SPAM and reject.score == 4.0
 
@@ -171,7 +177,7 @@ def test_tampered_body_fails_dkim(dns: FakeDNS, key: tuple[bytes, str]) -> None:
     signed = sign(message(), key).replace(b"Hello Bob.", b"Hello Eve.")
     findings = scan(settings(dns), signed, ip=BAD_IP)
     assert "dkim=fail (body hash mismatch) header.d=example.org header.s=sel" in results(findings)
-    assert by_symbol(findings, "DKIM_INVALID").score == 1.0
+    assert by_symbol(findings, "DKIM_INVALID").score == 0.1
     assert "DMARC_REJECT" in symbols(findings)
 
 
@@ -456,3 +462,24 @@ def _return_path(raw: bytes) -> str:
             address = parseaddr(line[12:].decode("ascii", "replace").strip())[1]
             return address if "@" in address else ""
     return ""
+
+
+ONE_CLICK = (
+    b"List-Unsubscribe: <https://example.org/u/1>\r\n"
+    b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
+)
+
+
+def test_one_click_unsubscribe_counts_only_under_an_aligned_signature(
+    dns: FakeDNS, key: tuple[bytes, str]
+) -> None:
+    config = settings(dns)
+    signed = scan(config, sign(ONE_CLICK + message(), key))
+    assert by_symbol(signed, "LIST_ONECLICK").score < 0
+    # The same fields without a signature, or under another domain's, earn nothing.
+    assert "LIST_ONECLICK" not in symbols(scan(config, ONE_CLICK + message()))
+    other = scan(config, sign(ONE_CLICK + message(), key, "other.test"))
+    assert "DKIM_VALID" in symbols(other) and "LIST_ONECLICK" not in symbols(other)
+    # Only the RFC 8058 value is one-click.
+    lookalike = ONE_CLICK.replace(b"=One-Click", b"=Yes")
+    assert "LIST_ONECLICK" not in symbols(scan(config, sign(lookalike + message(), key)))

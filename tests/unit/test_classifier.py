@@ -26,8 +26,9 @@ from moat.feedback import FeedbackQueue
 from moat.migrate import upgrade
 from moat.model import Category
 from moat.repository import Repository
-from moat.settings import ClassifierSettings, Settings
+from moat.settings import ClassifierSettings, ScannerSettings, Settings
 from moat.spool import DirectoryStore
+from moat.symbols import bayes_band
 from services.scanner import cli
 from services.scanner.checks import build_checks, parse
 from services.scanner.checks.classifier import ClassifierCheck, finding
@@ -133,8 +134,11 @@ def test_urls_in_plain_text_and_header_structure() -> None:
     )
     found = tokens(parse("m", raw))
     assert {"u:dom:example.net", "u:dom:example.org", "u:scheme:https", "u:scheme:none"} <= found
-    assert {"h:received:2", "he:utf-8:b", "he:utf-8:q", "fn:sales", "s:hello"} <= found
-    assert {"f:dom:example.com", "xm:bulkmail", "hc:message-id", "ho:from>subject"} <= found
+    assert {"h:received:2", "he:utf-8:b", "he:utf-8:q", "s:hello"} <= found
+    assert {"h:from", "xm:bulkmail", "hc:message-id", "ho:from>subject"} <= found
+    # the sender's identity (From domain and name, Message-ID shape) is not a token: it named
+    # the training corpora's senders and misled the model on other sources
+    assert not any(token.startswith(("f:", "fn:", "rt:", "mid:")) for token in found)
     # Received hosts are counted, never read
     assert not any(token.startswith("w:") and token in ("w:from", "w:by") for token in found)
 
@@ -245,19 +249,24 @@ def test_saved_model_round_trips(tmp_path: Path) -> None:
 
 
 def test_finding_symbols_and_scores_follow_the_policy() -> None:
-    policy = ClassifierSettings()
-    spam = finding("classifier", 1.0, policy)
-    assert (spam.symbol, spam.category, spam.score) == ("BAYES_SPAM", Category.SPAM, 6.0)
-    assert finding("classifier", policy.spam_probability, policy).score == policy.spam_score_min
+    # The probability's band, scored by the symbol table (a domain may re-score a band).
+    table = ScannerSettings().symbol_table
+    spam = finding("classifier", 1.0, table)
+    assert (spam.symbol, spam.category, spam.score) == ("BAYES_999", Category.SPAM, 5.0)
     assert spam.probability == 1.0
-    ham = finding("classifier", 0.0, policy)
-    assert (ham.symbol, ham.score, ham.category) == ("BAYES_HAM", -1.0, Category.SPAM)
-    unsure = finding("classifier", 0.5, policy)
-    assert (unsure.symbol, unsure.score, unsure.category) == ("BAYES_UNSURE", 0.0, Category.INFO)
-    strict = ClassifierSettings(spam_probability=0.6, spam_score_max=9.0)
-    assert finding("classifier", 0.8, strict).symbol == "BAYES_SPAM"
-    with pytest.raises(ValueError):
-        ClassifierSettings(ham_probability=0.95)
+    assert finding("classifier", 0.995, table).symbol == "BAYES_99"
+    ham = finding("classifier", 0.0, table)
+    assert (ham.symbol, ham.score, ham.category) == ("BAYES_00", -1.9, Category.SPAM)
+    unsure = finding("classifier", 0.3, table)
+    assert (unsure.symbol, unsure.score, unsure.category) == ("BAYES_40", 0.0, Category.INFO)
+    strict = ScannerSettings(symbols={"BAYES_80": 9.0}).symbol_table
+    assert (
+        finding("classifier", 0.8, strict).symbol,
+        finding("classifier", 0.8, strict).score,
+    ) == (
+        "BAYES_80",
+        9.0,
+    )
 
 
 def test_check_uses_the_domain_policy(database_url: str) -> None:
@@ -271,7 +280,7 @@ def test_check_uses_the_domain_policy(database_url: str) -> None:
     raw = make_mail(random.Random(1), True)
     found = asyncio.run(check.check(parse("m", raw, policy=settings.scanner_policy(None))))
     assert len(found) == 1 and found[0].probability is not None
-    assert found[0].symbol in ("BAYES_SPAM", "BAYES_HAM", "BAYES_UNSURE")
+    assert found[0].symbol == bayes_band(found[0].probability)
     assert (
         asyncio.run(check.check(parse("m", raw, policy=settings.scanner_policy("off.test")))) == []
     )
@@ -331,7 +340,7 @@ def test_second_replica_sees_feedback_without_restart_and_learning_twice_counts_
         try:
             message = parse("m", raw, policy=settings.scanner)
             before = (await replica.check(message))[0]
-            assert before.symbol == "BAYES_HAM", before
+            assert before.symbol in ("BAYES_00", "BAYES_05", "BAYES_20"), before
             first = await learner.learn(raw, True, "cli")
             assert first.learned and first.generation == 1
             deltas = dict(learner.model.deltas)
@@ -341,7 +350,8 @@ def test_second_replica_sees_feedback_without_restart_and_learning_twice_counts_
             assert (await FeedbackStore(learner.store.engine).poll(0))[1] == deltas  # type: ignore[union-attr]
             await asyncio.sleep(section.poll_interval * 2)
             after = (await replica.check(message))[0]
-            assert after.symbol == "BAYES_SPAM", after
+            assert after.probability is not None and after.probability >= 0.9, after
+            assert after.symbol == bayes_band(after.probability) and after.score > 0, after
             assert replica.classifier.generation == 1
         finally:
             await learner.close()

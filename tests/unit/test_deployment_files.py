@@ -8,10 +8,13 @@ budgets, and autoscaling on the right queues."""
 
 from __future__ import annotations
 
+import base64
+import os
 import re
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -37,13 +40,28 @@ CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication", "RabbitmqCluster", "Pod
 # Every port each service may connect to (DNS aside), and nothing more: the table of
 # docs/deployment.md. The object store is 443 (base, prod) or SeaweedFS's 8333 (dev).
 EGRESS = {
-    "ingress": {5672, 5432},
+    "ingress": {5672, 5432, 6379},
     "scanner": {5672, 5432, 3310},
     "delivery": {5672, 5432, 25, 465, 587},
     "api": {5672, 5432, 443},
     "migrate": {5432},
 }
 INGRESS = {"ingress": {2525, 9103}, "scanner": {9101}, "delivery": {9102}, "api": {8443}}
+
+# The objects of each overlay, by kind: the table "Objects per overlay" of docs/deployment.md.
+_BASE = {
+    "Namespace": 1, "ConfigMap": 1, "Secret": 1, "Job": 1,
+    "Deployment": 6,  # the four services, ClamAV, Redis
+    "Service": 4,  # moat-ingress, moat-api, clamav, redis
+    "PodDisruptionBudget": 5,  # the four services, ClamAV
+    "NetworkPolicy": 9,  # default-deny, the 6 moat-*, clamav, redis
+}  # fmt: skip
+_PROD = {"RabbitmqCluster": 1, "PodMonitor": 1, "NetworkPolicy": 10}
+OBJECTS = {
+    "dev": {**_BASE, "Deployment": 9, "Service": 7, "NetworkPolicy": 12},
+    "prod": {**_BASE, **_PROD, "ScaledObject": 2, "TriggerAuthentication": 1},
+    "prod-hpa": {**_BASE, **_PROD, "HorizontalPodAutoscaler": 2},
+}
 
 
 # --- Dockerfile ---------------------------------------------------------------------------------
@@ -117,11 +135,11 @@ def test_compose_file_meets_the_compose_specification(tmp_path: Path) -> None:
 def test_compose_services() -> None:
     services = _compose()["services"]
     assert set(services) == {
-        "rabbitmq", "postgres", "clamav", "seaweedfs", "migrate", *SERVICES
+        "rabbitmq", "postgres", "clamav", "seaweedfs", "redis", "migrate", *SERVICES
     }  # fmt: skip
     assert services["clamav"]["image"].startswith("clamav/clamav:")
     # Every long-running dependency says when it is ready, and the services wait for that.
-    for name in ("rabbitmq", "postgres", "clamav", "seaweedfs"):
+    for name in ("rabbitmq", "postgres", "clamav", "seaweedfs", "redis"):
         assert services[name]["healthcheck"]["test"], name
     for name in SERVICES:
         service = services[name]
@@ -141,6 +159,34 @@ def test_compose_services() -> None:
         assert grace >= Settings().shutdown_timeout + STOP_MARGIN, name
     assert services["scanner"]["depends_on"]["clamav"]["condition"] == "service_healthy"
     assert services["migrate"]["command"] == ["moat.migrate"]
+
+
+def test_compose_redis_for_the_ingress_limits() -> None:
+    compose = _compose()
+    services = compose["services"]
+    redis = services["redis"]
+    # The official image, pinned to a major version.
+    assert re.fullmatch(r"redis:\d+", redis["image"]), redis["image"]
+    assert "redis-cli ping" in " ".join(redis["healthcheck"]["test"])
+    # Counters only: no volume, /data on a tmpfs (else the image's VOLUME makes one), and the
+    # configuration turns both kinds of persistence off.
+    assert "volumes" not in redis and redis["tmpfs"] == ["/data"]
+    assert "redis" not in compose["volumes"]
+    (config,) = redis["configs"]
+    assert redis["entrypoint"] == ["redis-server", config["target"]]
+    lines = compose["configs"][config["source"]]["content"].splitlines()
+    assert 'save ""' in lines and "appendonly no" in lines
+    assert "requirepass ${REDIS_PASSWORD:?set REDIS_PASSWORD}" in lines
+    assert redis["read_only"] is True and redis["cap_drop"] == ["ALL"]
+    assert redis["user"] != "root" and "ports" not in redis
+    # Ingress, and only ingress, counts in it, once it answers.
+    ingress = services["ingress"]
+    assert ingress["depends_on"]["redis"]["condition"] == "service_healthy"
+    url = ingress["environment"]["MOAT_LIMITS__REDIS_URL"]
+    assert re.fullmatch(r"redis://:\$\{REDIS_PASSWORD:\?[^}]*\}@redis:6379/\d+", url), url
+    for name in ("scanner", "delivery", "api", "migrate"):
+        assert "MOAT_LIMITS__REDIS_URL" not in services[name]["environment"], name
+        assert "redis" not in services[name].get("depends_on", {}), name
 
 
 # --- Kubernetes ---------------------------------------------------------------------------------
@@ -403,3 +449,144 @@ def test_prometheus_finds_every_service(overlay: str) -> None:
         (container,) = template["spec"]["containers"]
         named = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert any(named.get(port) == HEALTH_PORTS[service] for port in ports), service
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_objects_per_overlay(overlay: str) -> None:
+    docs = render(overlay)
+    assert Counter(doc["kind"] for doc in docs) == OBJECTS[overlay]
+    # docs/deployment.md lists the same: its table's totals are these.
+    text = (ROOT / "docs" / "deployment.md").read_text()
+    header = re.search(r"^\| kind \| (.+) \|$", text, re.MULTILINE)
+    totals = re.search(r"^\| total \| (.+) \|$", text, re.MULTILINE)
+    assert header and totals
+    documented = dict(zip(header[1].split(" | "), totals[1].split(" | "), strict=True))
+    assert int(documented[overlay]) == len(docs), documented
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_redis_for_the_ingress_limits(overlay: str) -> None:
+    docs = render(overlay)
+    deployment = of_kind(docs, "Deployment")["redis"]
+    # One pod: two would each hold part of the counts, even for a moment during a rollout.
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    template = deployment["spec"]["template"]
+    pod = template["spec"]
+    (container,) = pod["containers"]
+    assert re.fullmatch(r"redis:\d+", container["image"]), container["image"]
+    assert pod["automountServiceAccountToken"] is False
+    assert_restricted(pod, "redis")
+    for bound in ("requests", "limits"):
+        assert set(container["resources"][bound]) == {"cpu", "memory"}, bound
+    # Counters only: nothing on disk, no volume at all, a bound on memory.
+    args = container["args"]
+    assert args[args.index("--save") + 1] == "" and args[args.index("--appendonly") + 1] == "no"
+    assert "--maxmemory" in args and "volumes" not in pod and "volumeMounts" not in container
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert "redis-cli ping | grep -q PONG" in container[kind]["exec"]["command"], kind
+    # The password the server requires is the one in ingress's URL, both from the Secret.
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+    assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    assert env["REDIS_PASSWORD"] == env["REDISCLI_AUTH"]
+    assert env["REDIS_PASSWORD"]["name"] == "moat-secrets"
+    secret = of_kind(docs, "Secret")["moat-secrets"]
+    values = secret.get("stringData") or {}
+    if not values:  # the dev overlay's generator writes data, base64
+        values = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    password = values[env["REDIS_PASSWORD"]["key"]]
+    ingress = of_kind(docs, "Deployment")["moat-ingress"]["spec"]["template"]["spec"]
+    (ingress_container,) = ingress["containers"]
+    ingress_env = {e["name"]: e for e in ingress_container["env"]}
+    reference = ingress_env["MOAT_LIMITS__REDIS_URL"]["valueFrom"]["secretKeyRef"]
+    assert reference["name"] == "moat-secrets"
+    url = values[reference["key"]]
+    # The URL names the Service, on the port it publishes, with that password.
+    service = of_kind(docs, "Service")["redis"]["spec"]
+    assert selects({"matchLabels": service["selector"]}, template["metadata"]["labels"])
+    (port,) = service["ports"]
+    assert port["targetPort"] == "redis"
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"redis": 6379}
+    assert url == f"redis://:{password}@redis:{port['port']}/0"
+    settings = Settings(limits={"redis_url": url})
+    assert settings.limits.redis_url == url
+    # Only ingress is told about it.
+    for name in ("moat-scanner", "moat-delivery", "moat-api"):
+        spec = of_kind(docs, "Deployment")[name]["spec"]["template"]["spec"]
+        assert "MOAT_LIMITS__REDIS_URL" not in {e["name"] for e in spec["containers"][0]["env"]}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_redis_takes_connections_from_ingress_only(overlay: str) -> None:
+    docs = render(overlay)
+    labels = of_kind(docs, "Deployment")["redis"]["spec"]["template"]["metadata"]["labels"]
+    policies = [
+        p
+        for p in of_kind(docs, "NetworkPolicy").values()
+        if p["spec"]["podSelector"] and selects(p["spec"]["podSelector"], labels)
+    ]
+    (policy,) = policies
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress", "Egress"] and spec["egress"] == []
+    (rule,) = spec["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 6379}]
+    # Of every pod the overlay makes, the sources select the ingress pods and nothing else.
+    admitted = set()
+    for workload, template in workloads(docs):
+        pod_labels = template["metadata"]["labels"]
+        for source in rule["from"]:
+            assert set(source) == {"podSelector"}, source  # no namespace, no address range
+            if selects(source["podSelector"], pod_labels):
+                admitted.add(workload["metadata"]["name"])
+    assert admitted == {"moat-ingress"}
+
+
+def test_submission_is_opt_in() -> None:
+    for overlay in OVERLAYS:
+        docs = render(overlay)
+        ports = [p["port"] for p in of_kind(docs, "Service")["moat-ingress"]["spec"]["ports"]]
+        assert ports == [25], overlay
+        assert moat_settings(docs).submission.listen is None, overlay
+
+
+def test_the_submission_component_opens_587(tmp_path: Path) -> None:
+    # An overlay of the base with the component, as the component's comment tells one to write.
+    base = os.path.relpath(K8S / "base", tmp_path)
+    component = os.path.relpath(K8S / "components" / "submission", tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources: [{base}]\ncomponents: [{component}]\n"
+    )
+    kubectl = shutil.which("kubectl")
+    assert kubectl
+    result = subprocess.run(
+        [kubectl, "kustomize", str(tmp_path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    version = kubernetes_validate.latest_version()
+    for doc in docs:
+        kubernetes_validate.validate(doc, version, strict=True)
+    pod = of_kind(docs, "Deployment")["moat-ingress"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    named = {p["name"]: p["containerPort"] for p in container["ports"]}
+    service = of_kind(docs, "Service")["moat-ingress"]["spec"]
+    published = {p["port"]: named[p["targetPort"]] for p in service["ports"]}
+    assert published == {25: 2525, 587: 5587}
+    # The settings the pod gets: the ConfigMap's file, then the environment over it.
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    settings = moat_settings(docs)
+    listen = env["MOAT_SUBMISSION__LISTEN"]
+    assert Settings(submission={"listen": listen}).submission.listen == listen
+    assert listen.rsplit(":", 1)[1] == "5587" and settings.smtp.listen.endswith(":2525")
+    # The certificate clients verify: the Secret's files, where the settings look.
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["smtp-tls"]["secret"]["secretName"] == "moat-smtp-tls"
+    for key, file in (("MOAT_SMTP__TLS_CERT", "tls.crt"), ("MOAT_SMTP__TLS_KEY", "tls.key")):
+        assert env[key] == f"{mounts['smtp-tls']}/{file}"
+    assert_restricted(pod, "ingress")
+    # The policy lets clients in on 5587 too, and nothing else changes.
+    policy = of_kind(docs, "NetworkPolicy")["moat-ingress"]["spec"]
+    ports = {port["port"] for rule in policy["ingress"] for port in rule["ports"]}
+    assert ports == INGRESS["ingress"] | {5587}

@@ -18,7 +18,7 @@ import pytest
 from pydantic import ValidationError
 
 from moat.model import Category, Finding, MessageEnvelope
-from moat.settings import DnsSettings, DomainSettings, RulesSettings, Settings
+from moat.settings import DnsSettings, DomainSettings, RulesSettings, ScannerSettings, Settings
 from services.scanner.checks import ParsedMessage, build_checks, parse, run_checks, urls
 from services.scanner.checks.headers import (
     Domain,
@@ -359,7 +359,7 @@ def test_combosquat_from_support_at_example_security_com() -> None:
     domains = {
         "example.com": DomainSettings(relay="127.0.0.1:2526"),
         "other.test": DomainSettings(
-            relay="127.0.0.1:2526", scanner={"rules": {"scores": {"COMBOSQUAT_DOMAIN": 0}}}
+            relay="127.0.0.1:2526", scanner={"symbols": {"COMBOSQUAT_DOMAIN": 0}}
         ),
     }
     config = Settings(domains=domains)
@@ -433,11 +433,11 @@ def test_scores_are_settings_and_zero_turns_a_rule_off() -> None:
     raw = email(headers={"Message-ID": "", "Date": ""})
     default = {f.symbol: f.score for f in scan(raw)}
     assert default == {"MISSING_MESSAGE_ID": 1.0, "MISSING_DATE": 1.0}
-    tuned = settings(scanner={"rules": {"scores": {"MISSING_DATE": 0, "MISSING_MESSAGE_ID": 2.5}}})
+    tuned = settings(scanner={"symbols": {"MISSING_DATE": 0, "MISSING_MESSAGE_ID": 2.5}})
     assert {f.symbol: f.score for f in scan(raw, tuned)} == {"MISSING_MESSAGE_ID": 2.5}
     assert all(f.category == Category.SPAM for f in scan(raw))
     with pytest.raises(ValidationError):
-        RulesSettings(scores={"NO_SUCH_RULE": 1.0})
+        ScannerSettings(symbols={"NO_SUCH_RULE": 1.0})
     for zone in ({"zone": "bl.test", "codes": {"10.0.0.2": 1.0}}, {"zone": " "}):
         with pytest.raises(ValidationError):
             RulesSettings(dnsbl_zones=[zone])
@@ -446,7 +446,7 @@ def test_scores_are_settings_and_zero_turns_a_rule_off() -> None:
 def test_per_domain_policy_applies() -> None:
     domains = {
         "moat.test": DomainSettings(
-            relay="127.0.0.1:2526", scanner={"rules": {"scores": {"HTML_ONLY": 3.0}}}
+            relay="127.0.0.1:2526", scanner={"symbols": {"HTML_ONLY": 3.0}}
         ),
         "example.test": DomainSettings(relay="127.0.0.1:2526"),
     }

@@ -18,8 +18,9 @@ from email.message import Message
 import olefile  # type: ignore[import-untyped]  # ships no type hints
 
 from moat.mime import walk
-from moat.model import Category, Finding
-from moat.settings import AttachmentSettings
+from moat.model import Finding
+from moat.settings import AttachmentSettings, ScannerSettings
+from moat.symbols import SymbolTable
 from services.scanner.checks import archives, documents
 from services.scanner.checks.archives import ArchiveProblem, Budget, Limits, Member
 from services.scanner.checks.base import ParsedMessage
@@ -94,7 +95,9 @@ def _needs_thread(message: ParsedMessage) -> bool:
 
 def inspect_message(message: ParsedMessage, settings: AttachmentSettings) -> list[Finding]:
     """Every finding for one message; never raises on malformed input."""
-    inspector = Inspector(settings, message.policy.check_timeout * archives.TOOL_SHARE)
+    inspector = Inspector(
+        settings, message.policy.check_timeout * archives.TOOL_SHARE, message.policy.symbol_table
+    )
     inspector.mime_structure(message)
     for index, part in enumerate(message.parts[: settings.max_mime_parts]):
         inspector.part(index, part.filename, part.content_type, part.payload, part.part)
@@ -104,8 +107,14 @@ def inspect_message(message: ParsedMessage, settings: AttachmentSettings) -> lis
 class Inspector:
     """One message's inspection: its findings and what is left of its archive budget."""
 
-    def __init__(self, settings: AttachmentSettings, tool_seconds: float = 15.0) -> None:
+    def __init__(
+        self,
+        settings: AttachmentSettings,
+        tool_seconds: float = 15.0,
+        table: SymbolTable | None = None,
+    ) -> None:
         self.settings = settings
+        self.table = table or ScannerSettings(attachments=settings).symbol_table
         self.blocked_types = {Kind(kind) for kind in settings.blocked_types}
         self.blocked_extensions = {e.lower().lstrip(".") for e in settings.blocked_extensions}
         self.budget = Budget(
@@ -122,21 +131,15 @@ class Inspector:
 
     # --- findings ---------------------------------------------------------------------------
 
-    def add(self, symbol: str, detail: str, category: Category = Category.POLICY) -> None:
+    def add(self, symbol: str, detail: str) -> None:
         key = (symbol, detail)
         if key in self.findings:
             return
         if len(self.findings) >= MAX_FINDINGS:
             self.dropped += 1
             return
-        score = self.settings.scores.get(symbol, 0.0) if category != Category.INFO else 0.0
-        self.findings[key] = Finding(
-            check=AttachmentCheck.name,
-            symbol=symbol,
-            category=category,
-            score=score,
-            detail=detail[:300],
-        )
+        # The table says what the symbol counts for (the *_action switches are part of it).
+        self.findings[key] = self.table.finding(AttachmentCheck.name, symbol, detail[:300])
 
     def result(self) -> list[Finding]:
         findings = list(self.findings.values())
@@ -169,7 +172,7 @@ class Inspector:
                 break
         hiding = sorted(defects & HIDING_DEFECTS)
         if hiding:
-            self.add("MIME_DEFECT", "parser defects: " + ", ".join(hiding), Category.INFO)
+            self.add("MIME_DEFECT", "parser defects: " + ", ".join(hiding))
 
     # --- parts and files --------------------------------------------------------------------
 
@@ -207,11 +210,7 @@ class Inspector:
         if self.settings.type_mismatch and ext and is_disguise(ext, found):
             self.add("ATTACHMENT_TYPE_MISMATCH", f"{path}: named .{ext} but is {found.label}")
         if found.kind == Kind.OPAQUE_ARCHIVE:
-            self.add(
-                "ARCHIVE_OPAQUE",
-                f"{path}: {found.label} archive not opened",
-                Category(self.settings.opaque_archive_action),
-            )
+            self.add("ARCHIVE_OPAQUE", f"{path}: {found.label} archive not opened")
         elif found.kind == Kind.ARCHIVE or archive is not None:
             self.open_archive(path, normal or path, data, found, depth, archive)
         elif documents.looks_like_pdf(data, found, attachment):
@@ -223,11 +222,7 @@ class Inspector:
         extract = depth < self.settings.max_depth
         scan = documents.scan_pdf(data, path, self.budget, extract=extract)
         if scan.active:
-            self.add(
-                "ATTACHMENT_PDF_ACTIVE",
-                f"{path}: {scan.describe()}",
-                Category(self.settings.pdf_active_action),
-            )
+            self.add("ATTACHMENT_PDF_ACTIVE", f"{path}: {scan.describe()}")
         for problem in scan.problems:
             self.archive_problem(problem)
         for member in scan.embedded:
@@ -296,11 +291,7 @@ class Inspector:
         return []
 
     def encrypted(self, path: str, what: str) -> None:
-        self.add(
-            "ARCHIVE_ENCRYPTED",
-            f"{path}: {what}",
-            Category(self.settings.encrypted_archive_action),
-        )
+        self.add("ARCHIVE_ENCRYPTED", f"{path}: {what}")
 
     # --- containers: what a zip or an OLE2 file really is -----------------------------------
 
@@ -331,13 +322,11 @@ class Inspector:
         if isinstance(exc, archives.Bomb):
             self.add("ARCHIVE_BOMB", str(exc))
         elif isinstance(exc, archives.Encrypted):
-            self.add(
-                "ARCHIVE_ENCRYPTED", str(exc), Category(self.settings.encrypted_archive_action)
-            )
+            self.add("ARCHIVE_ENCRYPTED", str(exc))
         elif isinstance(exc, archives.Corrupt):
-            self.add("ARCHIVE_CORRUPT", str(exc), Category(self.settings.corrupt_archive_action))
+            self.add("ARCHIVE_CORRUPT", str(exc))
         elif isinstance(exc, archives.Opaque):
-            self.add("ARCHIVE_OPAQUE", str(exc), Category(self.settings.opaque_archive_action))
+            self.add("ARCHIVE_OPAQUE", str(exc))
         else:
             self.add("ARCHIVE_LIMIT", str(exc))
 

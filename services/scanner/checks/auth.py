@@ -19,6 +19,8 @@ from email.utils import getaddresses
 from moat.dns import DnsError, Resolver
 from moat.model import Category, Finding
 from moat.settings import AuthSettings, Settings
+from moat.symbols import SymbolTable
+from services.scanner.checks.auth_arc import SEALED, ArcResult, sealers, validate
 from services.scanner.checks.auth_dkim import SIGNED, DkimResult, Key, signatures, verify
 from services.scanner.checks.auth_dmarc import (
     DmarcRecord,
@@ -86,11 +88,16 @@ class AuthCheck:
         ]
         if policy.dmarc and not from_domains:
             dmarc_results.append(DmarcResult("permerror", ""))
-        findings = [_results_finding(self.name, spf_result, dkim_results, dmarc_results)]
-        findings += _spf_findings(self.name, policy, spf_result)
-        findings += _dkim_findings(self.name, policy, dkim_results)
-        findings += _dmarc_findings(self.name, policy, dmarc_results)
-        findings += self._own_domain_findings(policy, dmarc_results)
+        arc = await self._arc(policy, message.raw, dmarc_results)
+        table = message.policy.symbol_table
+        aligned_dkim = _aligned_dkim(dkim_results, from_domains)
+        findings = [_results_finding(self.name, spf_result, dkim_results, dmarc_results, arc)]
+        findings += _spf_findings(self.name, table, spf_result)
+        findings += _dkim_findings(self.name, table, dkim_results, from_domains)
+        findings += _dmarc_findings(self.name, table, dmarc_results, arc)
+        findings += _arc_findings(self.name, table, arc)
+        findings += _list_findings(self.name, table, message.message, aligned_dkim)
+        findings += self._own_domain_findings(table, dmarc_results)
         return findings
 
     async def _spf(
@@ -119,6 +126,22 @@ class AuthCheck:
         keys = dict(zip(names, answers, strict=True))
         return await asyncio.to_thread(verify, verifier, found, keys)
 
+    async def _arc(
+        self, policy: AuthSettings, raw: bytes, dmarc_results: list[DmarcResult]
+    ) -> ArcResult | None:
+        """The ARC chain's result; validated only when it could matter or be recorded."""
+        if not policy.arc or not SEALED.search(raw):
+            return None
+        names = await asyncio.to_thread(sealers, raw)
+        answers = await asyncio.gather(*(self._key(name) for name in names))
+        keys = dict(zip(names, answers, strict=True))
+        trusted = frozenset(
+            org_domain(name)
+            for name in map(dns_name, policy.arc_trusted_sealers)
+            if name is not None
+        )
+        return await asyncio.to_thread(validate, raw, keys, trusted, policy.min_key_bits)
+
     async def _key(self, name: str) -> Key:
         try:
             values = await self.resolver.lookup(name, "TXT")
@@ -145,9 +168,7 @@ class AuthCheck:
             inherited.sp, inherited.sp, inherited.adkim, inherited.aspf, inherited.pct
         )
 
-    def _own_domain_findings(
-        self, policy: AuthSettings, results: list[DmarcResult]
-    ) -> list[Finding]:
+    def _own_domain_findings(self, table: SymbolTable, results: list[DmarcResult]) -> list[Finding]:
         for result in results:
             if (
                 result.domain
@@ -156,10 +177,9 @@ class AuthCheck:
                 and result.result != "temperror"
             ):
                 return [
-                    _scored(
+                    table.finding(
                         self.name,
                         "FROM_OWN_DOMAIN_UNAUTH",
-                        policy.own_domain_score,
                         f"From {result.domain}, one of our domains, but not authenticated",
                     )
                 ]
@@ -215,75 +235,81 @@ def _evaluate_dmarc(
 # --- findings -------------------------------------------------------------------------------
 
 
-def _scored(check: str, symbol: str, score: float, detail: str) -> Finding:
-    """A finding that counts only when its score does: 0 is informational."""
-    category = Category.SPAM if score else Category.INFO
-    return Finding(check=check, symbol=symbol, category=category, score=score, detail=detail)
-
-
-def _info(check: str, symbol: str, detail: str) -> Finding:
-    return Finding(check=check, symbol=symbol, category=Category.INFO, detail=detail)
-
-
-def _spf_findings(check: str, policy: AuthSettings, result: SpfResult | None) -> list[Finding]:
+def _spf_findings(check: str, table: SymbolTable, result: SpfResult | None) -> list[Finding]:
     if result is None or result.result == "none":
         return []
     detail = f"SPF {result.result} for {result.identity} {result.domain}"
-    if result.result == "temperror":
-        return [_info(check, "SPF_TEMPERROR", detail)]
-    scores = {
-        "pass": policy.spf_pass_score,
-        "fail": policy.spf_fail_score,
-        "softfail": policy.spf_softfail_score,
-        "neutral": policy.spf_neutral_score,
-        "permerror": policy.spf_permerror_score,
-    }
-    return [_scored(check, f"SPF_{result.result.upper()}", scores[result.result], detail)]
+    return [table.finding(check, f"SPF_{result.result.upper()}", detail)]
 
 
 def _dkim_findings(
-    check: str, policy: AuthSettings, results: list[DkimResult] | None
+    check: str, table: SymbolTable, results: list[DkimResult] | None, aligned_with: list[str]
 ) -> list[Finding]:
+    """DKIM_VALID_ALIGNED when a passing signature's d= aligns (relaxed) with a From domain:
+    that is evidence for the mail; an unaligned pass (any domain can sign) is only recorded."""
     if not results:
         return []
     passed = sorted({r.domain for r in results if r.result == "pass"})
     if passed:
-        return [_scored(check, "DKIM_VALID", policy.dkim_pass_score, f"signed by {passed[0]}")]
+        for domain in _aligned_dkim(results, aligned_with):
+            return [table.finding(check, "DKIM_VALID_ALIGNED", f"signed by {domain}")]
+        return [table.finding(check, "DKIM_VALID", f"signed by {passed[0]}")]
     if any(r.result == "temperror" for r in results):
-        return [_info(check, "DKIM_TEMPERROR", "a DKIM key could not be looked up")]
+        return [table.finding(check, "DKIM_TEMPERROR", "a DKIM key could not be looked up")]
     reasons = ", ".join(sorted({r.reason for r in results if r.reason}))
-    return [
-        _scored(check, "DKIM_INVALID", policy.dkim_invalid_score, f"no valid signature: {reasons}")
-    ]
+    return [table.finding(check, "DKIM_INVALID", f"no valid signature: {reasons}")]
 
 
-def _dmarc_findings(check: str, policy: AuthSettings, results: list[DmarcResult]) -> list[Finding]:
+def _dmarc_findings(
+    check: str, table: SymbolTable, results: list[DmarcResult], arc: ArcResult | None
+) -> list[Finding]:
     if not results:
         return []
     worst = max(results, key=lambda r: r.severity)
     if worst.result == "pass":
-        return [
-            _scored(check, "DMARC_PASS", policy.dmarc_pass_score, f"DMARC pass for {worst.domain}")
-        ]
+        return [table.finding(check, "DMARC_PASS", f"DMARC pass for {worst.domain}")]
     if worst.result == "temperror":
-        return [_info(check, "DMARC_TEMPERROR", f"DMARC could not be evaluated for {worst.domain}")]
+        return [
+            table.finding(
+                check, "DMARC_TEMPERROR", f"DMARC could not be evaluated for {worst.domain}"
+            )
+        ]
     if worst.result != "fail":
         return []
     detail = f"DMARC fail for {worst.domain} (p={worst.policy}, applied {worst.disposition})"
+    if arc is not None and arc.trusted:
+        # RFC 8617 section 7.2.1: a receiver may override a DMARC failure on the word of an
+        # ARC chain it trusts (a list or forwarder that saw the mail authenticate).
+        return [table.finding(check, "DMARC_FAIL_ARC_TRUSTED", f"{detail}; {arc.detail}")]
     if worst.disposition == "reject":
-        category = Category.POLICY if policy.dmarc_reject == "policy" else Category.SPAM
-        return [
-            Finding(
-                check=check,
-                symbol="DMARC_REJECT",
-                category=category,
-                score=policy.dmarc_reject_score,
-                detail=detail,
-            )
-        ]
+        return [table.finding(check, "DMARC_REJECT", detail)]
     if worst.disposition == "quarantine":
-        return [_scored(check, "DMARC_QUARANTINE", policy.dmarc_quarantine_score, detail)]
-    return [_scored(check, "DMARC_FAIL", policy.dmarc_fail_score, detail)]
+        return [table.finding(check, "DMARC_QUARANTINE", detail)]
+    return [table.finding(check, "DMARC_FAIL", detail)]
+
+
+def _arc_findings(check: str, table: SymbolTable, arc: ArcResult | None) -> list[Finding]:
+    if arc is None:
+        return []
+    if arc.result == "pass":
+        return [table.finding(check, "ARC_TRUSTED" if arc.trusted else "ARC_PASS", arc.detail)]
+    return [table.finding(check, "ARC_FAIL", arc.detail)]
+
+
+def _list_findings(
+    check: str, table: SymbolTable, message: Message, dkim_domains: list[str]
+) -> list[Finding]:
+    """RFC 8058 one-click unsubscribe, believed only under a DKIM signature of the From
+    domain (RFC 8058 section 4 asks the signature to cover both fields)."""
+    names = {name.lower() for name, _ in message.raw_items()}
+    if "list-unsubscribe-post" not in names or "list-unsubscribe" not in names:
+        return []
+    values = [str(v) for n, v in message.raw_items() if n.lower() == "list-unsubscribe-post"]
+    if not any(v.strip().lower() == "list-unsubscribe=one-click" for v in values):
+        return []
+    if not dkim_domains:
+        return []
+    return [table.finding(check, "LIST_ONECLICK", f"one-click unsubscribe, {dkim_domains[0]}")]
 
 
 # --- Authentication-Results (RFC 8601) -----------------------------------------------------
@@ -333,7 +359,20 @@ def _results_finding(
     spf_result: SpfResult | None,
     dkim_results: list[DkimResult] | None,
     dmarc_results: list[DmarcResult],
+    arc: ArcResult | None,
 ) -> Finding:
-    return _info(
-        check, "AUTH_RESULTS", authentication_results(spf_result, dkim_results, dmarc_results)
+    value = authentication_results(spf_result, dkim_results, dmarc_results)
+    if arc is not None:
+        value = f"arc={arc.result}" if value == "none" else f"{value}; arc={arc.result}"
+    return Finding(check=check, symbol="AUTH_RESULTS", category=Category.INFO, detail=value)
+
+
+def _aligned_dkim(results: list[DkimResult] | None, from_domains: list[str]) -> list[str]:
+    """Domains of passing DKIM signatures aligned (relaxed) with a From domain."""
+    return sorted(
+        {
+            r.domain
+            for r in results or ()
+            if r.result == "pass" and any(aligned(r.domain, d, "r") for d in from_domains)
+        }
     )

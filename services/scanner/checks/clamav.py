@@ -20,7 +20,7 @@ import socket
 import struct
 from pathlib import Path
 
-from moat.model import Category, Finding
+from moat.model import Finding
 from moat.settings import ClamAVSettings, Settings, split_host_port
 from services.scanner.checks.base import ParsedMessage
 
@@ -209,7 +209,7 @@ class ClamAVCheck:
     async def check(self, message: ParsedMessage) -> list[Finding]:
         settings = message.policy.clamav
         if not settings.enabled:
-            return [self._finding("CLAMAV_DISABLED", Category.INFO, 0.0, "not virus-scanned")]
+            return [self._finding(message, "CLAMAV_DISABLED", "not virus-scanned")]
         client = Clamd.from_settings(settings)
         targets = [("message", message.raw)]
         for number, part in enumerate(message.parts, start=1):
@@ -222,7 +222,7 @@ class ClamAVCheck:
         to_scan: list[tuple[str, bytes]] = []
         for label, data in targets:
             if len(data) > settings.max_stream_bytes:
-                findings.append(self._too_big(label, len(data), settings.max_stream_bytes))
+                findings.append(self._too_big(message, label, len(data), settings.max_stream_bytes))
             else:
                 to_scan.append((label, data))
 
@@ -251,7 +251,7 @@ class ClamAVCheck:
                 continue
             exc = task.exception()
             if isinstance(exc, StreamTooBig):  # clamd's StreamMaxLength is below ours
-                findings.append(self._too_big(label, len(data), None))
+                findings.append(self._too_big(message, label, len(data), None))
             elif isinstance(exc, ClamdError):
                 errors.append(exc)
             elif exc is not None:
@@ -259,10 +259,7 @@ class ClamAVCheck:
             elif (signature := task.result()) is not None:
                 signatures[signature] = None
 
-        viruses = [
-            self._finding("CLAMAV_VIRUS", Category.VIRUS, settings.virus_score, signature)
-            for signature in signatures
-        ]
+        viruses = [self._finding(message, "CLAMAV_VIRUS", signature) for signature in signatures]
         if errors:
             if viruses:  # the verdict is virus whatever the rest says: no need to retry
                 log.warning("%s: clamd failed on some parts: %s", message.message_id, errors[0])
@@ -274,24 +271,19 @@ class ClamAVCheck:
                     message.message_id,
                     errors[0],
                 )
-                findings.append(
-                    self._finding("CLAMAV_UNAVAILABLE", Category.INFO, 0.0, str(errors[0])[:200])
-                )
+                findings.append(self._finding(message, "CLAMAV_UNAVAILABLE", str(errors[0])[:200]))
         return viruses + findings
 
-    def _finding(self, symbol: str, category: Category, score: float, detail: str) -> Finding:
-        return Finding(
-            check=self.name, symbol=symbol, category=category, score=score, detail=detail
-        )
+    def _finding(self, message: ParsedMessage, symbol: str, detail: str) -> Finding:
+        return message.policy.symbol_table.finding(self.name, symbol, detail)
 
-    def _too_big(self, label: str, size: int, limit: int | None) -> Finding:
+    def _too_big(self, message: ParsedMessage, label: str, size: int, limit: int | None) -> Finding:
         over = (
             f"over max_stream_bytes ({_size(limit)})" if limit else "over clamd's StreamMaxLength"
         )
         return self._finding(
+            message,
             "CLAMAV_TOO_BIG",
-            Category.INFO,
-            0.0,
             f"{label[:80]}: {_size(size)}, {over}: not scanned",
         )
 

@@ -1,5 +1,5 @@
 """Header and content heuristics: signs of forged, careless or deceptive mail, each a symbol with
-a score from ``scanner.rules.scores`` (docs/checks/rules.md).
+a score from the symbol table (moat/symbols.py, ``scanner.symbols``) (docs/checks/rules.md).
 
 - Date: missing, unparsable, far in the future or the past of the message's arrival (the date
   of the topmost ``Received:``, which is our own ingress's; now when there is none).
@@ -32,7 +32,7 @@ from functools import cache
 
 from confusable_homoglyphs import confusables  # type: ignore[import-untyped]
 
-from moat.model import Category, Finding
+from moat.model import Finding
 from moat.settings import RulesSettings, Settings
 from services.scanner.checks.base import ParsedMessage
 from services.scanner.checks.urls import (
@@ -497,18 +497,15 @@ class HeaderRulesCheck:
         self._date(message, rules, hits)
         self._message_id(message, hits)
         self._addresses(message, hits)
+        self._list(message, hits)
         urls = self._body(message, rules, hits)
         self._links(urls, rules, hits)
+        table = message.policy.symbol_table
+        # A heuristic scored 0 in the table is off: not even recorded.
         return [
-            Finding(
-                check=self.name,
-                symbol=symbol,
-                category=Category.SPAM,
-                score=rules.scores[symbol],
-                detail=detail[:200],
-            )
+            table.finding(self.name, symbol, detail[:200])
             for symbol, detail in hits.items()
-            if rules.scores.get(symbol, 0.0) != 0.0
+            if table.symbols[symbol].score != 0.0 or table.symbols[symbol].action is not None
         ]
 
     @staticmethod
@@ -538,6 +535,15 @@ class HeaderRulesCheck:
             hits["MISSING_MESSAGE_ID"] = "no Message-ID header"
         elif _MESSAGE_ID.fullmatch(ids[0].strip()) is None:
             hits["INVALID_MESSAGE_ID"] = f"Message-ID: {ids[0].strip()[:60]}"
+
+    @staticmethod
+    def _list(message: ParsedMessage, hits: dict[str, str]) -> None:
+        """List mail that says what it is (RFC 2919 List-Id, RFC 2369 List-Unsubscribe with a
+        URI): a little in its favour, as bulk mail that can be left is rarely the worst."""
+        list_id = _headers(message, "List-Id")
+        unsubscribe = _headers(message, "List-Unsubscribe")
+        if list_id and "<" in list_id[0] and unsubscribe and "<" in unsubscribe[0]:
+            hits["LIST_ID_UNSUBSCRIBE"] = f"List-Id {list_id[0].strip()[:100]}"
 
     def _addresses(self, message: ParsedMessage, hits: dict[str, str]) -> None:
         senders = _addresses(_headers(message, "From")[:1])

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from moat.dns import DnsError, Resolver
 from moat.model import Category, Finding
 from moat.settings import BlocklistZone, RulesSettings, Settings
+from moat.symbols import zone_symbol_name
 from services.scanner.checks.base import ParsedMessage
 from services.scanner.checks.urls import extract_urls, is_cheap, preload, url_domains
 
@@ -62,7 +63,7 @@ def dns_name(domain: str) -> str | None:
 
 
 def zone_symbol(zone: BlocklistZone, prefix: str) -> str:
-    return zone.symbol or prefix + re.sub(r"[^A-Z0-9]+", "_", zone.zone.upper()).strip("_")
+    return zone_symbol_name(zone.zone, zone.symbol, prefix)  # the table names it the same
 
 
 def answer_weight(zone: BlocklistZone, answer: str) -> float:

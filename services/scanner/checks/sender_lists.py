@@ -1,7 +1,7 @@
 """Allow and block lists (docs/checks/sender_lists.md): the envelope sender against the rules
 kept through ``/v1/senders`` (``moat/sender_rules.py`` says which rule applies).
 
-- ``SENDER_BLOCKED`` (policy, ``blocked_score``): a recipient's rule blocks the sender. A
+- ``SENDER_BLOCKED`` (forced policy, in the symbol table): a recipient's rule blocks the sender. A
   policy finding forces the policy verdict: the message is held.
 - ``SENDER_ALLOWED`` (info): every recipient's rule allows the sender. The verdict then gives
   no spam verdict; a virus or a policy finding still holds the message.
@@ -14,7 +14,7 @@ without them.
 from __future__ import annotations
 
 from moat.db import create_engine
-from moat.model import Category, Finding
+from moat.model import Finding
 from moat.sender_rules import CachedRules, SenderRuleStore, judge
 from moat.settings import Settings
 from services.scanner.checks.base import ParsedMessage
@@ -36,22 +36,9 @@ class SenderListCheck:
             return []
         judgement = judge(await self.rules.current(), sender, message.envelope.rcpt_tos)
         if judgement.blocked_by:
-            return [
-                Finding(
-                    check=self.name,
-                    symbol="SENDER_BLOCKED",
-                    category=Category.POLICY,
-                    score=policy.blocked_score,
-                    detail="; ".join(rule.describe() for rule in judgement.blocked_by),
-                )
-            ]
+            detail = "; ".join(rule.describe() for rule in judgement.blocked_by)
+            return [message.policy.symbol_table.finding(self.name, "SENDER_BLOCKED", detail)]
         if judgement.all_allow:
-            return [
-                Finding(
-                    check=self.name,
-                    symbol="SENDER_ALLOWED",
-                    category=Category.INFO,
-                    detail="; ".join(sorted({rule.describe() for rule in judgement.allowed_by})),
-                )
-            ]
+            detail = "; ".join(sorted({rule.describe() for rule in judgement.allowed_by}))
+            return [message.policy.symbol_table.finding(self.name, "SENDER_ALLOWED", detail)]
         return []

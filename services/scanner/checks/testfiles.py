@@ -3,7 +3,7 @@ recognise them, so administrators can prove the scanning path end to end."""
 
 from __future__ import annotations
 
-from moat.model import Category, Finding
+from moat.model import Finding
 from services.scanner.checks.base import ParsedMessage
 
 EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
@@ -21,15 +21,8 @@ class EicarCheck:
 
     async def check(self, message: ParsedMessage) -> list[Finding]:
         if _contains(message, EICAR):
-            return [
-                Finding(
-                    check=self.name,
-                    symbol="EICAR_TEST_FILE",
-                    category=Category.VIRUS,
-                    score=100.0,
-                    detail="EICAR anti-virus test file",
-                )
-            ]
+            table = message.policy.symbol_table
+            return [table.finding(self.name, "EICAR_TEST_FILE", "EICAR anti-virus test file")]
         return []
 
 
@@ -40,13 +33,6 @@ class GtubeCheck:
 
     async def check(self, message: ParsedMessage) -> list[Finding]:
         if _contains(message, GTUBE):
-            return [
-                Finding(
-                    check=self.name,
-                    symbol="GTUBE",
-                    category=Category.SPAM,
-                    score=1000.0,
-                    detail="GTUBE spam test string",
-                )
-            ]
+            table = message.policy.symbol_table
+            return [table.finding(self.name, "GTUBE", "GTUBE spam test string")]
         return []

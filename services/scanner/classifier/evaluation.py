@@ -30,7 +30,7 @@ import numpy as np
 
 from moat.settings import ClassifierSettings
 from services.scanner.checks.base import parse
-from services.scanner.classifier.model import SHIPPED_MODEL, Model, sigmoid
+from services.scanner.classifier.model import SHIPPED_MODEL, Model
 from services.scanner.classifier.tokenizer import tokens
 from services.scanner.classifier.training import (
     EARLY,
@@ -117,7 +117,7 @@ def run(
             features = model.features(tokens(parse("eval", item.raw), settings.max_text_bytes))
             online = model.probability(features)
             result.milliseconds.append((time.perf_counter() - started) * 1000)
-            result.static.append(sigmoid(model.margin(features, shipped)))
+            result.static.append(model.probability(features, shipped))
             result.online.append(online)
             result.labels.append(item.spam)
             wrong = (online >= settings.spam_probability) != item.spam

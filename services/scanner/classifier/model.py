@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from services.scanner.classifier.calibration import Calibration
+
 FORMAT = "moat-classifier/2"
 DEFAULT_BITS = 20
 SHIPPED_MODEL = Path(__file__).parent / "model" / "model.npz"
@@ -62,6 +64,8 @@ class Model:
     bits: int = DEFAULT_BITS
     intercept: float = 0.0  # the logit of a message with no known feature (not learned)
     meta: dict[str, object] = field(default_factory=dict)
+    # logit -> probability on unseen mail (calibration.py); None: the plain sigmoid
+    calibration: Calibration | None = None
     weights: npt.NDArray[np.float32] = field(init=False)
     deltas: dict[int, float] = field(default_factory=dict, init=False)
 
@@ -81,8 +85,24 @@ class Model:
         total = float(chosen[features].sum(dtype=np.float64))
         return self.intercept + total * scale(features)
 
-    def probability(self, features: Features) -> float:
-        return sigmoid(self.margin(features))
+    def known(self, features: Features, weights: npt.NDArray[np.float32] | None = None) -> int:
+        """How many of the message's features carry a weight: the model's evidence."""
+        chosen = self.weights if weights is None else weights
+        return int(np.count_nonzero(chosen[features]))
+
+    def probability(
+        self, features: Features, weights: npt.NDArray[np.float32] | None = None
+    ) -> float:
+        """The calibrated spam probability (the logit's sigmoid when there is no calibration),
+        by the weights in force or by ``weights``."""
+        return sigmoid(self.logit(features, weights))
+
+    def logit(self, features: Features, weights: npt.NDArray[np.float32] | None = None) -> float:
+        """The calibrated logit (the raw one when there is no calibration)."""
+        margin = self.margin(features, weights)
+        if self.calibration is None:
+            return margin
+        return self.calibration.logit(margin, self.known(features, weights))
 
     # --- learning ------------------------------------------------------------------------------
 
@@ -97,13 +117,14 @@ class Model:
         """Gradient steps of the logistic loss on one message, until its probability is on
         the right side of 0.5 by ``margin`` (in logit units) or ``max_steps`` were taken; at
         least one. A step moves the message's logit by ``rate`` times its error (features
-        being normalised). Applied to the weights in force; returns the total delta per
-        feature."""
+        being normalised). Error and margin are those of the calibrated probability, the one
+        users see: a learned message ends up where feedback asked for. Applied to the weights
+        in force; returns the total delta per feature."""
         target = 1.0 if spam else 0.0
         total = np.zeros(len(features), dtype=np.float32)
         value = scale(features)
         for step in range(max(1, max_steps)):
-            current = self.margin(features)
+            current = self.logit(features)
             if step and (current >= margin if spam else current <= -margin):
                 break
             change = np.float32(rate * (target - sigmoid(current)) * value)
@@ -128,6 +149,8 @@ class Model:
         keep = np.flatnonzero(np.abs(self.weights) >= max(prune_below, 1e-9))
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {**self.meta, "format": FORMAT, "bits": self.bits, "intercept": self.intercept}
+        if self.calibration is not None:
+            meta["calibration"] = self.calibration.to_meta()
         with open(path, "wb") as handle:
             np.savez_compressed(
                 handle,
@@ -147,4 +170,4 @@ class Model:
             intercept = float(meta.get("intercept", 0.0))
             base = np.zeros(1 << bits, dtype=np.float32)
             base[data["indices"].astype(np.int64)] = data["weights"].astype(np.float32)
-        return cls(base, bits, intercept, meta)
+        return cls(base, bits, intercept, meta, Calibration.from_meta(meta.get("calibration")))
