@@ -882,10 +882,39 @@ def group_cpu_seconds(pgid: int) -> float:
     return _cpu_seconds(lambda _name, fields: pgid in (int(fields[2]), int(fields[3])))
 
 
+def pid_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of one process, 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def rabbitmq_pid() -> int | None:
+    """The RabbitMQ server: the oldest ``beam.smp``. Not all of them: ``rabbitmqctl`` (which
+    this bench and anyone else on the machine runs) starts short-lived ones, and one exiting
+    made a sum over all go backwards."""
+    oldest: tuple[int, int] | None = None
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            head, tail = (entry / "stat").read_text().rsplit(")", 1)
+        except (OSError, ValueError):
+            continue
+        if head.split("(", 1)[-1] == "beam.smp":
+            started = int(tail.split()[19])
+            if oldest is None or started < oldest[0]:
+                oldest = (started, int(entry.name))
+    return oldest[1] if oldest else None
+
+
 def shared_cpu_seconds() -> dict[str, float]:
     """CPU seconds of the shared services Moat uses (whoever else uses them too)."""
+    rabbit = rabbitmq_pid()
     return {
-        "rabbitmq": _cpu_seconds(lambda name, _f: name == "beam.smp"),
+        "rabbitmq": pid_cpu_seconds(rabbit) if rabbit else 0.0,
         "postgres": _cpu_seconds(lambda name, _f: name == "postgres"),
     }
 
@@ -894,9 +923,10 @@ class CpuWatch:
     """The machine's CPU during one row, less what the bench's own processes used: what
     everybody else took from the measurement."""
 
-    def __init__(self, groups: list[int], shared: bool) -> None:
+    def __init__(self, groups: list[int], shared: bool, pids: dict[str, int] | None = None) -> None:
         self.groups = groups
         self.shared = shared
+        self.pids = list((pids or {}).values())
         self.started = time.monotonic()
         self.total, self.idle = _cpu_times()
         self.ours = self._ours()
@@ -907,6 +937,7 @@ class CpuWatch:
         seconds += sum(group_cpu_seconds(group) for group in self.groups)
         if self.shared:
             seconds += sum(shared_cpu_seconds().values())
+        seconds += sum(pid_cpu_seconds(pid) for pid in self.pids)
         # kernel threads (journal, writeback, workqueues) do the fsyncs and I/O of whatever
         # runs; count them as part of the measurement, not as someone else's load
         seconds += _cpu_seconds(lambda _name, fields: fields[1] == "2")
@@ -964,6 +995,7 @@ class MoatInstance:
         self.api_port = free_port()
         self.limit = limit
         self.extra_args: list[str] = []
+        self.extra_env: dict[str, str] = {}
         self.proc: subprocess.Popen[bytes] | None = None
         token = f"{os.getpid()}_{int(time.time())}_{name}".replace("-", "_").lower()
         self.vhost = f"moat-bench-{token}"
@@ -991,6 +1023,7 @@ class MoatInstance:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MOAT_")}
         env["MOAT_CONFIG"] = str(self.config)
+        env.update(self.extra_env)
         env["PYTHONUNBUFFERED"] = "1"
         # Run from the temp dir (relative defaults such as var/tls land there, not in the
         # repository); the repository goes on the path instead.
@@ -1148,20 +1181,26 @@ def run_through(
     batch: list[tuple[str, bytes]],
     alive: Callable[[], bool] | None = None,
     cpu_group: int | None = None,
+    extra_pids: dict[str, int] | None = None,
 ) -> Row:
+    """``extra_pids``: processes of the row's own outside Moat's group (clamd), whose CPU is
+    reported like RabbitMQ's."""
     row = Row(name=name, kind=kind)
+    moat = kind.startswith("moat")
+    extra = extra_pids or {}
     wait_idle(cfg)
     log(f"{name}: sending {len(batch)} messages over {cfg.concurrency} sessions")
     cpu_before = group_cpu_seconds(cpu_group) if cpu_group else 0.0
-    shared_before = shared_cpu_seconds() if kind == "moat" else {}
-    watch = CpuWatch([sink.proc.pid, *([cpu_group] if cpu_group else [])], kind == "moat")
+    shared_before = shared_cpu_seconds() if moat else {}
+    shared_before.update({name: pid_cpu_seconds(pid) for name, pid in extra.items()})
+    watch = CpuWatch([sink.proc.pid, *([cpu_group] if cpu_group else [])], moat, extra)
     result = drive(
         port,
         batch,
         cfg.concurrency,
         cfg.per_connection,
         total_timeout=cfg.phase_timeout,
-        starttls=cfg.tls and kind == "moat",
+        starttls=cfg.tls and moat,
     )
     row.ran = True
     row.sent, row.accepted = result.sent, result.accepted
@@ -1188,15 +1227,16 @@ def run_through(
     if cpu_group and arrived:
         spent = group_cpu_seconds(cpu_group) - cpu_before
         row.cpu_ms_per_msg = 1000 * spent / len(arrived)
+        after = {**shared_cpu_seconds(), **{n: pid_cpu_seconds(p) for n, p in extra.items()}}
         for service, before in shared_before.items():
-            used = 1000 * (shared_cpu_seconds()[service] - before) / len(arrived)
+            used = 1000 * (after[service] - before) / len(arrived)
             row.shared_cpu_ms_per_msg[service] = round(used, 2)
     row.duplicates = got.duplicates
     row.complete = complete and bool(accepted_ids)
     if arrived:
         row.e2e_s = max(arrived.values()) - result.start_wall
         row.e2e_rate = len(arrived) / row.e2e_s if row.e2e_s > 0 else None
-        if kind in ("postfix", "moat"):
+        if kind == "postfix" or moat:
             # file mtimes tick with the kernel's coarse clock: clamp the few ms below zero
             waits = [max(0.0, arrived[i] - result.accepted_at[i]) for i in arrived]
             row.queue_p50_s = percentile(waits, 0.50)
@@ -1321,6 +1361,20 @@ def bench_size(
             row.note = f"could not run: {exc}"
             problems.append(f"{format_size(size)} {row.name}: {exc}")
     rows.append(row)
+
+    # d. Moat with every engine on (ClamAV too)
+    row = Row(name=f"driver -> moat+clamav -> {sink_kind}", kind="moat-all")
+    if args.skip_moat or args.skip_all_engines:
+        row.note = "skipped (--skip-moat or --skip-all-engines)"
+    else:
+        try:
+            row = through_moat(
+                row.name, size, cfg, workdir, batch, limit, args, stack, all_engines=True
+            )
+        except BenchError as exc:
+            row.note = f"could not run: {exc}"
+            problems.append(f"{format_size(size)} {row.name}: {exc}")
+    rows.append(row)
     return rows
 
 
@@ -1439,13 +1493,36 @@ def through_moat(
     limit: float,
     args: argparse.Namespace,
     stack: contextlib.ExitStack,
+    all_engines: bool = False,
 ) -> Row:
-    sink = Sink(workdir, f"m{size}-moat", limit, cfg.fallback_sink)
+    tag = f"{size}-all" if all_engines else f"{size}"
+    sink = Sink(workdir, f"m{tag}-moat", limit, cfg.fallback_sink)
     stack.callback(sink.clear)
     stack.callback(sink.stop)
-    moat = MoatInstance(workdir, f"{size}", sink.port, args.database, args.pg_admin_url, limit)
+    moat = MoatInstance(workdir, tag, sink.port, args.database, args.pg_admin_url, limit)
     moat.extra_args = list(args.moat_arg)
     stack.callback(moat.stop)
+    clamd = None
+    extra_pids: dict[str, int] = {}
+    if all_engines:
+        # Every check is on by default except ClamAV (off so that a missing clamd holds no
+        # mail): a clamd of our own, as the tests run it (the fixture signatures: there is no
+        # network here for freshclam's databases, so its per-message cost is a lower bound).
+        sys.path.insert(0, str(REPO))
+        from tests.support.clamd import ClamdServer
+
+        try:
+            clamd = ClamdServer()
+            clamd.start()
+        except RuntimeError as exc:
+            raise BenchError(f"clamd: {exc}") from None
+        stack.callback(clamd.stop)
+        assert clamd.process is not None
+        extra_pids["clamd"] = clamd.process.pid
+        moat.extra_env = {
+            "MOAT_SCANNER__CLAMAV__ENABLED": "true",
+            "MOAT_SCANNER__CLAMAV__SOCKET": str(clamd.socket),
+        }
     try:
         log(f"{name}: starting Moat ({args.database}) with SMTP on 127.0.0.1:{moat.smtp_port}")
         moat.start()
@@ -1456,13 +1533,14 @@ def through_moat(
             raise BenchError(f"{problem}; Moat exited:\n{tail(moat.log_path)}")
         row = run_through(
             name,
-            "moat",
+            "moat-all" if all_engines else "moat",
             moat.smtp_port,
             sink,
             cfg,
             batch,
             alive=moat.alive,
             cpu_group=moat.proc.pid if moat.proc else None,
+            extra_pids=extra_pids,
         )
         if not moat.alive():
             row.note = "; ".join(filter(None, [row.note, "Moat exited during the run"]))
@@ -1473,6 +1551,8 @@ def through_moat(
         return row
     finally:
         moat.stop()
+        if clamd is not None:
+            clamd.stop()
         sink.stop()
         sink.clear()
 
@@ -1530,9 +1610,11 @@ def report(size: int, cfg: Config, rows: list[Row], busy: float) -> str:
     for name, note in notes:
         out.append(f"  note ({name}): {note}")
     kinds = {row.kind: row for row in rows}
-    moat, postfix = kinds.get("moat"), kinds.get("postfix")
+    postfix = kinds.get("postfix")
     ceiling, source = kinds.get("ceiling"), kinds.get("source")
-    if moat and moat.ran:
+    for who, moat in (("Moat", kinds.get("moat")), ("Moat+ClamAV", kinds.get("moat-all"))):
+        if not (moat and moat.ran):
+            continue
         out.append("")
         for label, ref in (
             ("Postfix relay", postfix),
@@ -1541,7 +1623,7 @@ def report(size: int, cfg: Config, rows: list[Row], busy: float) -> str:
         ):
             if ref and ref.ran:
                 out.append(
-                    f"  Moat / {label:<30} end-to-end {_ratio(moat.e2e_rate, ref.e2e_rate):>7}"
+                    f"  {who} / {label:<30} end-to-end {_ratio(moat.e2e_rate, ref.e2e_rate):>7}"
                     f"   accepted {_ratio(moat.accepted_rate, ref.accepted_rate):>7}"
                 )
     return "\n".join(out)
@@ -1560,6 +1642,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--concurrency", "-c", type=int, default=20, help="SMTP sessions")
     parser.add_argument("--sizes", default="5k,50k", help="comma-separated sizes (5k,50k,1m)")
     parser.add_argument("--skip-moat", action="store_true", help="measure the references only")
+    parser.add_argument(
+        "--skip-all-engines",
+        action="store_true",
+        help="no row for Moat with every engine on (ClamAV: a clamd of the bench's own)",
+    )
     parser.add_argument(
         "--database",
         choices=("sqlite", "postgresql"),
