@@ -95,6 +95,8 @@ class Tally:
     undecided: int = 0
     verdicts: Counter[str] = field(default_factory=Counter)
     bands: Counter[str] = field(default_factory=Counter)  # "spam BAYES_99": how many
+    # every scoring symbol on every judged message, by label: what fires on most ham?
+    symbols: Counter[str] = field(default_factory=Counter)
     # the symbols that scored (for: > 0 on ham flagged; either sign on spam missed, signed)
     false_positive_symbols: Counter[str] = field(default_factory=Counter)
     missed_spam_symbols: Counter[str] = field(default_factory=Counter)
@@ -108,6 +110,11 @@ class Tally:
         label = "spam" if spam else "ham"
         self.verdicts[f"{label} {verdict.verdict}"] += 1
         self.bands.update(f"{label} {f.symbol}" for f in verdict.findings if f.symbol in BANDS)
+        self.symbols.update(
+            f"{label} {f.symbol}({f.score:+g})"
+            for f in verdict.findings
+            if f.score and f.symbol not in BANDS
+        )
         if spam:
             self.spam += 1
             self.spam_flagged += flagged
@@ -143,6 +150,7 @@ class Tally:
             "missed_symbols": self.missed_spam_symbols.most_common(TOP),
             "verdicts": dict(self.verdicts),
             "bands": dict(sorted(self.bands.items())),
+            "symbols": dict(self.symbols.most_common()),
         }
 
 
@@ -217,6 +225,17 @@ def markdown(results: dict[str, dict[str, object]], name: str, command: str) -> 
             f"- **{split}**: ham flagged: {listed(f['fp_symbols'])}; "
             f"spam missed: {listed(f['missed_symbols'])}"
         )
+    lines += ["", "Rule symbols (bands aside) on every judged ham, share of the split's ham:", ""]
+    for split, f in results.items():
+        if "skipped" in f or not f["ham"]:
+            continue
+        common = [
+            (k.split(" ", 1)[1], n)
+            for k, n in f["symbols"].items()  # type: ignore[attr-defined]
+            if k.startswith("ham ")
+        ][:TOP]
+        shares = ", ".join(f"{s} {100 * n / f['ham']:.1f}%" for s, n in common)  # type: ignore[operator]
+        lines.append(f"- **{split}**: {shares or '-'}")
     return "\n".join(lines) + "\n"
 
 

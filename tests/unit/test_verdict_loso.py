@@ -98,6 +98,11 @@ def test_the_tally_counts_verdict_and_band_apart() -> None:
         "URL_IP_LITERAL(+2)": 1,
     }
     assert dict(figures["missed_symbols"]) == {"BAYES_80(+2)": 1, "HTML_ONLY(+1)": 1}
+    assert figures["symbols"] == {  # every judged message, bands aside
+        "ham HTML_ONLY(+1)": 1,
+        "ham URL_IP_LITERAL(+2)": 1,
+        "spam HTML_ONLY(+1)": 1,
+    }
     assert figures["bands"] == {
         "ham BAYES_80": 2,
         "ham BAYES_999": 1,
