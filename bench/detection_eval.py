@@ -295,31 +295,59 @@ def unseen(train_part: Sequence[Mail], test_part: Sequence[Mail]) -> list[Mail]:
     return [m for m in test_part if m.group not in groups and not seen & set(m.keys)]
 
 
-def run(args: argparse.Namespace) -> dict[str, object]:
-    print("tokenising", file=sys.stderr, flush=True)
-    mails = load(args.corpus, args.max_per_source, args.cache)
-    params = training.Params(
+def add_training_options(parser: argparse.ArgumentParser) -> None:
+    """The options that say how each split's model is trained (shared by the benches that
+    train per split)."""
+    parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
+    parser.add_argument("--max-per-source", type=int, default=0, help="a subsample; 0: all")
+    parser.add_argument(
+        "--cache",
+        default="/tmp/moat-detection-eval",
+        help="token sets by tokenizer version (our own pickle files); '' for none",
+    )
+    parser.add_argument("--c", type=float, default=0.0, help="Params.c; 0: the default")
+    parser.add_argument("--balance", type=float, default=None, help="Params.balance")
+    parser.add_argument("--calibrate", action="store_true", help="as make train --calibrate")
+
+
+def params_of(args: argparse.Namespace) -> training.Params:
+    return training.Params(
         c=args.c if args.c else training.Params.c,
         balance=training.Params.balance if args.balance is None else args.balance,
     )
-    bits = params.bits
-    sources = list(SOURCES)
-    threshold = verdict_threshold()
-    thresholds = sorted({0.5, 0.9, threshold})
-    splits: dict[str, tuple[list[Mail], list[Mail]]] = {}
+
+
+def splits(
+    mails: Sequence[Mail], sources: Sequence[str] = tuple(SOURCES)
+) -> dict[str, tuple[list[Mail], list[Mail]]]:
+    """The held-out splits, by title: (training part, test part) before de-duplication (see
+    ``unseen``). Leave each source out in turn; then mail dated before 2022 against mail dated
+    2022 or later (undated mail in neither)."""
+    out: dict[str, tuple[list[Mail], list[Mail]]] = {}
     for source in sources:
-        splits[f"leave out {source}"] = (
+        out[f"leave out {source}"] = (
             [m for m in mails if m.source != source],
             [m for m in mails if m.source == source],
         )
     dated = [m for m in mails if m.when]
-    splits["older -> 2022+"] = (
+    out["older -> 2022+"] = (
         [m for m in dated if m.when < NEWER],
         [m for m in dated if m.when >= NEWER],
     )
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, object]:
+    print("tokenising", file=sys.stderr, flush=True)
+    mails = load(args.corpus, args.max_per_source, args.cache)
+    params = params_of(args)
+    bits = params.bits
+    sources = list(SOURCES)
+    threshold = verdict_threshold()
+    thresholds = sorted({0.5, 0.9, threshold})
     results: dict[str, object] = {}
     curves: dict[str, Scores] = {}
-    for title, (train_part, test_part) in splits.items():
+    for title, (train_part, test_part) in splits(mails, sources).items():
         started = time.perf_counter()
         before = len(test_part)
         test_part = unseen(train_part, test_part)
@@ -439,18 +467,9 @@ def markdown(results: dict[str, object], name: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/detection_eval.py")
-    parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
+    add_training_options(parser)
     parser.add_argument("--name", default="run", help="<output>/<name>.{json,md,png}")
     parser.add_argument("--output", type=Path, default=RESULTS)
-    parser.add_argument("--max-per-source", type=int, default=0, help="a subsample; 0: all")
-    parser.add_argument(
-        "--cache",
-        default="/tmp/moat-detection-eval",
-        help="token sets by tokenizer version (our own pickle files); '' for none",
-    )
-    parser.add_argument("--c", type=float, default=0.0, help="Params.c; 0: the default")
-    parser.add_argument("--balance", type=float, default=None, help="Params.balance")
-    parser.add_argument("--calibrate", action="store_true", help="as make train --calibrate")
     args = parser.parse_args(argv)
     args.cache = Path(args.cache) if args.cache else None  # Path("") would be "."
     started = time.perf_counter()

@@ -157,6 +157,9 @@ HIDDEN = "cheap words that bayes filters should read but you should not " * 2
         f'<span style="visibility: hidden">{HIDDEN}</span>',
         f'<p style="font-size:0px">{HIDDEN}</p>',
         f'<p style="FONT-SIZE: 1px">{HIDDEN}</p>',
+        f'<div style="font-size:0px"><p style="font-size:2em">{HIDDEN}</p></div>',
+        f'<td style="font-size:0"><span style="color:red">{HIDDEN}</span></td>',
+        f'<div style="display:none"><p style="font-size:14px">{HIDDEN}</p></div>',
         f'<font color="#ffffff">{HIDDEN}</font>',
         f'<div style="background:#000"><span style="color:rgb(5,5,5)">{HIDDEN}</span></div>',
         f"<table bgcolor=white><tr><td><font color=#FEFEFE>{HIDDEN}</font></td></tr></table>",
@@ -173,7 +176,17 @@ def test_hidden_html_text(markup: str) -> None:
         f'<div style="background-color:#000000"><font color="#ffffff">{HIDDEN}</font></div>',
         f'<td background="img.gif"><font color=white>{HIDDEN}</font></td>',
         f'<p style="font-size:12px;color:#333">{HIDDEN}</p>',
+        # the MJML layout idiom: wrappers at font-size 0, the text inside sized again
+        f'<td style="font-size:0px"><div style="font-size:14px;color:#333">{HIDDEN}</div></td>',
+        f'<div style="font-size:0"><div style="font-size:0"><p style="font-size:1rem">{HIDDEN}</p>'
+        "</div></div>",
         '<div style="display:none">Your June newsletter</div>' + "<p>" + HIDDEN * 3 + "</p>",
+        # a preheader padded with zero-width characters: the padding is no text at all
+        '<div style="display:none">Your June newsletter'
+        + "\u200c\u034f\u00ad\ufeff \u2007" * 120
+        + "</div><p>"
+        + HIDDEN * 3
+        + "</p>",
         f"<style>.x {{ color: red }} {HIDDEN}</style><p>visible</p>",
     ],
 )
