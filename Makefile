@@ -41,7 +41,7 @@ run: install
 # Likewise nmap (scripts/ensure-nmap.sh) for the SMTP enumeration and open-relay scan.
 test: install
 	@# The tests use the broker on 127.0.0.1:5672, whatever MOAT_BROKER__URL the shell has.
-	@env -u MOAT_BROKER__URL scripts/ensure-rabbitmq.sh
+	@env -u MOAT_BROKER__URL scripts/ensure-rabbitmq.sh --management
 	@scripts/ensure-postgres.sh
 	@scripts/ensure-redis.sh
 	@scripts/ensure-clamav.sh

@@ -8,7 +8,8 @@ OK = "250 2.0.0 Ok"
 SENDER_OK = "250 2.1.0 Sender ok"
 RECIPIENT_OK = "250 2.1.5 Recipient ok"
 QUEUED = "250 2.0.0 Ok: queued as {message_id}"
-RELAY_DENIED = "550 5.7.1 Relay access denied: we do not accept mail for {domain}"
+# 554, as Postfix answers reject_unauth_destination (relay_domains_reject_code), not 550.
+RELAY_DENIED = "554 5.7.1 Relay access denied: we do not accept mail for {domain}"
 # A block list rule of this recipient (its own, its domain's or a global one) names the sender,
 # and the policy's sender_lists.block_action is reject.
 SENDER_BLOCKED = "550 5.7.1 Delivery not authorized: the recipient does not accept mail from you"

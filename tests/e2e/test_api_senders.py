@@ -208,7 +208,9 @@ def test_the_scanner_holds_blocked_senders_and_spares_allowed_ones_from_spam(
     spam = f"{token} {GTUBE.decode()}"
     spared = until(lambda: gateway.send(friend, [bob], spam), gateway, "delivered")
     assert spared["verdict"]["verdict"] == "clean"
-    assert spared["verdict"]["score"] >= 1000  # the score is kept: only the verdict changes
+    # The score is kept (GTUBE's 1000, give or take what other symbols add or take away):
+    # only the verdict changes.
+    assert spared["verdict"]["score"] >= 900
     assert "SENDER_ALLOWED" in {f["symbol"] for f in spared["verdict"]["findings"]}
     assert wait_for(
         lambda: relay_sink.with_token(spared["id"]) or relay_sink.with_token(spam), 10, "the mail"

@@ -55,7 +55,7 @@ def test_the_proxied_address_is_recorded(
         assert client.greeting is not None and client.greeting[0] == 220
         message_id = _queued(client.send("alice@outside.test", "bob@example.test"))
         assert client.command("MAIL FROM:<mallory@outside.test>")[0] == 250
-        assert client.command("RCPT TO:<victim@elsewhere.test>")[0] == 550
+        assert client.command("RCPT TO:<victim@elsewhere.test>")[0] == 554
     [stored] = (gateway.workdir / "spool").rglob(f"{message_id}*")
     received = stored.read_bytes().split(b"\r\n", 1)[0]
     assert received.startswith(b"Received: from client.test ([203.0.113.7])"), received

@@ -25,7 +25,7 @@ def test_relay_attempt_refused_at_rcpt(gateway: Gateway) -> None:
         client.ehlo("client.test")
         client.mail("spammer@outside.test")
         code, text = client.rcpt("victim@elsewhere.test")
-        assert code == 550
+        assert code == 554
         assert text.startswith(b"5.7.1 ")
         code, _ = client.rcpt("bob@EXAMPLE.test")  # domains match case-insensitively
         assert code == 250
