@@ -94,25 +94,16 @@ class S3Store(MessageStore):
         await self._run(self._call, self.client.put_object, Bucket=self.bucket, Key=key, Body=data)
 
     async def read(self, message_id: str) -> bytes:
-        key = self.key(message_id)
-
-        def read() -> bytes:
-            answer = self._call(self.client.get_object, Bucket=self.bucket, Key=key)
-            body = answer["Body"]
-            try:
-                return bytes(self._call(body.read))
-            finally:
-                body.close()
-
-        return await self._run(read)
+        return await self._get(message_id)
 
     async def head(self, message_id: str, size: int) -> bytes:
+        return await self._get(message_id, Range=f"bytes=0-{size - 1}")
+
+    async def _get(self, message_id: str, **options: str) -> bytes:
         key = self.key(message_id)
 
         def read() -> bytes:
-            answer = self._call(
-                self.client.get_object, Bucket=self.bucket, Key=key, Range=f"bytes=0-{size - 1}"
-            )
+            answer = self._call(self.client.get_object, Bucket=self.bucket, Key=key, **options)
             body = answer["Body"]
             try:
                 return bytes(self._call(body.read))

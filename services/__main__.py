@@ -207,7 +207,13 @@ def api_answers(listen: str) -> bool:
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     host, port = probe_address(listen)
-    connection = http.client.HTTPSConnection(host, port, timeout=PROBE_TIMEOUT, context=context)
+    return healthz_answers(
+        http.client.HTTPSConnection(host, port, timeout=PROBE_TIMEOUT, context=context)
+    )
+
+
+def healthz_answers(connection: http.client.HTTPConnection) -> bool:
+    """``GET /healthz`` answered 200 on ``connection`` (closed after)."""
     try:
         connection.request("GET", "/healthz")
         return connection.getresponse().status == 200

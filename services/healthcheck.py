@@ -41,14 +41,9 @@ def service_of_pid1(cmdline: Path = Path("/proc/1/cmdline")) -> str | None:
 
 
 def http_healthz(port: int) -> bool:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
-    try:
-        connection.request("GET", "/healthz")
-        return connection.getresponse().status == 200
-    except (OSError, http.client.HTTPException):
-        return False
-    finally:
-        connection.close()
+    from services.__main__ import healthz_answers
+
+    return healthz_answers(http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT))
 
 
 def healthy(service: str, settings: Settings) -> bool:

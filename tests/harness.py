@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import aio_pika
 import httpx
@@ -109,13 +109,14 @@ class SinkHandler:
         return "250 2.0.0 Ok: sunk"
 
 
-class Sink:
-    def __init__(self, delay: float = 0.0) -> None:
-        self.handler = SinkHandler(delay)
-        self.port = free_port()
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+class LoopbackSMTP:
+    """An aiosmtpd server on a free loopback port, running while the ``with`` block does."""
 
-    def __enter__(self) -> Sink:
+    def __init__(self, handler: Any) -> None:
+        self.port = free_port()
+        self.controller = Controller(handler, hostname="127.0.0.1", port=self.port)
+
+    def __enter__(self) -> Self:
         self.controller.start()
         return self
 
@@ -125,6 +126,12 @@ class Sink:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+
+class Sink(LoopbackSMTP):
+    def __init__(self, delay: float = 0.0) -> None:
+        self.handler = SinkHandler(delay)
+        super().__init__(self.handler)
 
     def plan(self, address: str, codes: list[int]) -> None:
         with self.handler.lock:

@@ -9,9 +9,7 @@ import socket
 import threading
 from typing import Any
 
-from aiosmtpd.controller import Controller
-
-from tests.harness import free_port
+from tests.harness import LoopbackSMTP
 
 
 class MailboxHandler:
@@ -49,22 +47,10 @@ class MailboxHandler:
         return f"550 5.1.1 <{address}>: Recipient address rejected: mailbox.internal says no"
 
 
-class MailboxServer:
+class MailboxServer(LoopbackSMTP):
     def __init__(self, users: set[str], busy: set[str] | None = None, delay: float = 0.0) -> None:
         self.handler = MailboxHandler(users, busy or set(), delay)
-        self.port = free_port()
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
-
-    def __enter__(self) -> MailboxServer:
-        self.controller.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.controller.stop()
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        super().__init__(self.handler)
 
     def probes_for(self, address: str) -> int:
         with self.handler.lock:
