@@ -19,6 +19,7 @@ are ranks), and scoring CPU per message. The forms (docs/classifier.md, "Tried, 
   tokens with |f - 0.5| >= 0.1, Fisher's chi-square combining; the score is
   log Q(-2 sum ln f) - log Q(-2 sum ln(1 - f)) (the indicator (S - H + 1) / 2 before it
   saturates, so ties do not blur the ranking);
+  ``robinson-sa``: SpamAssassin's chi-square constants (x 0.538, s 0.1, min strength 0.346);
 - ``lr+<form>``: the average, in standardised log-odds, of the LR and the form (each scaled by
   its standard deviation on the training part).
 """
@@ -39,14 +40,19 @@ import numpy.typing as npt
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import detection_eval as de  # noqa: E402
+import detection_eval as de
 
-from services.scanner.classifier import training  # noqa: E402
-from services.scanner.classifier.model import hash_tokens, scale  # noqa: E402
-from services.scanner.classifier.training import auc, recall_at_fpr  # noqa: E402
+from services.scanner.classifier import training
+from services.scanner.classifier.model import hash_tokens, scale
+from services.scanner.classifier.training import auc, recall_at_fpr
 
 Vector = npt.NDArray[np.float64]
-TWO_CLASS = ("leave out spamassassin", "leave out mailing-lists", "leave out foff", "older -> 2022+")
+TWO_CLASS = (
+    "leave out spamassassin",
+    "leave out mailing-lists",
+    "leave out foff",
+    "older -> 2022+",
+)
 
 
 def counts(features: Sequence[npt.NDArray[np.int64]], spam: npt.NDArray[np.bool_], size: int):
@@ -104,24 +110,28 @@ def lr_scaled(
         slope = -sign * np.exp(-np.logaddexp(0.0, m))
         return value, np.concatenate([matrix.T @ slope + w / c, [slope.sum()]])
 
-    result = minimize(loss, np.zeros(count + 1), jac=True, method="L-BFGS-B",
-                      options={"maxiter": 1000})
+    result = minimize(
+        loss, np.zeros(count + 1), jac=True, method="L-BFGS-B", options={"maxiter": 1000}
+    )
     weights = np.zeros(size)
     weights[columns] = result.x[:count]
     return weights, float(result.x[count])
 
 
-def robinson_table(spam_df: Vector, ham_df: Vector, n_spam: int, n_ham: int, s: float) -> Vector:
+def robinson_table(
+    spam_df: Vector, ham_df: Vector, n_spam: int, n_ham: int, s: float, x: float = 0.5
+) -> Vector:
     b = spam_df / max(1, n_spam)
     g = ham_df / max(1, n_ham)
     n = spam_df + ham_df
     with np.errstate(invalid="ignore", divide="ignore"):
         p = np.where(b + g > 0, b / (b + g), 0.5)
-    return (s * 0.5 + n * p) / (s + n)
+    return (s * x + n * p) / (s + n)
 
 
-def robinson_score(f_all: Vector, feats: npt.NDArray[np.int64], strength: float = 0.1,
-                   top: int = 150) -> float:
+def robinson_score(
+    f_all: Vector, feats: npt.NDArray[np.int64], strength: float = 0.1, top: int = 150
+) -> float:
     from scipy.stats import chi2
 
     f = f_all[feats]
@@ -160,7 +170,10 @@ def evaluate_split(
     scorers: dict[str, Callable[[npt.NDArray[np.int64]], float]] = {}
 
     model = training.train(
-        [training.Example(m.name, m.spam, f, m.when, m.source) for m, f in zip(train_part, tr_f)],
+        [
+            training.Example(m.name, m.spam, f, m.when, m.source)
+            for m, f in zip(train_part, tr_f, strict=False)
+        ],
         training.Params(c=c),
     )
     scorers["lr"] = model.margin
@@ -181,6 +194,13 @@ def evaluate_split(
         table = robinson_table(spam_df, ham_df, n_spam, n_ham, s)
         table[df < 2] = 0.5
         scorers[f"robinson-s{s:g}"] = lambda f, t=table: robinson_score(t, f)
+    # SpamAssassin's own chi-square constants (Bayes.pm): x 0.538, s 0.100, min strength 0.346
+    table = robinson_table(spam_df, ham_df, n_spam, n_ham, 0.1, 0.538)
+    table[df < 2] = 0.5
+    scorers["robinson-sa"] = lambda f, t=table: robinson_score(t, f, 0.346)
+    table = robinson_table(spam_df, ham_df, n_spam, n_ham, 1.0)
+    table[df < 2] = 0.5
+    scorers["robinson-s1-mps0.346"] = lambda f, t=table: robinson_score(t, f, 0.346)
 
     out: dict[str, dict[str, float]] = {}
     test_scores: dict[str, Vector] = {}
@@ -212,8 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_per_source:
         kept: list[de.Mail] = []
         for source in de.SOURCES:
-            own = sorted((m for m in mails if m.source == source),
-                         key=lambda m: hashlib.sha256(m.name.encode()).digest())
+            own = sorted(
+                (m for m in mails if m.source == source),
+                key=lambda m: hashlib.sha256(m.name.encode()).digest(),
+            )
             kept += own[: args.max_per_source]
         mails = kept
     params = de.params_of(args)
@@ -241,18 +263,27 @@ def main(argv: list[str] | None = None) -> int:
 def markdown(results: dict[str, object], name: str) -> str:
     splits = list(results)
     forms = [f for f in results[splits[0]] if f != "n"]  # type: ignore[union-attr]
-    lines = [f"# Ranking by model form: {name}", "",
-             "AUC / recall at 0.1% FPR / recall at 0.5% FPR, per two-class split.", "",
-             "| form | " + " | ".join(
-                 f"{s} ({results[s]['n']['ham']} ham / {results[s]['n']['spam']} spam)"  # type: ignore[index]
-                 for s in splits) + " |",
-             "|---" * (len(splits) + 1) + "|"]
+    lines = [
+        f"# Ranking by model form: {name}",
+        "",
+        "AUC / recall at 0.1% FPR / recall at 0.5% FPR, per two-class split.",
+        "",
+        "| form | "
+        + " | ".join(
+            f"{s} ({results[s]['n']['ham']} ham / {results[s]['n']['spam']} spam)"  # type: ignore[index]
+            for s in splits
+        )
+        + " |",
+        "|---" * (len(splits) + 1) + "|",
+    ]
     for form in forms:
         cells = []
         for s in splits:
             f = results[s][form]  # type: ignore[index]
-            cells.append(f"{f['auc']:.4f} / {100 * f['recall@fp0.1%']:.1f}% / "
-                         f"{100 * f['recall@fp0.5%']:.1f}%")
+            cells.append(
+                f"{f['auc']:.4f} / {100 * f['recall@fp0.1%']:.1f}% / "
+                f"{100 * f['recall@fp0.5%']:.1f}%"
+            )
         lines.append(f"| {form} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
