@@ -10,6 +10,7 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -79,3 +80,20 @@ def test_every_form_is_measured_on_a_held_out_split() -> None:
     assert {"lr", "nb-a1", "nblr", "robinson-sa", "lr+robinson-s0.16"} <= set(result)
     for form, figures in result.items():
         assert 0.9 <= figures["auc"] <= 1.0, form  # the class words carry over to source b
+
+
+def test_the_bootstrap_interval_is_zero_for_the_same_scores_and_negative_for_reversed_ones() -> (
+    None
+):
+    rng = np.random.default_rng(3)
+    labels = rng.random(400) < 0.4
+    score = labels + rng.normal(0, 0.8, 400)
+    intervals = rv.bootstrap({"lr": score, "same": score.copy(), "reversed": -score}, labels, 30)
+    assert intervals["same"] == {
+        "d_auc_lo": 0.0,
+        "d_auc_hi": 0.0,
+        "d_recall@fp0.5%_lo": 0.0,
+        "d_recall@fp0.5%_hi": 0.0,
+    }
+    assert intervals["reversed"]["d_auc_hi"] < -0.5
+    assert rv.fast_auc(score, labels) == pytest.approx(rv.auc(score, labels))
