@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import email.utils
 import functools
 import json
@@ -52,6 +53,23 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_port_block(count: int) -> list[int]:
+    """``count`` consecutive free ports below the kernel's ephemeral range: the supervisor
+    gives extra scanners the ports after the highest probe port, which must be free too, and in
+    the ephemeral range an outgoing connection's local port could take one at any time."""
+    for _ in range(200):
+        base = secrets.randbelow(30000 - 10000 - count) + 10000
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in range(base, base + count):
+                    sock = stack.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return list(range(base, base + count))
+    raise RuntimeError(f"no {count} consecutive free ports between 10000 and 30000")
 
 
 def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
@@ -498,6 +516,7 @@ def gateway_config(
     broker_port: int = 5672,
     **overrides: Any,
 ) -> dict[str, Any]:
+    probe_ports = free_port_block(6)  # scanner, delivery, ingress, three extra scanners
     config: dict[str, Any] = {
         "env": "test",
         "log_level": "INFO",
@@ -527,9 +546,11 @@ def gateway_config(
             "publish_timeout": 3,
             "delivery_limit": 3,
         },
-        # Probe ports of their own: two gateways (or a developer's make run) never share one.
-        "ingress": {"sweep_interval": 1, "sweep_grace": 3, "metrics_port": free_port()},
-        "scanner": {"prefetch": 8, "metrics_port": free_port()},
+        # Probe ports of their own: two gateways (or a developer's make run) never share one;
+        # a block, so that the extra scanners of `python -m services --scanners N` (the ports
+        # after the highest) find theirs free too.
+        "ingress": {"sweep_interval": 1, "sweep_grace": 3, "metrics_port": probe_ports[2]},
+        "scanner": {"prefetch": 8, "metrics_port": probe_ports[0]},
         "dns": {"nameservers": ["127.0.0.1"], "port": test_dns().port, "timeout": 1},
         "delivery": {
             "retry_schedule": [1, 2],
@@ -540,7 +561,7 @@ def gateway_config(
             "sweep_grace": 3,
             "connect_timeout": 5,
             "command_timeout": 10,
-            "metrics_port": free_port(),
+            "metrics_port": probe_ports[1],
         },
     }
     for key, value in overrides.items():
