@@ -67,24 +67,19 @@ class SessionLimits:
             await self.store.put(f"greet:{ip}", "1", self.settings.greet_pass_ttl)
 
     async def allow_message(self, ip: str) -> bool:
-        limit = self.settings.messages_per_minute
-        if not limit or self.exempt(ip):
-            return True
-        count = await self.store.hit(f"mail:{ip}", self.settings.rate_window)
-        if count > limit:
-            log.warning("message rate limit exceeded: %d from %s", count, ip)
-            _limited("message_rate")
-            return False
-        return True
+        return await self._within_rate(ip, "mail", self.settings.messages_per_minute, "message")
 
     async def allow_recipient(self, ip: str) -> bool:
-        limit = self.settings.recipients_per_minute
+        return await self._within_rate(ip, "rcpt", self.settings.recipients_per_minute, "recipient")
+
+    async def _within_rate(self, ip: str, key: str, limit: int, what: str) -> bool:
+        """Count one event for ``ip`` in the rate window; False once past ``limit`` (0: off)."""
         if not limit or self.exempt(ip):
             return True
-        count = await self.store.hit(f"rcpt:{ip}", self.settings.rate_window)
+        count = await self.store.hit(f"{key}:{ip}", self.settings.rate_window)
         if count > limit:
-            log.warning("recipient rate limit exceeded: %d from %s", count, ip)
-            _limited("recipient_rate")
+            log.warning("%s rate limit exceeded: %d from %s", what, count, ip)
+            _limited(f"{what}_rate")
             return False
         return True
 
