@@ -989,13 +989,20 @@ worker "rspamd_proxy" {{
         until then the regexp rules run without it, slower)."""
         self.proc = spawn(self.argv, log_path=self.root / "stdout.log", limit=self.limit)
         deadline = time.monotonic() + timeout
-        loaded = re.compile(r"\(normal\).*(hyperscan_ready|hyperscan database .* loaded)")
+        # First start: the hs_helper compiles, then each worker logs that it loaded the
+        # database. With the cache in the shared db dir, the main process loads it before it
+        # forks the workers (they inherit it) and the helper finds nothing to compile.
+        worker_loaded = re.compile(r"\(normal\).*(hyperscan_ready|hyperscan database .* loaded)")
+        main_loaded = re.compile(r"\(main\).*full hyperscan database of \d+ regexps .*loaded")
+        nothing_to_compile = re.compile(r"\(hs_helper\).*compiled 0 regular expressions")
         while time.monotonic() < deadline:
             if not self.alive():
                 raise BenchError(f"rspamd exited:\n{self.tail()}")
             text = self.log_text()
-            ready = len(loaded.findall(text)) >= self.workers or (
-                "hyperscan" in text and "not supported" in text
+            ready = (
+                len(worker_loaded.findall(text)) >= self.workers
+                or bool(main_loaded.search(text) and nothing_to_compile.search(text))
+                or ("hyperscan" in text and "not supported" in text)
             )
             if ready and self._port_open(self.milter_port):
                 return
