@@ -1022,26 +1022,52 @@ worker "rspamd_proxy" {{
             return self.log_path.read_text(errors="replace")
         return ""
 
-    def scanned(self, ids: set[str]) -> tuple[int, dict[str, int]]:
+    def scanned(self, ids: set[str]) -> tuple[int, dict[str, int], int]:
         """How many of ``ids`` (the bench's Message-IDs start with them) a normal worker
-        scanned, by its log's one line per message, and the actions it chose for them."""
-        seen: dict[str, str] = {}
+        scanned, by its log's one line per message; the actions it chose for them; and the
+        DNS requests it made for them (``dns req:`` in the same line)."""
+        seen: dict[str, tuple[str, int]] = {}
         line = re.compile(
-            r"\(normal\).*rspamd_task_write_log: id: <([^.>]+)[^>]*>.*?\(default: \w \(([^)]+)\)"
+            r"\(normal\).*rspamd_task_write_log: id: <([^.>]+)[^>]*>.*?"
+            r"\(default: \w \(([^)]+)\).*?, dns req: (\d+)"
         )
         for found in line.finditer(self.log_text()):
             if found.group(1) in ids:
-                seen[found.group(1)] = found.group(2)
+                seen[found.group(1)] = (found.group(2), int(found.group(3)))
         actions: dict[str, int] = {}
-        for action in seen.values():
+        for action, _ in seen.values():
             actions[action] = actions.get(action, 0) + 1
-        return len(seen), actions
+        return len(seen), actions, sum(dns for _, dns in seen.values())
 
     def tail(self, lines: int = 15) -> str:
         return tail(self.log_path if self.log_path.exists() else self.root / "stdout.log", lines)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def cpu_by_process(self) -> dict[str, float]:
+        """CPU seconds of Rspamd's processes by kind (main, normal, rspamd_proxy, hs_helper),
+        from the titles they give themselves ("rspamd: normal process ...")."""
+        seconds: dict[str, float] = {}
+        if self.proc is None:
+            return seconds
+        session = self.proc.pid
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                title = (
+                    (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                )
+            except (OSError, IndexError):
+                continue
+            if session not in (int(fields[2]), int(fields[3])) or not title.startswith("rspamd:"):
+                continue
+            kind = title.split()[1]
+            used = (int(fields[11]) + int(fields[12])) / _CLK_TCK
+            seconds[kind] = seconds.get(kind, 0.0) + used
+        return seconds
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -1724,6 +1750,7 @@ def through_postfix(
         log(f"{name}: starting a private Postfix on 127.0.0.1:{postfix.port}")
         postfix.start()
         problem = warm_up(name, postfix.port, sink, cfg, size, 120)
+        rspamd_before = rspamd.cpu_by_process() if rspamd else {}
         row = run_through(
             name,
             "postfix-rspamd" if rspamd else "postfix",
@@ -1737,7 +1764,13 @@ def through_postfix(
         if problem:
             row.note = "; ".join(filter(None, [problem, row.note]))
         if rspamd is not None:
-            count, actions = rspamd.scanned({message_id for message_id, _ in batch})
+            count, actions, dns = rspamd.scanned({message_id for message_id, _ in batch})
+            # the row's window runs to the last delivery; this one a little longer (idle)
+            rspamd_after = rspamd.cpu_by_process()
+            by_kind = {
+                kind: 1000 * (used - rspamd_before.get(kind, 0.0)) / max(1, row.delivered)
+                for kind, used in sorted(rspamd_after.items())
+            }
             row.note = "; ".join(
                 filter(
                     None,
@@ -1745,7 +1778,9 @@ def through_postfix(
                         row.note,
                         f"rspamd scanned {count}/{len(batch)} ("
                         + ", ".join(f"{k} {v}" for k, v in sorted(actions.items()))
-                        + ")",
+                        + f"), {dns} DNS requests",
+                        "rspamd CPU ms/msg by process: "
+                        + ", ".join(f"{k} {v:.2f}" for k, v in by_kind.items()),
                     ],
                 )
             )
