@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
-"""SMTP throughput bench: Moat against Postfix and against the bare ceiling.
+"""SMTP throughput bench: Moat against Postfix, Postfix + Rspamd and the bare ceiling.
 
 Run from the repository root::
 
     .venv/bin/python bench/smtp_bench.py [--messages N] [--concurrency C] [--sizes 5k,50k]
-                                         [--skip-moat] [--database sqlite|postgresql]
+                                         [--skip-moat] [--skip-rspamd]
+                                         [--database sqlite|postgresql]
 
 For every message size it measures, on the same generated messages, with Postfix's
 ``smtp-sink`` as the receiving server on a loopback port:
 
 * ``smtp-source -> sink`` and ``driver -> sink``: the ceiling (no MTA in between);
 * ``driver -> postfix -> sink``: a private Postfix instance relaying to the sink;
+* ``driver -> postfix+rspamd -> sink``: the same with a private Rspamd as Postfix's milter
+  (every message scanned before the 250: the filtering gateway admins wire by hand);
 * ``driver -> moat -> sink``: Moat (``python -m services``) relaying to the sink.
 
 "driver" is this script's own asyncio SMTP client (aiosmtplib). Each delivery is counted at the
