@@ -9,7 +9,8 @@ probability (ranks only). The variants (docs/classifier.md, "Tried"):
 
 - ``lr``: the shipped model's training;
 - ``-trace``: without the hop count (``h:received:N``), the header count and the Date's zone,
-  which say more about the collecting mailbox and the sender's locale than about spam;
+  which say more about the collecting mailbox and the sender's locale than about spam (shipped
+  since 2026-12-07: the tokenizer no longer makes them, so on its tokens this is ``lr``);
 - ``-xheaders``: without the presence and order of ``X-`` headers (list managers, MTAs and
   mailers write them: ``x-beenthere``, ``x-mailman-version``...);
 - ``-sourcey``: without tokens that one source uses and the others do not, within a class:
