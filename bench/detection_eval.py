@@ -35,7 +35,7 @@ import sys
 import tarfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -108,11 +108,12 @@ def load(corpus: Path, max_per_source: int, cache: Path | None) -> list[Mail]:
     tokenizer_hash = hashlib.sha256(
         (ROOT / "services/scanner/classifier/tokenizer.py").read_bytes()
     ).hexdigest()[:12]
-    key = f"{tokenizer_hash}-{max_per_source}"
+    # the fields as tuples, not Mail objects: a Mail pickled by this file run as a script is
+    # ``__main__.Mail``, which the benches that import it could not read back
+    key = f"{tokenizer_hash}-{max_per_source}-fields"
     if cache and (cache / f"{key}.pickle").exists():  # bench-private cache, our own file
         with open(cache / f"{key}.pickle", "rb") as handle:
-            cached: list[Mail] = pickle.load(handle)
-            return cached
+            return [Mail(*fields) for fields in pickle.load(handle)]
     mails: list[Mail] = []
     for source, folder in SOURCES.items():
         files = [
@@ -147,7 +148,7 @@ def load(corpus: Path, max_per_source: int, cache: Path | None) -> list[Mail]:
     if cache:
         cache.mkdir(parents=True, exist_ok=True)
         with open(cache / f"{key}.pickle", "wb") as handle:
-            pickle.dump(mails, handle)
+            pickle.dump([astuple(m) for m in mails], handle)
     return mails
 
 
