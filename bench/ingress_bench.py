@@ -132,7 +132,7 @@ def main(argv: list[str]) -> int:
         print(f"ingress CPU (its process, measured messages only): {per:.2f} ms/msg")
     prof = Path(f"{out}.prof.txt")
     if prof.exists():
-        print(prof.read_text()[:6000])
+        print(prof.read_text()[:14000])
     sb.shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
