@@ -12,7 +12,6 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from ulid import ULID
 
-
 # The ids' randomness, read from the kernel a few hundred ids at a time. os.urandom releases the
 # GIL for its system call, and on ingress's event loop, with the spool's and the database's
 # threads busy, getting it back cost 0.24 ms a message (cProfile, 20 sessions): a tenth of
