@@ -122,6 +122,9 @@ class BackgroundStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._queue: queue.Queue[logging.LogRecord | None] = queue.Queue(self.QUEUE_LIMIT)
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
+        # Serialises writes to the stream. Not the handler's own lock: logging.shutdown holds
+        # that while it flushes, and the flush waits for the writer thread to empty the queue.
+        self._stream_lock = threading.RLock()
 
     def handle(self, record: logging.LogRecord) -> bool:
         try:
@@ -129,8 +132,8 @@ class BackgroundStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except RuntimeError:
             self.flush()  # the queued lines first: they were logged before this one
             return bool(super().handle(record))
-        # On an event loop: filter here (the queue id lives in this task's context), never
-        # take the handler's lock (the writer holds it while the stream blocks).
+        # On an event loop: filter here (the queue id lives in this task's context), and take
+        # no lock a write to the stream holds.
         rv = self.filter(record)
         if isinstance(rv, logging.LogRecord):
             record = rv
@@ -156,21 +159,28 @@ class BackgroundStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
             try:
                 if record is None:
                     return
-                self.acquire()
-                try:
-                    self.emit(record)
-                finally:
-                    self.release()
+                self.emit(record)
             finally:
                 self._queue.task_done()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._stream_lock:
+            super().emit(record)
 
     def flush(self) -> None:
         """Wait until every queued line is written, then flush the stream."""
         writer = self._writer
-        # Not on the writer itself: ``emit`` flushes after each line it writes.
-        if writer is not None and writer.is_alive() and threading.current_thread() is not writer:
+        if writer is not None and threading.current_thread() is writer:
+            # ``emit`` flushes after each line; the handler's lock may be held by a thread
+            # waiting for this one (logging.shutdown), so the stream is flushed without it.
+            with self._stream_lock:
+                if self.stream and hasattr(self.stream, "flush"):
+                    self.stream.flush()
+            return
+        if writer is not None and writer.is_alive():
             self._queue.join()
-        super().flush()
+        with self._stream_lock:
+            super().flush()
 
     def close(self) -> None:
         writer = self._writer

@@ -10,6 +10,7 @@ import logging
 import re
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -247,3 +248,40 @@ def test_an_event_loop_never_waits_for_a_blocked_log_stream() -> None:
     ]
     assert lines[0].endswith("ingress INFO services.ingress.handler: queued 01TESTQUEUE000")
     assert lines[100].endswith("after the loop")
+
+
+def test_logging_shutdown_writes_the_queued_lines_and_returns() -> None:
+    """logging.shutdown (at exit) holds the handler's lock while it flushes and closes: the
+    writer thread must not need that lock to empty the queue."""
+
+    class SlowStream(io.StringIO):
+        def write(self, text: str) -> int:
+            time.sleep(0.002)
+            return super().write(text)
+
+    stream = SlowStream()
+    handler = logs.BackgroundStreamHandler(stream)
+    handler.setFormatter(logs.ConsoleFormatter("ingress"))
+    log = logging.getLogger("test.shutdown")
+    log.propagate = False
+    log.addHandler(handler)
+
+    async def accept() -> None:
+        for n in range(50):
+            log.warning("line %d", n)
+
+    try:
+        asyncio.run(accept())
+        done = threading.Event()
+
+        def shutdown() -> None:
+            logging.shutdown([weakref.ref(handler)])
+            done.set()
+
+        threading.Thread(target=shutdown, daemon=True).start()
+        assert done.wait(10), "logging.shutdown deadlocked with the writer thread"
+    finally:
+        log.removeHandler(handler)
+        log.propagate = True
+    lines = stream.getvalue().splitlines()
+    assert [line.rsplit(" ", 1)[1] for line in lines] == [str(n) for n in range(50)]
