@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
-"""SMTP throughput bench: Moat against Postfix and against the bare ceiling.
+"""SMTP throughput bench: Moat against Postfix, Postfix + Rspamd and the bare ceiling.
 
 Run from the repository root::
 
     .venv/bin/python bench/smtp_bench.py [--messages N] [--concurrency C] [--sizes 5k,50k]
-                                         [--skip-moat] [--database sqlite|postgresql]
+                                         [--skip-moat] [--skip-rspamd]
+                                         [--database sqlite|postgresql]
 
 For every message size it measures, on the same generated messages, with Postfix's
 ``smtp-sink`` as the receiving server on a loopback port:
 
 * ``smtp-source -> sink`` and ``driver -> sink``: the ceiling (no MTA in between);
 * ``driver -> postfix -> sink``: a private Postfix instance relaying to the sink;
+* ``driver -> postfix+rspamd -> sink``: the same with a private Rspamd as Postfix's milter
+  (every message scanned before the 250: the filtering gateway admins wire by hand);
 * ``driver -> moat -> sink``: Moat (``python -m services``) relaying to the sink.
 
 "driver" is this script's own asyncio SMTP client (aiosmtplib). Each delivery is counted at the
@@ -770,7 +773,9 @@ postlog    unix-dgram n - n - 1 postlogd
 class PostfixInstance:
     """Postfix with its own config, queue and data directories; never the system instance."""
 
-    def __init__(self, workdir: Path, sink_port: int, concurrency: int) -> None:
+    def __init__(
+        self, workdir: Path, sink_port: int, concurrency: int, milter_port: int | None = None
+    ) -> None:
         self.base = workdir / "postfix"
         self.etc = self.base / "etc"
         self.queue = self.base / "queue"
@@ -808,6 +813,17 @@ class PostfixInstance:
             "default_process_limit": str(max(100, concurrency + 10)),
             "smtpd_client_connection_count_limit": str(max(50, concurrency + 10)),
         }
+        if milter_port is not None:
+            # Rspamd's proxy worker in milter mode, wired as Rspamd's Postfix guide does it:
+            # every message is scanned before the 250, and mail is accepted if Rspamd is down.
+            main_cf.update(
+                {
+                    "smtpd_milters": f"inet:127.0.0.1:{milter_port}",
+                    "milter_default_action": "accept",
+                    "milter_protocol": "6",
+                    "milter_mail_macros": "i {mail_addr} {client_addr} {client_name} {auth_authen}",
+                }
+            )
         (self.etc / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in main_cf.items()))
         (self.etc / "master.cf").write_text(_MASTER_CF.format(port=self.port))
 
@@ -853,6 +869,220 @@ class PostfixInstance:
         if pid and _alive(pid) and _comm(pid) == "master":
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------------------------
+# Reference filter: Rspamd behind the private Postfix, through its milter interface
+# --------------------------------------------------------------------------------------------
+
+RSPAMD = Path("/usr/bin/rspamd")
+RSPAMD_CONFDIR = Path("/etc/rspamd")
+ENSURE_RSPAMD = REPO / "scripts" / "ensure-rspamd.sh"
+
+
+def ensure_rspamd() -> str | None:
+    """Install Debian's rspamd through scripts/ensure-rspamd.sh if it is missing (the bench's
+    helper; ``make test`` never runs it); return why it could not, or None when OK."""
+    if RSPAMD.exists():
+        return None
+    log("rspamd is not installed: scripts/ensure-rspamd.sh (Debian's package, service not started)")
+    try:
+        done = run_cmd([str(ENSURE_RSPAMD)], 900)
+    except BenchError as exc:
+        return f"could not install rspamd: {exc}"
+    if done.returncode != 0 or not RSPAMD.exists():
+        last = (done.stdout + done.stderr).strip().splitlines()[-3:]
+        return f"scripts/ensure-rspamd.sh failed (rc={done.returncode}): {' | '.join(last)}"
+    return None
+
+
+class RspamdInstance:
+    """A private Rspamd: the stock rules and scores (``$CONFDIR/common.conf``), normal workers
+    on a free loopback port, its proxy worker in milter mode (upstream: those workers) for
+    Postfix, no controller, no fuzzy storage; config, pid file, log and databases in the temp
+    dir. No Redis (Bayes and the Redis-backed modules stay off) and nothing leaves the machine:
+    the modules that look things up in DNS per message or talk to other servers are off (the
+    same list as bench/scanner_bench.py's ``local`` profile), and the resolver is a loopback
+    port nobody listens on, so what is left (maps on maps.rspamd.com) fails at once."""
+
+    def __init__(self, workdir: Path, name: str, db_dir: Path, limit: float) -> None:
+        # lazy: scanner_bench imports this module; the module lists are its own
+        from scanner_bench import rspamd_modules_off
+
+        self.root = workdir / f"rspamd-{name}"
+        local = self.root / "local"
+        for sub in ("run", "log", "local/local.d", "local/override.d"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        db_dir.mkdir(exist_ok=True)  # shared between sizes: the hyperscan cache compiles once
+        self.modules_off = rspamd_modules_off("local")
+        for module in self.modules_off:
+            (local / "override.d" / f"{module}.conf").write_text("enabled = false;\n")
+        # the phishing module looks every URL up under phishtank.rspamd.com
+        (local / "local.d" / "phishing.conf").write_text("phishtank_enabled = false;\n")
+        # Mail from loopback counts as local, and local mail is DKIM/ARC-signed by default: an
+        # MX scanning inbound mail signs nothing (and here there is no key to sign with).
+        for module in ("dkim_signing", "arc"):
+            (local / "local.d" / f"{module}.conf").write_text("sign_local = false;\n")
+        self.normal_port = free_port()
+        self.milter_port = free_port()
+        dead_dns = free_port()  # closed UDP port on loopback: lookups are refused at once
+        self.workers = os.cpu_count() or 1  # the stock count of normal workers, said out loud
+        self.log_path = self.root / "log" / "rspamd.log"
+        (self.root / "options.override").write_text(
+            f'dns {{ nameserver = ["127.0.0.1:{dead_dns}"]; timeout = 1s; retransmits = 1; }}\n'
+        )
+        self.conf = self.root / "rspamd.conf"
+        self.conf.write_text(
+            f"""# moat smtp bench: a private rspamd, nothing shared with the system service
+.include "$CONFDIR/common.conf"
+options {{
+    pidfile = "{self.root}/run/rspamd.pid";
+    .include "$CONFDIR/options.inc"
+    .include(priority=10) "{self.root}/options.override"
+}}
+logging {{
+    type = "file";
+    filename = "{self.log_path}";
+    .include "$CONFDIR/logging.inc"
+}}
+worker "normal" {{
+    bind_socket = "127.0.0.1:{self.normal_port}";
+    .include "$CONFDIR/worker-normal.inc"
+    count = {self.workers};
+}}
+worker "rspamd_proxy" {{
+    bind_socket = "127.0.0.1:{self.milter_port}";
+    milter = yes;
+    timeout = 120s;
+    upstream "local" {{
+        default = yes;
+        hosts = "127.0.0.1:{self.normal_port}";
+    }}
+    count = 1;
+    max_retries = 5;
+    discard_on_reject = false;
+    quarantine_on_reject = false;
+    spam_header = "X-Spam";
+    reject_message = "Spam message rejected";
+}}
+"""
+        )
+        try:
+            user = pwd.getpwnam("_rspamd")
+            owner = ["-u", "_rspamd", "-g", "_rspamd"]
+            for path in (self.root / "run", self.root / "log", db_dir):
+                os.chown(path, user.pw_uid, user.pw_gid)
+        except KeyError:
+            owner = ["-i"]  # no _rspamd user: run as root, which rspamd wants said out loud
+        self.argv = [str(RSPAMD), "-f", "-c", str(self.conf), *owner]
+        for var, value in (
+            ("CONFDIR", RSPAMD_CONFDIR),
+            ("LOCAL_CONFDIR", local),
+            ("DBDIR", db_dir),
+            ("RUNDIR", self.root / "run"),
+            ("LOGDIR", self.root / "log"),
+        ):
+            self.argv += ["--var", f"{var}={value}"]
+        self.limit = limit
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 300) -> None:
+        """Start it and wait until the milter port takes connections and every normal worker
+        has loaded the hyperscan database (compiled at the first start, about 35 s on 2 cores;
+        until then the regexp rules run without it, slower)."""
+        self.proc = spawn(self.argv, log_path=self.root / "stdout.log", limit=self.limit)
+        deadline = time.monotonic() + timeout
+        # First start: the hs_helper compiles, then each worker logs that it loaded the
+        # database. With the cache in the shared db dir, the main process loads it before it
+        # forks the workers (they inherit it) and the helper finds nothing to compile.
+        worker_loaded = re.compile(r"\(normal\).*(hyperscan_ready|hyperscan database .* loaded)")
+        main_loaded = re.compile(r"\(main\).*full hyperscan database of \d+ regexps .*loaded")
+        nothing_to_compile = re.compile(r"\(hs_helper\).*compiled 0 regular expressions")
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise BenchError(f"rspamd exited:\n{self.tail()}")
+            text = self.log_text()
+            ready = (
+                len(worker_loaded.findall(text)) >= self.workers
+                or bool(main_loaded.search(text) and nothing_to_compile.search(text))
+                or ("hyperscan" in text and "not supported" in text)
+            )
+            if ready and self._port_open(self.milter_port):
+                return
+            time.sleep(0.5)
+        raise BenchError(f"rspamd was not ready within {timeout:.0f}s:\n{self.tail()}")
+
+    @staticmethod
+    def _port_open(port: int) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def log_text(self) -> str:
+        with contextlib.suppress(OSError):
+            return self.log_path.read_text(errors="replace")
+        return ""
+
+    def scanned(self, ids: set[str]) -> tuple[int, dict[str, int], int]:
+        """How many of ``ids`` (the bench's Message-IDs start with them) a normal worker
+        scanned, by its log's one line per message; the actions it chose for them; and the
+        DNS requests it made for them (``dns req:`` in the same line)."""
+        seen: dict[str, tuple[str, int]] = {}
+        line = re.compile(
+            r"\(normal\).*rspamd_task_write_log: id: <([^.>]+)[^>]*>.*?"
+            r"\(default: \w \(([^)]+)\).*?, dns req: (\d+)"
+        )
+        for found in line.finditer(self.log_text()):
+            if found.group(1) in ids:
+                seen[found.group(1)] = (found.group(2), int(found.group(3)))
+        actions: dict[str, int] = {}
+        for action, _ in seen.values():
+            actions[action] = actions.get(action, 0) + 1
+        return len(seen), actions, sum(dns for _, dns in seen.values())
+
+    def tail(self, lines: int = 15) -> str:
+        return tail(self.log_path if self.log_path.exists() else self.root / "stdout.log", lines)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def cpu_by_process(self) -> dict[str, float]:
+        """CPU seconds of Rspamd's processes by kind (main, normal, rspamd_proxy, hs_helper),
+        from the titles they give themselves ("rspamd: normal process ...")."""
+        seconds: dict[str, float] = {}
+        if self.proc is None:
+            return seconds
+        session = self.proc.pid
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                title = (
+                    (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                )
+            except (OSError, IndexError):
+                continue
+            if session not in (int(fields[2]), int(fields[3])) or not title.startswith("rspamd:"):
+                continue
+            kind = title.split()[1]
+            used = (int(fields[11]) + int(fields[12])) / _CLK_TCK
+            seconds[kind] = seconds.get(kind, 0.0) + used
+        return seconds
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_group(self.proc, grace=10)
+            self.proc = None
+
+
+def rspamd_version() -> str:
+    with contextlib.suppress(BenchError):
+        done = run_cmd([str(RSPAMD), "--version"], 30)
+        return (done.stdout or done.stderr).strip().splitlines()[0]
+    return "rspamd (version unknown)"
 
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -1111,7 +1341,7 @@ def _pg_exec(admin_url: str, sql: str) -> None:
 @dataclass
 class Row:
     name: str
-    kind: str  # source | ceiling | postfix | moat
+    kind: str  # source | ceiling | postfix | postfix-rspamd | moat | moat-all
     ran: bool = False
     note: str = ""
     sent: int = 0
@@ -1131,6 +1361,9 @@ class Row:
     queue_p99_s: float | None = None
     cpu_ms_per_msg: float | None = None  # CPU of the MTA's processes / delivered messages
     shared_cpu_ms_per_msg: dict[str, float] = field(default_factory=dict)  # RabbitMQ, PostgreSQL
+    # CPU ms/msg of each part of a row made of several programs (postfix, rspamd); their sum
+    # is cpu_ms_per_msg
+    parts_cpu_ms_per_msg: dict[str, float] = field(default_factory=dict)
     others_cpu: float | None = None  # share of the CPUs other processes used during the row
 
 
@@ -1182,18 +1415,24 @@ def run_through(
     alive: Callable[[], bool] | None = None,
     cpu_group: int | None = None,
     extra_pids: dict[str, int] | None = None,
+    part_groups: dict[str, int] | None = None,
 ) -> Row:
     """``extra_pids``: processes of the row's own outside Moat's group (clamd), whose CPU is
-    reported like RabbitMQ's."""
+    reported like RabbitMQ's. ``part_groups``: further process groups that belong to the MTA
+    under test (Rspamd behind Postfix): their CPU is added to the row's CPU ms/msg and shown
+    per part in a note."""
     row = Row(name=name, kind=kind)
     moat = kind.startswith("moat")
     extra = extra_pids or {}
+    parts = part_groups or {}
     wait_idle(cfg)
     log(f"{name}: sending {len(batch)} messages over {cfg.concurrency} sessions")
     cpu_before = group_cpu_seconds(cpu_group) if cpu_group else 0.0
+    parts_before = {part: group_cpu_seconds(group) for part, group in parts.items()}
     shared_before = shared_cpu_seconds() if moat else {}
     shared_before.update({name: pid_cpu_seconds(pid) for name, pid in extra.items()})
-    watch = CpuWatch([sink.proc.pid, *([cpu_group] if cpu_group else [])], moat, extra)
+    groups = [sink.proc.pid, *([cpu_group] if cpu_group else []), *parts.values()]
+    watch = CpuWatch(groups, moat, extra)
     result = drive(
         port,
         batch,
@@ -1227,6 +1466,12 @@ def run_through(
     if cpu_group and arrived:
         spent = group_cpu_seconds(cpu_group) - cpu_before
         row.cpu_ms_per_msg = 1000 * spent / len(arrived)
+        if parts:
+            row.parts_cpu_ms_per_msg[kind.split("-")[0]] = round(row.cpu_ms_per_msg, 2)
+            for part, group in parts.items():
+                used = 1000 * (group_cpu_seconds(group) - parts_before[part]) / len(arrived)
+                row.parts_cpu_ms_per_msg[part] = round(used, 2)
+                row.cpu_ms_per_msg += used
         after = {**shared_cpu_seconds(), **{n: pid_cpu_seconds(p) for n, p in extra.items()}}
         for service, before in shared_before.items():
             used = 1000 * (after[service] - before) / len(arrived)
@@ -1236,7 +1481,7 @@ def run_through(
     if arrived:
         row.e2e_s = max(arrived.values()) - result.start_wall
         row.e2e_rate = len(arrived) / row.e2e_s if row.e2e_s > 0 else None
-        if kind == "postfix" or moat:
+        if kind.startswith("postfix") or moat:
             # file mtimes tick with the kernel's coarse clock: clamp the few ms below zero
             waits = [max(0.0, arrived[i] - result.accepted_at[i]) for i in arrived]
             row.queue_p50_s = percentile(waits, 0.50)
@@ -1248,6 +1493,11 @@ def run_through(
         )
     if got.duplicates:
         notes.append(f"{got.duplicates} duplicate deliveries")
+    if row.parts_cpu_ms_per_msg:
+        notes.append(
+            "CPU ms/msg by part: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in row.parts_cpu_ms_per_msg.items())
+        )
     if row.shared_cpu_ms_per_msg:
         notes.append(
             "CPU ms/msg outside Moat's processes, in the shared services: "
@@ -1345,6 +1595,24 @@ def bench_size(
     else:
         try:
             row = through_postfix(row.name, size, cfg, workdir, batch, limit, stack)
+        except BenchError as exc:
+            row.note = f"could not run: {exc}"
+            problems.append(f"{format_size(size)} {row.name}: {exc}")
+    rows.append(row)
+
+    # b'. Postfix relaying to the sink, every message scanned by Rspamd through its milter
+    row = Row(name=f"driver -> postfix+rspamd -> {sink_kind}", kind="postfix-rspamd")
+    if cfg.fallback_sink:
+        row.note = "skipped: postfix unavailable"
+    elif args.skip_rspamd:
+        row.note = "skipped (--skip-rspamd)"
+    elif args.rspamd_missing:
+        row.note = f"skipped: {args.rspamd_missing}"
+    else:
+        try:
+            row = through_postfix(
+                row.name, size, cfg, workdir, batch, limit, stack, rspamd_db=workdir / "rspamd-db"
+            )
         except BenchError as exc:
             row.note = f"could not run: {exc}"
             problems.append(f"{format_size(size)} {row.name}: {exc}")
@@ -1460,26 +1728,75 @@ def through_postfix(
     batch: list[tuple[str, bytes]],
     limit: float,
     stack: contextlib.ExitStack,
+    rspamd_db: Path | None = None,
 ) -> Row:
-    sink = Sink(workdir, f"m{size}-postfix", limit, fallback=False)
+    """Postfix relaying to a fresh sink; with ``rspamd_db``, a private Rspamd (its databases
+    and hyperscan cache there) scans every message through Postfix's milter interface."""
+    tag = f"{size}-rspamd" if rspamd_db else f"{size}"
+    sink = Sink(workdir, f"m{tag}-postfix", limit, fallback=False)
     stack.callback(sink.clear)
     stack.callback(sink.stop)
-    postfix = PostfixInstance(workdir / f"pf{size}", sink.port, cfg.concurrency)
+    rspamd = None
+    parts: dict[str, int] = {}
+    if rspamd_db is not None:
+        rspamd = RspamdInstance(workdir, str(size), rspamd_db, limit)
+        stack.callback(rspamd.stop)
+        log(f"{name}: starting a private Rspamd, milter on 127.0.0.1:{rspamd.milter_port}")
+        rspamd.start()
+        assert rspamd.proc is not None
+        parts["rspamd"] = rspamd.proc.pid
+    postfix = PostfixInstance(
+        workdir / f"pf{tag}", sink.port, cfg.concurrency, rspamd.milter_port if rspamd else None
+    )
     stack.callback(postfix.stop)
     try:
         log(f"{name}: starting a private Postfix on 127.0.0.1:{postfix.port}")
         postfix.start()
         problem = warm_up(name, postfix.port, sink, cfg, size, 120)
+        rspamd_before = rspamd.cpu_by_process() if rspamd else {}
         row = run_through(
-            name, "postfix", postfix.port, sink, cfg, batch, cpu_group=postfix.process_group()
+            name,
+            "postfix-rspamd" if rspamd else "postfix",
+            postfix.port,
+            sink,
+            cfg,
+            batch,
+            cpu_group=postfix.process_group(),
+            part_groups=parts,
         )
         if problem:
             row.note = "; ".join(filter(None, [problem, row.note]))
+        if rspamd is not None:
+            count, actions, dns = rspamd.scanned({message_id for message_id, _ in batch})
+            # the row's window runs to the last delivery; this one a little longer (idle)
+            rspamd_after = rspamd.cpu_by_process()
+            by_kind = {
+                kind: 1000 * (used - rspamd_before.get(kind, 0.0)) / max(1, row.delivered)
+                for kind, used in sorted(rspamd_after.items())
+            }
+            row.note = "; ".join(
+                filter(
+                    None,
+                    [
+                        row.note,
+                        f"rspamd scanned {count}/{len(batch)} ("
+                        + ", ".join(f"{k} {v}" for k, v in sorted(actions.items()))
+                        + f"), {dns} DNS requests",
+                        "rspamd CPU ms/msg by process: "
+                        + ", ".join(f"{k} {v:.2f}" for k, v in by_kind.items()),
+                    ],
+                )
+            )
+            if not rspamd.alive():
+                row.note = "; ".join(filter(None, [row.note, "Rspamd exited during the run"]))
         return row
     except BenchError as exc:
-        raise BenchError(f"{exc}\n{tail(postfix.log_path)}") from None
+        logs = tail(postfix.log_path) + (f"\n{rspamd.tail()}" if rspamd else "")
+        raise BenchError(f"{exc}\n{logs}") from None
     finally:
         postfix.stop()
+        if rspamd is not None:
+            rspamd.stop()
         sink.stop()
         sink.clear()
 
@@ -1610,23 +1927,39 @@ def report(size: int, cfg: Config, rows: list[Row], busy: float) -> str:
     for name, note in notes:
         out.append(f"  note ({name}): {note}")
     kinds = {row.kind: row for row in rows}
-    postfix = kinds.get("postfix")
+    postfix, postfix_rspamd = kinds.get("postfix"), kinds.get("postfix-rspamd")
     ceiling, source = kinds.get("ceiling"), kinds.get("source")
     for who, moat in (("Moat", kinds.get("moat")), ("Moat+ClamAV", kinds.get("moat-all"))):
         if not (moat and moat.ran):
             continue
         out.append("")
         for label, ref in (
+            ("Postfix+Rspamd", postfix_rspamd),
             ("Postfix relay", postfix),
             ("ceiling (driver -> sink)", ceiling),
             ("ceiling (smtp-source -> sink)", source),
         ):
             if ref and ref.ran:
-                out.append(
+                line = (
                     f"  {who} / {label:<30} end-to-end {_ratio(moat.e2e_rate, ref.e2e_rate):>7}"
                     f"   accepted {_ratio(moat.accepted_rate, ref.accepted_rate):>7}"
                 )
+                if ref.kind.startswith("postfix"):
+                    line += f"   CPU/msg {_ratio(total_cpu_ms(moat), total_cpu_ms(ref)):>7}"
+                out.append(line)
+    if any(row.kind.startswith("moat") and row.ran for row in rows):
+        out.append(
+            "  (CPU/msg: every process of the row, Moat's RabbitMQ, PostgreSQL and clamd included)"
+        )
     return "\n".join(out)
+
+
+def total_cpu_ms(row: Row) -> float | None:
+    """A row's CPU per message with the shared services it used (RabbitMQ, PostgreSQL, clamd):
+    the figure to compare with Postfix+Rspamd, whose every process is in its own column."""
+    if row.cpu_ms_per_msg is None:
+        return None
+    return row.cpu_ms_per_msg + sum(row.shared_cpu_ms_per_msg.values())
 
 
 # --------------------------------------------------------------------------------------------
@@ -1646,6 +1979,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--skip-all-engines",
         action="store_true",
         help="no row for Moat with every engine on (ClamAV: a clamd of the bench's own)",
+    )
+    parser.add_argument(
+        "--skip-rspamd",
+        action="store_true",
+        help="no Postfix+Rspamd row (Postfix scanning through Rspamd's milter interface)",
     )
     parser.add_argument(
         "--database",
@@ -1745,6 +2083,12 @@ def main(argv: list[str]) -> int:
             if missing:
                 log(f"WARNING: {missing}; skipping smtp-source/smtp-sink/Postfix references")
                 problems.append(missing)
+            args.rspamd_missing = None if args.skip_rspamd or missing else ensure_rspamd()
+            if args.rspamd_missing:
+                log(f"WARNING: {args.rspamd_missing}; skipping the Postfix+Rspamd row")
+                problems.append(args.rspamd_missing)
+            elif not args.skip_rspamd and not missing:
+                log(f"Postfix+Rspamd row: {rspamd_version()}")
             cfg = Config(
                 messages=args.messages,
                 concurrency=args.concurrency,

@@ -35,7 +35,13 @@ OVERLAYS = ["dev", "prod", "prod-hpa"]
 SERVICES = ["ingress", "scanner", "delivery", "api"]
 # The small HTTP port of each service (/healthz, /readyz, /metrics); the API's is its HTTPS port.
 HEALTH_PORTS = {"scanner": 9101, "delivery": 9102, "ingress": 9103, "api": 8443}
-CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication", "RabbitmqCluster", "PodMonitor"}
+# Custom resources (KEDA, the RabbitMQ Cluster Operator, the Prometheus Operator): no schema in
+# kubernetes-validate, so they are held to their rules by the tests below instead.
+CUSTOM_KINDS = {
+    "ScaledObject", "TriggerAuthentication", "RabbitmqCluster",
+    "PodMonitor", "ServiceMonitor", "PrometheusRule",
+}  # fmt: skip
+ALERTS = ROOT / "deploy" / "prometheus" / "moat-alerts.yaml"
 
 # Every port each service may connect to (DNS aside), and nothing more: the table of
 # docs/deployment.md. The object store is 443 (base, prod) or SeaweedFS's 8333 (dev).
@@ -56,7 +62,10 @@ _BASE = {
     "PodDisruptionBudget": 5,  # the four services, ClamAV
     "NetworkPolicy": 9,  # default-deny, the 6 moat-*, clamav, redis
 }  # fmt: skip
-_PROD = {"RabbitmqCluster": 1, "PodMonitor": 1, "NetworkPolicy": 10}
+_PROD = {
+    "RabbitmqCluster": 1, "PodMonitor": 1, "ServiceMonitor": 1, "PrometheusRule": 1,
+    "NetworkPolicy": 10,
+}  # fmt: skip
 OBJECTS = {
     "dev": {**_BASE, "Deployment": 9, "Service": 7, "NetworkPolicy": 12},
     "prod": {**_BASE, **_PROD, "ScaledObject": 2, "TriggerAuthentication": 1},
@@ -249,7 +258,10 @@ def test_overlay_is_valid_kubernetes(overlay: str) -> None:
             kubernetes_validate.validate(doc, version, strict=True)
         except kubernetes_validate.SchemaNotFoundError:
             assert doc["kind"] in CUSTOM_KINDS, doc["kind"]
-        assert doc["metadata"].get("namespace") in (None, "moat"), doc["metadata"]
+        # Every namespaced object in moat, the components' and the overlay's own too: one left
+        # without would land in kubectl's current namespace, away from what it refers to.
+        expected = None if doc["kind"] == "Namespace" else "moat"
+        assert doc["metadata"].get("namespace") == expected, (doc["kind"], doc["metadata"])
     assert {d["kind"] for d in docs} >= {
         "Namespace", "ConfigMap", "Secret", "Deployment", "Service", "Job",
         "PodDisruptionBudget", "NetworkPolicy",
@@ -438,17 +450,86 @@ def test_dev_has_its_dependencies_and_one_replica() -> None:
     assert moat_settings(docs).store.s3.endpoint_url == "http://seaweedfs:8333"
 
 
+def _scraped_ports(docs: list[dict[str, Any]], service: str) -> list[tuple[str, int, str]]:
+    """Every (monitor, container port, scheme) the Prometheus Operator's objects scrape on the
+    pods of ``service``: PodMonitors directly, ServiceMonitors through the Services they select
+    and those Services' pods."""
+    template = of_kind(docs, "Deployment")[f"moat-{service}"]["spec"]["template"]
+    labels = template["metadata"]["labels"]
+    (container,) = template["spec"]["containers"]
+    named = {p["name"]: p["containerPort"] for p in container["ports"]}
+    scraped = []
+    for name, monitor in of_kind(docs, "PodMonitor").items():
+        if selects(monitor["spec"]["selector"], labels):
+            for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+                if endpoint["port"] in named:
+                    scheme = endpoint.get("scheme", "http")
+                    scraped.append((f"PodMonitor/{name}", named[endpoint["port"]], scheme))
+    for name, monitor in of_kind(docs, "ServiceMonitor").items():
+        for svc in of_kind(docs, "Service").values():
+            if not selects(monitor["spec"]["selector"], svc["metadata"]["labels"]):
+                continue
+            if not selects({"matchLabels": svc["spec"]["selector"]}, labels):
+                continue
+            by_name = {port["name"]: port for port in svc["spec"]["ports"]}
+            for endpoint in monitor["spec"]["endpoints"]:
+                port = by_name.get(endpoint["port"])
+                target = port and named.get(port["targetPort"], port["targetPort"])
+                if target:
+                    scheme = endpoint.get("scheme", "http")
+                    scraped.append((f"ServiceMonitor/{name}", target, scheme))
+    return scraped
+
+
 @pytest.mark.parametrize("overlay", ["prod", "prod-hpa"])
-def test_prometheus_finds_every_service(overlay: str) -> None:
+def test_prometheus_scrapes_every_service_once(overlay: str) -> None:
+    """The API through its Service (a ServiceMonitor), the others, whose metrics port is on no
+    Service, through a PodMonitor; each on its health port, once (twice would double every sum
+    over the gateway)."""
     docs = render(overlay)
-    (monitor,) = of_kind(docs, "PodMonitor").values()
-    ports = {endpoint["port"] for endpoint in monitor["spec"]["podMetricsEndpoints"]}
     for service in SERVICES:
-        template = of_kind(docs, "Deployment")[f"moat-{service}"]["spec"]["template"]
-        assert selects(monitor["spec"]["selector"], template["metadata"]["labels"]), service
-        (container,) = template["spec"]["containers"]
-        named = {p["name"]: p["containerPort"] for p in container["ports"]}
-        assert any(named.get(port) == HEALTH_PORTS[service] for port in ports), service
+        scheme = "https" if service == "api" else "http"
+        kind = "ServiceMonitor" if service == "api" else "PodMonitor"
+        ((monitor, port, used),) = _scraped_ports(docs, service)
+        assert (monitor.split("/")[0], port, used) == (kind, HEALTH_PORTS[service], scheme)
+    (monitor,) = of_kind(docs, "ServiceMonitor").values()
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["path"] == "/metrics" and endpoint["tlsConfig"]["insecureSkipVerify"]
+
+
+def test_the_scrape_check_sees_a_missing_or_doubled_target() -> None:
+    docs = [dict(doc) for doc in render("prod")]
+    (monitor,) = of_kind(docs, "PodMonitor").values()
+    assert len(_scraped_ports(docs, "scanner")) == 1
+    # The PodMonitor as it was before the ServiceMonitor (the API too): the API twice.
+    doubled = {
+        **monitor,
+        "metadata": {"name": "moat-old"},
+        "spec": {**monitor["spec"], "selector": {"matchLabels": {}}},
+    }
+    doubled["spec"]["podMetricsEndpoints"] = [
+        *monitor["spec"]["podMetricsEndpoints"],
+        {"port": "https", "path": "/metrics", "scheme": "https"},
+    ]
+    assert len(_scraped_ports([*docs, doubled], "api")) == 2
+    without = [doc for doc in docs if doc["kind"] != "ServiceMonitor"]
+    assert _scraped_ports(without, "api") == []
+
+
+@pytest.mark.parametrize("overlay", ["prod", "prod-hpa"])
+def test_the_prometheus_rule_is_the_alert_rule_file(overlay: str) -> None:
+    """One source of truth: the PrometheusRule carries exactly deploy/prometheus/moat-alerts.yaml
+    (scripts/make-prometheusrule.py writes it; run it after editing the rule file)."""
+    (rule,) = of_kind(render(overlay), "PrometheusRule").values()
+    source = yaml.safe_load(ALERTS.read_text())
+    assert rule["spec"] == {"groups": source["groups"]}, "run scripts/make-prometheusrule.py"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "make-prometheusrule.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
