@@ -159,9 +159,11 @@ class Moat(sb.MoatInstance):
             raise sb.BenchError(f"migrate failed: {migrate.stderr.strip()[-500:]}")
         self.children: list[Any] = []
 
-    def spawn(self, service: str, name: str) -> tuple[Any, int]:
+    def spawn(self, service: str, name: str, nice: int = 0) -> tuple[Any, int]:
+        # ``nice`` as python -m services' supervisor.background_nice does it: before exec.
+        niced = ["nice", "-n", str(nice)] if nice else []
         proc = sb.spawn(
-            [sys.executable, "-m", f"services.{service}"],
+            [*niced, sys.executable, "-m", f"services.{service}"],
             log_path=self.base / f"{name}.log",
             limit=self.limit,
             env=self.env(),

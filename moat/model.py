@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Literal
@@ -9,10 +12,37 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from ulid import ULID
 
+# The ids' randomness, read from the kernel a few hundred ids at a time. os.urandom releases the
+# GIL for its system call, and on ingress's event loop, with the spool's and the database's
+# threads busy, getting it back cost 0.24 ms a message (cProfile, 20 sessions): a tenth of
+# ingress's CPU time per message, for 10 bytes. The bytes are the same kernel randomness.
+_RANDOMNESS = 10  # bytes of a ULID after its 48-bit timestamp
+_POOL_SIZE = 4096
+_random_pool = bytearray()
+_random_lock = threading.Lock()
+
+
+def _reset_random_pool() -> None:
+    # A child made by fork must not hand out its parent's next ids.
+    del _random_pool[:]
+
+
+os.register_at_fork(after_in_child=_reset_random_pool)
+
+
+def _random_bytes() -> bytes:
+    with _random_lock:
+        if len(_random_pool) < _RANDOMNESS:
+            _random_pool[:] = os.urandom(_POOL_SIZE)
+        taken = bytes(_random_pool[-_RANDOMNESS:])
+        del _random_pool[-_RANDOMNESS:]
+        return taken
+
 
 def new_message_id() -> str:
     """A unique id that sorts by arrival time (a ULID, 26 characters)."""
-    return str(ULID())
+    milliseconds = time.time_ns() // 1_000_000
+    return str(ULID.from_bytes(milliseconds.to_bytes(6, "big") + _random_bytes()))
 
 
 def utcnow() -> datetime:

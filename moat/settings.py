@@ -711,6 +711,15 @@ class IngressSettings(BaseModel):
     metrics_port: int = Field(default=9103, ge=0, le=65535)
 
 
+class SupervisorSettings(BaseModel):
+    # ``python -m services`` starts the scanners and delivery this much nicer (setpriority(2))
+    # than ingress and the api: ingress waits on every message while a sender waits for its 250,
+    # scanning and delivery are throughput work behind a queue, so on a busy CPU the scheduler
+    # should run ingress first. 0: every child at the supervisor's own priority. Measured in
+    # docs/performance.md ("Time to 250").
+    background_nice: int = Field(default=0, ge=0, le=19)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MOAT_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -740,6 +749,7 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     broker: BrokerSettings = BrokerSettings()
     ingress: IngressSettings = IngressSettings()
+    supervisor: SupervisorSettings = SupervisorSettings()
     limits: LimitsSettings = LimitsSettings()
     greylist: GreylistSettings = GreylistSettings()
     scanner: ScannerSettings = ScannerSettings()

@@ -28,6 +28,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from moat.migrate import upgrade
@@ -58,6 +59,20 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _prepare_child(nice: int) -> Callable[[], None]:
+    """What a child runs before exec: die with the supervisor, and be ``nice`` nicer. Before
+    exec, so every thread the service starts inherits the priority (niceness is per thread
+    on Linux: a setpriority(2) on a running process's pid would reach its main thread only)."""
+
+    def prepare() -> None:
+        _die_with_parent()
+        if nice:
+            with contextlib.suppress(OSError):
+                os.nice(nice)
+
+    return prepare
+
+
 def describe(status: int) -> str:
     """How a process ended, from Popen's returncode. (uvicorn ends "by SIGTERM" after a clean
     stop on SIGTERM: it raises the signal again once it has shut down.)"""
@@ -82,11 +97,14 @@ class Child:
     restarts: int = 0
     backoff: float = BACKOFF_FIRST  # the wait before its next restart
     restart_at: float | None = None  # while dead: when its backoff is over
+    nice: int = 0  # how much nicer than the supervisor it runs (supervisor.background_nice)
 
     @classmethod
-    def of(cls, service: str, name: str | None = None, env: dict[str, str] | None = None) -> Child:
+    def of(
+        cls, service: str, name: str | None = None, env: dict[str, str] | None = None, nice: int = 0
+    ) -> Child:
         command = [sys.executable, "-m", f"services.{service}"]
-        return cls(name or service, service, command, dict(env or {}))
+        return cls(name or service, service, command, dict(env or {}), nice=nice)
 
     @property
     def running(self) -> bool:
@@ -99,7 +117,7 @@ class Child:
             self.command,
             stdin=subprocess.DEVNULL,
             process_group=0,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_prepare_child(self.nice),
             env={**os.environ, **self.env} if self.env else None,
         )
         self.started = now
@@ -327,20 +345,35 @@ def main() -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
 
+    # Scanning and delivery are throughput work behind a queue; ingress answers senders.
+    background = settings.supervisor.background_nice
     scanners = [
         Child.of(
             "scanner",
             f"scanner-{n}" if args.scanners > 1 else None,
             {"MOAT_SCANNER__METRICS_PORT": str(scanner_port(settings, n))},
+            nice=background,
         )
         for n in range(1, args.scanners + 1)
     ]
     # Started in the reverse of STOP_ORDER: the stages behind ingress come first.
-    children = [Child.of("api"), Child.of("delivery"), *scanners, Child.of("ingress")]
+    children = [
+        Child.of("api"),
+        Child.of("delivery", nice=background),
+        *scanners,
+        Child.of("ingress"),
+    ]
     for child in children:
         child.start(time.monotonic())
         assert child.process is not None
-        log.info("started %s (pid %d)%s", child.name, child.process.pid, probes_at(settings, child))
+        niced = f", nice +{child.nice}" if child.nice else ""
+        log.info(
+            "started %s (pid %d%s)%s",
+            child.name,
+            child.process.pid,
+            niced,
+            probes_at(settings, child),
+        )
     readiness = Readiness(settings, args.ready_timeout)
 
     while stop_signal is None:

@@ -106,6 +106,8 @@ def test_feedback_through_the_api_is_learned_by_the_running_scanner(
         ),
     )
     assert learned == [("ham", "api")]
+    # Log lines reach the file from a writer thread (moat/logs.py): wait for them, briefly.
+    wait_for(lambda: f"{held} as ham: learned" in gateway.log("scanner"), 10, "the line")
     assert f"{held} as ham: learned" in gateway.log("scanner")
 
     with gateway.http() as http:  # the same again counts once

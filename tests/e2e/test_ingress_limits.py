@@ -169,6 +169,8 @@ def test_redis_down_falls_back_to_the_process(make_gateway: Callable[..., Gatewa
         assert first.send("alice@outside.test", "bob@example.test")[0] == 250
         with Client(port, greet=False) as third:  # still limited, by the process's count
             assert third.reply()[0] == 421
+    # Log lines reach the file from a writer thread (moat/logs.py): wait for them, briefly.
+    wait_for(lambda: "Redis unavailable" in gateway.log("ingress"), 10, "the Redis warning")
     assert gateway.log("ingress").count("Redis unavailable") == 1
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.test_ingress_limits import Client
-from tests.harness import Gateway
+from tests.harness import Gateway, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -59,6 +59,13 @@ def test_the_proxied_address_is_recorded(
     [stored] = (gateway.workdir / "spool").rglob(f"{message_id}*")
     received = stored.read_bytes().split(b"\r\n", 1)[0]
     assert received.startswith(b"Received: from client.test ([203.0.113.7])"), received
+    # Log lines reach the file from a writer thread (moat/logs.py): wait for them, briefly.
+    wait_for(
+        lambda: f"queued {message_id} " in gateway.log("ingress")
+        and "relay denied: mallory@outside.test" in gateway.log("ingress"),
+        10,
+        "the ingress's log lines",
+    )
     assert f"queued {message_id} " in gateway.log("ingress")
     assert re.search(rf"queued {message_id} .* client=203\.0\.113\.7", gateway.log("ingress"))
     assert "relay denied: mallory@outside.test -> victim@elsewhere.test from 203.0.113.7" in (

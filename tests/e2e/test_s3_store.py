@@ -82,6 +82,8 @@ def test_a_failing_store_means_451(
             client.sendmail("alice@outside.test", ["bob@example.test"], message.as_bytes())
     assert refused.value.smtp_code == 451
     assert b"4.3.0" in refused.value.smtp_error
+    # Log lines reach the file from a writer thread (moat/logs.py): wait for them, briefly.
+    wait_for(lambda: "s3://moat-no-such-bucket" in gateway.log("ingress"), 10, "the error line")
     assert "ERROR" in gateway.log("ingress") and "s3://moat-no-such-bucket" in gateway.log(
         "ingress"
     )

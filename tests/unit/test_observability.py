@@ -3,10 +3,14 @@ that exist, the JSON log format, reply classes, and the supervisor's probe ports
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
 import re
+import threading
+import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -192,3 +196,92 @@ def test_each_scanner_replica_gets_its_own_probe_port() -> None:
     assert probes_at(settings, child).endswith("http://127.0.0.1:9201")
     assert probes_at(settings, Child.of("delivery")).endswith("http://127.0.0.1:9102")
     assert probes_at(off, Child.of("scanner", None, {"MOAT_SCANNER__METRICS_PORT": "0"})) == ""
+
+
+def test_an_event_loop_never_waits_for_a_blocked_log_stream() -> None:
+    """A line logged on an event loop is queued; the writer thread writes it once the stream
+    unblocks; a flush (what logging.shutdown does at exit) waits until every line is out, in
+    the order logged. Lines from a thread without a loop come after the queued ones."""
+
+    class BlockedStream(io.StringIO):
+        def __init__(self) -> None:
+            super().__init__()
+            self.unblocked = threading.Event()
+
+        def write(self, text: str) -> int:
+            self.unblocked.wait(10)
+            return super().write(text)
+
+    root = logging.getLogger()
+    saved = list(root.handlers), root.level
+    stream = BlockedStream()
+    logs.setup_logging("ingress", "INFO", "console")
+    handler = root.handlers[0]
+    assert isinstance(handler, logs.BackgroundStreamHandler)
+    handler.setStream(stream)
+    log = logging.getLogger("services.ingress.handler")
+
+    async def accept() -> float:
+        started = time.perf_counter()
+        for n in range(100):
+            logs.bind_queue_id(f"01TESTQUEUE{n:03d}")
+            log.info("queued %s", f"01TESTQUEUE{n:03d}")
+        logs.bind_queue_id(None)
+        return time.perf_counter() - started
+
+    try:
+        seconds = asyncio.run(accept())
+        assert seconds < 1.0, "the loop waited for the stream"
+        assert stream.getvalue() == ""
+        stream.unblocked.set()
+        log.info("after the loop")  # no loop here: written after the queued lines
+        handler.flush()
+        lines = stream.getvalue().splitlines()
+    finally:
+        logging.captureWarnings(False)
+        handler.close()
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    assert len(lines) == 101
+    assert [line.rsplit(" ", 1)[1] for line in lines[:100]] == [
+        f"01TESTQUEUE{n:03d}" for n in range(100)
+    ]
+    assert lines[0].endswith("ingress INFO services.ingress.handler: queued 01TESTQUEUE000")
+    assert lines[100].endswith("after the loop")
+
+
+def test_logging_shutdown_writes_the_queued_lines_and_returns() -> None:
+    """logging.shutdown (at exit) holds the handler's lock while it flushes and closes: the
+    writer thread must not need that lock to empty the queue."""
+
+    class SlowStream(io.StringIO):
+        def write(self, text: str) -> int:
+            time.sleep(0.002)
+            return super().write(text)
+
+    stream = SlowStream()
+    handler = logs.BackgroundStreamHandler(stream)
+    handler.setFormatter(logs.ConsoleFormatter("ingress"))
+    log = logging.getLogger("test.shutdown")
+    log.propagate = False
+    log.addHandler(handler)
+
+    async def accept() -> None:
+        for n in range(50):
+            log.warning("line %d", n)
+
+    try:
+        asyncio.run(accept())
+        done = threading.Event()
+
+        def shutdown() -> None:
+            logging.shutdown([weakref.ref(handler)])
+            done.set()
+
+        threading.Thread(target=shutdown, daemon=True).start()
+        assert done.wait(10), "logging.shutdown deadlocked with the writer thread"
+    finally:
+        log.removeHandler(handler)
+        log.propagate = True
+    lines = stream.getvalue().splitlines()
+    assert [line.rsplit(" ", 1)[1] for line in lines] == [str(n) for n in range(50)]

@@ -7,6 +7,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
+from moat import spool
 from moat.db import create_engine, db_now, messages
 from moat.migrate import upgrade
 from moat.model import Action, Verdict, VerdictName
@@ -239,3 +241,94 @@ def test_background_jobs_log_an_outage_in_one_line_and_a_bug_with_its_traceback(
     assert first.levelname == "WARNING" and first.exc_info is None
     assert "database is locked" in first.getMessage()
     assert second.levelname == "ERROR" and second.exc_info is not None
+
+
+def test_writes_in_flight_fsync_together_and_each_lands_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal group-commits fsyncs that run at once, so 24 writes in flight must have
+    their fsyncs in flight together (the default executor allowed 6 on 2 cores), and every
+    file lands whole under its own name with no temporary left."""
+    store = DirectoryStore(tmp_path)
+    real_fsync = os.fsync
+    running = 0
+    most = 0
+    lock = threading.Lock()
+
+    def slow_fsync(fd: int) -> None:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        try:
+            time.sleep(0.05)  # a slow disk: the others arrive meanwhile
+            real_fsync(fd)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(spool.os, "fsync", slow_fsync)
+    ids = [f"01TESTGROUP{n:013d}" for n in range(24)]
+
+    async def write_all() -> None:
+        await asyncio.gather(*(store.write(i, i.encode() * 100) for i in ids))
+
+    asyncio.run(write_all())
+    assert most >= 20, most
+    for message_id in ids:
+        assert store.path(message_id).read_bytes() == message_id.encode() * 100
+    assert not list(tmp_path.rglob("*.tmp*"))
+    assert sorted(i for i, _ in store.stored()) == ids
+
+
+def test_a_failed_write_fails_alone_and_leaves_nothing(tmp_path: Path) -> None:
+    """Among writes in flight together, one whose directory cannot be made fails with its
+    OSError; the others succeed."""
+    store = DirectoryStore(tmp_path)
+    blocked = "01TESTFAILS00000000000000zz"
+    (tmp_path / "zz").write_bytes(b"a file where its directory should be")
+    good = [f"01TESTFINE{n:014d}" for n in range(5)]
+
+    async def write_all() -> list[BaseException | None]:
+        return await asyncio.gather(
+            store.write(blocked, b"lost"),
+            *(store.write(i, b"kept") for i in good),
+            return_exceptions=True,
+        )
+
+    results = asyncio.run(write_all())
+    assert isinstance(results[0], OSError)
+    assert results[1:] == [None] * len(good)
+    assert all(store.path(i).read_bytes() == b"kept" for i in good)
+    assert not list(tmp_path.rglob("*.tmp*"))
+
+
+def test_a_write_is_answered_only_after_its_directory_is_flushed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The promise's order: data fsynced before the rename, the directory fsynced after it,
+    and the caller answered only then."""
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+    target = tmp_path / "ab" / "01TESTORDER0000000000000ab.eml"
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        kind = "dir" if os.path.isdir(f"/proc/self/fd/{fd}") else "file"
+        events.append(f"fsync {kind}")
+
+    def replace(src: object, dst: object) -> None:
+        real_replace(src, dst)  # type: ignore[arg-type]
+        events.append("rename")
+
+    monkeypatch.setattr(spool.os, "fsync", fsync)
+    monkeypatch.setattr(spool.os, "replace", replace)
+    store = DirectoryStore(tmp_path)
+
+    async def write() -> None:
+        await store.write("01TESTORDER0000000000000ab", b"x")
+        events.append("answered")
+
+    asyncio.run(write())
+    assert target.read_bytes() == b"x"
+    assert events == ["fsync file", "rename", "fsync dir", "answered"]

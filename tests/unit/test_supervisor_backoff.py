@@ -4,7 +4,9 @@ dies at once, with the clock passed in: 1 s doubling to 30 s, reset after a heal
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +60,27 @@ def test_the_backoff_starts_over_once_a_child_has_run_healthily() -> None:
     # This time it "ran" for HEALTHY_AFTER seconds before it died: a new trouble, a short wait.
     assert die_and_restart(child, now + HEALTHY_AFTER) == 1
     assert child.backoff == 2
+
+
+def test_a_child_runs_as_much_nicer_as_it_is_told_every_thread_of_it(tmp_path: Path) -> None:
+    """supervisor.background_nice: set before exec, so the threads a service starts inherit it
+    (niceness is per thread on Linux)."""
+    script = (
+        "import os, sys, threading, time\n"
+        "t = threading.Thread(target=time.sleep, args=(0.2,)); t.start()\n"
+        "open(sys.argv[1], 'w').write("
+        "f'{os.getpriority(os.PRIO_PROCESS, 0)} {os.getpriority(os.PRIO_PROCESS, t.native_id)}')\n"
+        "t.join()\n"
+    )
+    mine = min(19, os.getpriority(os.PRIO_PROCESS, 0))
+    seen = {}
+    for nice in (0, 5):
+        out = tmp_path / f"nice{nice}"
+        child = Child("scanner", "scanner", [sys.executable, "-c", script, str(out)], nice=nice)
+        child.start(0.0)
+        assert child.process is not None
+        assert child.process.wait(30) == 0
+        seen[nice] = tuple(int(v) for v in out.read_text().split())
+    assert seen[0] == (mine, mine)
+    assert seen[5] == (min(19, mine + 5), min(19, mine + 5))
+    assert Child.of("delivery", nice=7).nice == 7 and Child.of("ingress").nice == 0
