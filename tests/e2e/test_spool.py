@@ -65,7 +65,10 @@ def test_copies_go_when_done_and_retention_purges_and_removes(
             "the purged record removed",
             interval=0.5,
         )
-    assert "retention: purged 1 held message(s)" in gateway.log("delivery")
+    # Log lines reach the file from a writer thread (moat/logs.py): wait for them, briefly.
+    wait_for(
+        lambda: "retention: purged 1 held message(s)" in gateway.log("delivery"), 10, "the line"
+    )
 
 
 # --- a nearly full disk: a real small file system for the spool ------------------------------
@@ -136,4 +139,4 @@ def test_nearly_full_spool_refuses_mail_then_takes_it_again(
     gateway.wait_status(after, "delivered")
     assert len(relay_sink.with_token(token)) == 2
     assert _spooled(gateway) == set()  # and their copies are gone again
-    assert "spool space low" in gateway.log("ingress")
+    wait_for(lambda: "spool space low" in gateway.log("ingress"), 10, "the warning")
