@@ -137,7 +137,15 @@ def test_subject_all_capitals() -> None:
         found = scan(email(headers={"Subject": shouted}))
         assert symbols(found) == {"SUBJ_ALL_CAPS"}, shouted
     # An acronym or two, a short shout, capitals without letters enough: ham-like, no hit.
-    for calm in ("NASA report for the Q3 review", "URGENT NOTICE", "RE: FW: Q3 KPI 2025", "lunch"):
+    calm_subjects = (
+        "NASA report for the Q3 review",
+        "URGENT NOTICE",
+        "RE: FW: Q3 KPI 2025",
+        "Re: FREE PILLS FOR YOU TODAY",  # a reply quoting a shout
+        "=?utf-8?b?UkU6IOWFs+S6jiBOQVNBIOWSjCBFU0Eg55qE5oql5ZGKIFBERg==?=",  # CJK, acronyms
+        "lunch",
+    )
+    for calm in calm_subjects:
         assert scan(email(headers={"Subject": calm})) == [], calm
 
 
