@@ -859,7 +859,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 async def run(cfg: argparse.Namespace, workdir: Path) -> tuple[list[Result], int, list[str]]:
     failures: list[str] = []
-    samples = load_messages([*DEFAULT_DIRS, *cfg.corpus], cfg.messages, cfg.seed)
+    # the default corpus sits beside the main checkout; a git worktree elsewhere passes --corpus
+    defaults = [d for d in DEFAULT_DIRS if d.is_dir()]
+    samples = load_messages([*defaults, *cfg.corpus], cfg.messages, cfg.seed)
     log(f"{len(samples)} messages in memory, {sum(len(s.raw) for s in samples) / 1e6:.1f} MB")
     results: list[Result] = []
     dns = DnsChild(workdir, cfg.timeout)

@@ -58,6 +58,7 @@ def email(
     text: str | None = "Hello, see you tomorrow.",
     html: str | None = None,
     defaults: bool = True,
+    cte: str | None = None,
 ) -> bytes:
     """A message with sane headers (Received, Date, Message-ID, From) unless told otherwise.
     Headers are written as given (raw UTF-8 when not ASCII), without the library's cleaning."""
@@ -71,7 +72,7 @@ def email(
         "Subject": "lunch",
     }
     if text is not None:
-        message.set_content(text)
+        message.set_content(text, cte=cte)
     if html is not None:
         if text is None:
             message.set_content(html, subtype="html")
@@ -129,6 +130,47 @@ def test_from_reply_to_mismatch() -> None:
     assert scan(email(headers=same)) == []
     listed = {"Reply-To": "devs@lists.project.test", "List-Id": "Devs <devs.lists.project.test>"}
     assert scan(email(headers=listed)) == []
+
+
+def test_subject_all_capitals() -> None:
+    for shouted in ("FREE PILLS FOR YOU TODAY", "=?utf-8?q?ACT_NOW_=E2=80=93_LIMITED_OFFER?="):
+        found = scan(email(headers={"Subject": shouted}))
+        assert symbols(found) == {"SUBJ_ALL_CAPS"}, shouted
+    # An acronym or two, a short shout, capitals without letters enough: ham-like, no hit.
+    calm_subjects = (
+        "NASA report for the Q3 review",
+        "URGENT NOTICE",
+        "RE: FW: Q3 KPI 2025",
+        "Re: FREE PILLS FOR YOU TODAY",  # a reply quoting a shout
+        "=?utf-8?b?UkU6IOWFs+S6jiBOQVNBIOWSjCBFU0Eg55qE5oql5ZGKIFBERg==?=",  # CJK, acronyms
+        "lunch",
+    )
+    for calm in calm_subjects:
+        assert scan(email(headers={"Subject": calm})) == [], calm
+
+
+def test_ascii_text_in_base64() -> None:
+    plain = "Dear friend, claim your prize today at the link below. " * 3
+    assert symbols(scan(email(text=plain, cte="base64"))) == {"MIME_BASE64_TEXT"}
+    # The same words in quoted-printable or 7bit, or base64 of text that needs it: no hit.
+    assert scan(email(text=plain, cte="quoted-printable")) == []
+    assert scan(email(text=plain)) == []
+    assert scan(email(text="Grüße aus München, bis morgen beim Mittagessen.", cte="base64")) == []
+
+
+def test_list_id_counts_for_the_senders_own_list_only() -> None:
+    own = {
+        "From": "Shop News <news@shop.test>",
+        "List-Id": "Shop news <news.mail.shop.test>",
+        "List-Unsubscribe": "<https://shop.test/unsubscribe?u=1>",
+    }
+    found = scan(email(headers=own))
+    assert symbols(found) == {"LIST_ID_UNSUBSCRIBE"}
+    assert found[0].score < 0
+    # Posted to a discussion list (spam is, too): the list's headers say nothing of the mail.
+    posted = own | {"From": "Someone <someone@elsewhere.test>"}
+    assert scan(email(headers=posted)) == []
+    assert scan(email(headers=own | {"List-Unsubscribe": ""})) == []
 
 
 def test_display_name_spoofing_of_a_protected_domain() -> None:
