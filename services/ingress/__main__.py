@@ -79,7 +79,7 @@ async def main(settings: Settings) -> None:
 
     sessions = Sessions()
     servers = await start_listeners(
-        settings, handler, sessions, SubmissionUserStore(parts.repository.engine)
+        settings, handler, sessions, SubmissionUserStore(parts.repository.engine), counters
     )
     probe.readiness = lambda: [
         what

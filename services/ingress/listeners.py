@@ -8,6 +8,7 @@ import asyncio
 import logging
 import ssl
 
+from moat.counters import CounterStore
 from moat.settings import Settings, split_host_port
 from moat.submission_users import SubmissionUserStore
 from moat.tls import ensure_self_signed, server_context
@@ -35,6 +36,7 @@ async def start_listeners(
     handler: IngressHandler,
     sessions: Sessions,
     users: SubmissionUserStore | None,
+    counters: CounterStore,
 ) -> list[asyncio.Server]:
     loop = asyncio.get_running_loop()
     context = tls_context(settings)
@@ -53,7 +55,7 @@ async def start_listeners(
     )
     submission = settings.submission
     if submission.listen or submission.listen_tls:
-        options = submission_options(submission, users)
+        options = submission_options(submission, users, counters)
         if submission.listen:
             host, port = split_host_port(submission.listen)
             factory = smtp_factory(settings, handler, sessions, context, **options)

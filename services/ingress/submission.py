@@ -4,21 +4,21 @@ TLS only) and may then send to any domain (docs/ingress.md).
 Port 587 (``submission.listen``): STARTTLS first; AUTH before it is ``538 5.7.11``, MAIL
 ``530 5.7.0``. Port 465 (``submission.listen_tls``): TLS from the first byte (RFC 8314). On
 both, MAIL needs a successful AUTH (``530 5.7.0 Authentication required``). Bad credentials are
-``535 5.7.8``; a client IP with ``max_auth_failures`` within ``auth_failure_window`` gets
-``421 4.7.0`` and is disconnected, and each failure is answered only after a delay.
+``535 5.7.8``; a client IP with ``max_auth_failures`` within ``auth_failure_window`` (counted for
+every replica when the limits' Redis is configured) gets ``421 4.7.0`` and is disconnected, and
+each failure is answered only after a delay.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections import deque
 from typing import Any
 
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from moat import replies
+from moat.counters import CounterStore
 from moat.passwords import verify_password
 from moat.settings import SubmissionSettings
 from moat.submission_users import SubmissionUserStore
@@ -33,37 +33,26 @@ _PARSED = "parsed, not yet checked"
 
 
 class FailedLogins:
-    """Failed logins per client IP within a sliding window, in this process (each replica
-    counts its own; an attacker spread over replicas gets replicas times the tries)."""
+    """Failed logins per client IP in a window that starts at the first failure (as Postfix's
+    anvil counts), in the session limits' counter store: with ``limits.redis_url`` one count
+    for every ingress replica, so an attacker spread over replicas gets no more tries; else
+    (or while Redis is away) this process's own, bounded count."""
 
-    def __init__(self, limit: int, window: float, clock: Any = time.monotonic) -> None:
+    def __init__(self, limit: int, window: float, store: CounterStore) -> None:
         self.limit = limit
         self.window = window
-        self.clock = clock
-        self._failures: dict[str, deque[float]] = {}
+        self.store = store
 
-    def _recent(self, client: str) -> deque[float]:
-        failures = self._failures.get(client)
-        if failures is None:
-            return deque()
-        horizon = self.clock() - self.window
-        while failures and failures[0] <= horizon:
-            failures.popleft()
-        if not failures:
-            del self._failures[client]
-        return failures
+    @staticmethod
+    def _key(client: str) -> str:
+        return f"authfail:{client}"
 
-    def blocked(self, client: str) -> bool:
-        return len(self._recent(client)) >= self.limit
+    async def blocked(self, client: str) -> bool:
+        return await self.store.hit(self._key(client), self.window, 0) >= self.limit
 
-    def add(self, client: str) -> bool:
+    async def add(self, client: str) -> bool:
         """Count a failure; True once the client has reached the limit."""
-        failures = self._recent(client)
-        failures.append(self.clock())
-        self._failures[client] = failures
-        if len(self._failures) > 100_000:  # a bound on memory under a spread-out attack
-            self._failures.pop(next(iter(self._failures)))
-        return len(failures) >= self.limit
+        return await self.store.hit(self._key(client), self.window) >= self.limit
 
 
 class Credentials:
@@ -117,7 +106,7 @@ class SubmissionSMTP(MoatSMTP):
         if self.envelope is not None and self.envelope.mail_from:
             await self.push(replies.AUTH_IN_TRANSACTION)  # RFC 4954 4
             return
-        if self.session is not None and self.failures.blocked(client_ip(self.session)):
+        if self.session is not None and await self.failures.blocked(client_ip(self.session)):
             await self._too_many()
             return
         await super().smtp_AUTH(arg)
@@ -144,7 +133,7 @@ class SubmissionSMTP(MoatSMTP):
             log.info("AUTH: %s logged in from %s", name, client)
             return AuthResult(success=True, auth_data=name, message=replies.AUTH_OK)
         log.warning("AUTH: failed login for %r from %s", name[:64], client)
-        limit_reached = self.failures.add(client)
+        limit_reached = await self.failures.add(client)
         await asyncio.sleep(self.failure_delay)  # Postfix's smtpd_error_sleep_time
         if limit_reached:
             await self._too_many()
@@ -160,13 +149,15 @@ class SubmissionSMTP(MoatSMTP):
 
 
 def submission_options(
-    settings: SubmissionSettings, store: SubmissionUserStore | None
+    settings: SubmissionSettings, store: SubmissionUserStore | None, counters: CounterStore
 ) -> dict[str, Any]:
     """What ``smtp_factory`` passes to each ``SubmissionSMTP``: one set of credentials and
-    one failure count shared by both listeners."""
+    one failure count shared by both listeners (and, in Redis, by every replica)."""
     return {
         "protocol": SubmissionSMTP,
         "credentials": Credentials(settings, store),
-        "failures": FailedLogins(settings.max_auth_failures, settings.auth_failure_window),
+        "failures": FailedLogins(
+            settings.max_auth_failures, settings.auth_failure_window, counters
+        ),
         "failure_delay": settings.auth_failure_delay,
     }

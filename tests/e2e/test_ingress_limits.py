@@ -283,3 +283,64 @@ def _listening(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def test_failed_logins_counted_across_replicas_through_redis(
+    make_gateway: Callable[..., Gateway],
+) -> None:
+    """An attacker who spreads password guesses over two ingress replicas gets no more tries
+    than against one: the failed-login count is in the shared Redis."""
+    import base64
+    import ssl
+
+    from moat.passwords import hash_password
+
+    def plain(user: str, password: str) -> str:
+        return base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+
+    first_port, second_port = free_port(), free_port()
+    gateway = ingress(
+        make_gateway,
+        limits=limits("redis"),
+        submission={
+            "listen_tls": f"127.0.0.1:{first_port}",
+            "users": {"carol": hash_password("the right one")},
+            "max_auth_failures": 3,
+            "auth_failure_window": 300,
+            "auth_failure_delay": 0,
+        },
+    )
+    env = {
+        **gateway.env,
+        "MOAT_SMTP__LISTEN": f"127.0.0.1:{free_port()}",
+        "MOAT_SUBMISSION__LISTEN_TLS": f"127.0.0.1:{second_port}",
+    }
+    log = open(gateway.workdir / "ingress2.log", "ab")  # noqa: SIM115 - owned by the child
+    replica = subprocess.Popen(
+        [sys.executable, "-m", "services.ingress"], cwd=ROOT, env=env, stdout=log, stderr=log
+    )
+    context = ssl.create_default_context(cafile=gateway.workdir / "tls" / "smtp-cert.pem")
+
+    def session(port: int, password: str) -> tuple[int, bytes]:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=15)
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            file = tls.makefile("rb")
+            file.readline()  # the greeting
+            tls.sendall(b"EHLO client.test\r\n")
+            while file.readline()[3:4] == b"-":
+                pass
+            tls.sendall(f"AUTH PLAIN {plain('carol', password)}\r\n".encode())
+            line = file.readline()
+            return int(line[:3]), line[4:].rstrip()
+
+    try:
+        wait_for(lambda: _listening(second_port), 30, "the second ingress")
+        assert session(first_port, "guess 1")[0] == 535
+        assert session(second_port, "guess 2")[0] == 535
+        assert session(first_port, "guess 3")[0] == 421  # the third, on either replica
+        code, text = session(second_port, "the right one")  # and the other one knows it
+        assert (code, text[:6]) == (421, b"4.7.0 "), text
+    finally:
+        replica.terminate()
+        replica.wait(20)
+        log.close()

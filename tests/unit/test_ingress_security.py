@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from moat.counters import MemoryStore
 from moat.passwords import hash_password, verify_password
 from moat.settings import Settings
 from moat.tls import ensure_self_signed, server_context
@@ -69,18 +70,35 @@ def test_credentials_prefer_the_settings_then_the_database() -> None:
 
 def test_failed_logins_count_per_client_within_the_window() -> None:
     now = [1000.0]
-    failures = FailedLogins(limit=3, window=60, clock=lambda: now[0])
-    assert not failures.add("192.0.2.1")
-    assert not failures.add("192.0.2.1")
-    assert not failures.blocked("192.0.2.1")
-    assert failures.add("192.0.2.1")  # the third within the window
-    assert failures.blocked("192.0.2.1")
-    assert not failures.blocked("192.0.2.2")
-    now[0] += 30
-    assert failures.blocked("192.0.2.1")
-    now[0] += 31  # the first ones are out of the window
-    assert not failures.blocked("192.0.2.1")
-    assert failures._failures == {}  # nothing kept for a client with no recent failure
+    failures = FailedLogins(limit=3, window=60, store=MemoryStore(clock=lambda: now[0]))
+
+    async def scenario() -> None:
+        assert not await failures.add("192.0.2.1")
+        assert not await failures.add("192.0.2.1")
+        assert not await failures.blocked("192.0.2.1")
+        assert await failures.add("192.0.2.1")  # the third within the window
+        assert await failures.blocked("192.0.2.1")
+        assert not await failures.blocked("192.0.2.2")
+        now[0] += 30
+        assert await failures.blocked("192.0.2.1")
+        now[0] += 31  # the window that began with the first failure is over
+        assert not await failures.blocked("192.0.2.1")
+        assert not await failures.add("192.0.2.1")  # a new window: one failure in it
+
+    asyncio.run(scenario())
+
+
+def test_failed_logins_are_one_count_for_every_replica_sharing_a_store() -> None:
+    shared = MemoryStore()  # what Redis is to the replicas
+    first, second = (FailedLogins(limit=3, window=60, store=shared) for _ in range(2))
+
+    async def scenario() -> None:
+        assert not await first.add("192.0.2.1")
+        assert not await second.add("192.0.2.1")
+        assert await first.add("192.0.2.1")
+        assert await second.blocked("192.0.2.1")
+
+    asyncio.run(scenario())
 
 
 def test_require_tls_by_sender_and_network() -> None:
