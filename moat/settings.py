@@ -126,6 +126,11 @@ class SmtpSettings(BaseModel):
     # connection without the header within the timeout is closed. Off by default.
     proxy_protocol: bool = False
     proxy_protocol_timeout: float = Field(default=5.0, gt=0)
+    # SO_REUSEPORT on every SMTP listener, so that several ingress processes of one host share
+    # its ports and the kernel spreads the connections among them (``python -m services
+    # --ingress N`` sets it for its own). Off by default: with it, any process of the same user
+    # may bind the port too.
+    reuse_port: bool = False
 
     @field_validator("trusted_networks")
     @classmethod

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from moat.migrate import upgrade
 from moat.runtime import SETTINGS_HELP, setup_logging
 from moat.settings import Settings, load_settings, split_host_port
+from moat.tls import ensure_self_signed
 
 log = logging.getLogger("moat")
 
@@ -294,21 +295,49 @@ def scanner_port(settings: Settings, n: int) -> int:
     base = settings.scanner.metrics_port
     if not base or n == 1:
         return base
-    highest = max(base, settings.delivery.metrics_port, settings.ingress.metrics_port)
-    return highest + n - 1
+    return _highest_port(settings) + n - 1
+
+
+def ingress_port(settings: Settings, n: int, scanners: int) -> int:
+    """The probe port of the n-th ingress process (from 1): ingress-1 on
+    ``ingress.metrics_port``, the others after the extra scanners' ports. 0 stays 0."""
+    base = settings.ingress.metrics_port
+    if not base or n == 1:
+        return base
+    return _highest_port(settings) + max(0, scanners - 1) + n - 1
+
+
+def _highest_port(settings: Settings) -> int:
+    return max(
+        settings.scanner.metrics_port, settings.delivery.metrics_port, settings.ingress.metrics_port
+    )
 
 
 def probes_at(settings: Settings, child: Child) -> str:
     """Where a child serves /healthz, /readyz and /metrics, as the start line says it."""
     if child.service == "api":
         return f": /healthz, /readyz, /metrics on https://{settings.api.listen}"
-    if child.service == "scanner":
-        port = int(child.env.get("MOAT_SCANNER__METRICS_PORT", settings.scanner.metrics_port))
-    else:
-        port = getattr(settings, child.service).metrics_port
+    own = getattr(settings, child.service).metrics_port
+    port = int(child.env.get(f"MOAT_{child.service.upper()}__METRICS_PORT", own))
     if not port:
         return ""
     return f": /healthz, /readyz, /metrics on http://{settings.metrics_host}:{port}"
+
+
+def share_listeners(settings: Settings) -> None:
+    """Before several ingress processes start on the same ports: the self-signed certificate
+    made once here (each would otherwise make its own pair at the same moment and might load
+    one's certificate with the other's key), and a word on what each process counts alone."""
+    submission = settings.submission
+    uses_tls = settings.smtp.starttls or submission.listen or submission.listen_tls
+    if uses_tls and (settings.smtp.tls_cert is None or settings.smtp.tls_key is None):
+        ensure_self_signed(settings.api.self_signed_dir, settings.smtp.hostname, "smtp")
+    if not settings.limits.redis_url:
+        log.warning(
+            "several ingress processes without limits.redis_url: each counts the session "
+            "limits, failed logins and greylisting on its own (a greylisted retry may reach "
+            "another process and wait again); configure Redis to share them"
+        )
 
 
 def main() -> int:
@@ -320,6 +349,12 @@ def main() -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--scanners", type=int, default=1, help="scanner processes to run")
+    parser.add_argument(
+        "--ingress",
+        type=int,
+        default=1,
+        help="ingress processes to run, sharing the SMTP ports (SO_REUSEPORT; 1)",
+    )
     parser.add_argument("--no-migrate", action="store_true", help="skip database migrations")
     parser.add_argument(
         "--ready-timeout",
@@ -356,12 +391,29 @@ def main() -> int:
         )
         for n in range(1, args.scanners + 1)
     ]
+    # Several ingress processes share the SMTP ports: the kernel spreads the connections.
+    several = args.ingress > 1
+    ingresses = [
+        Child.of(
+            "ingress",
+            f"ingress-{n}" if several else None,
+            {
+                "MOAT_INGRESS__METRICS_PORT": str(ingress_port(settings, n, args.scanners)),
+                "MOAT_SMTP__REUSE_PORT": "true",
+            }
+            if several
+            else None,
+        )
+        for n in range(1, args.ingress + 1)
+    ]
+    if several:
+        share_listeners(settings)
     # Started in the reverse of STOP_ORDER: the stages behind ingress come first.
     children = [
         Child.of("api"),
         Child.of("delivery", nice=background),
         *scanners,
-        Child.of("ingress"),
+        *ingresses,
     ]
     for child in children:
         child.start(time.monotonic())

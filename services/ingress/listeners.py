@@ -41,10 +41,13 @@ async def start_listeners(
     loop = asyncio.get_running_loop()
     context = tls_context(settings)
     servers = []
+    reuse_port = settings.smtp.reuse_port or None  # None: asyncio's default, not set
     host, port = split_host_port(settings.smtp.listen)
     mx_tls = context if settings.smtp.starttls else None
     servers.append(
-        await loop.create_server(smtp_factory(settings, handler, sessions, mx_tls), host, port)
+        await loop.create_server(
+            smtp_factory(settings, handler, sessions, mx_tls), host, port, reuse_port=reuse_port
+        )
     )
     log.info(
         "SMTP listening on %s:%d for %d domain(s)%s",
@@ -59,12 +62,14 @@ async def start_listeners(
         if submission.listen:
             host, port = split_host_port(submission.listen)
             factory = smtp_factory(settings, handler, sessions, context, **options)
-            servers.append(await loop.create_server(factory, host, port))
+            servers.append(await loop.create_server(factory, host, port, reuse_port=reuse_port))
             log.info("submission listening on %s:%d (STARTTLS required)", host, port)
         if submission.listen_tls:
             host, port = split_host_port(submission.listen_tls)
             # The whole connection is TLS: aiosmtpd's STARTTLS machinery stays out of it.
             factory = smtp_factory(settings, handler, sessions, None, implicit_tls=True, **options)
-            servers.append(await loop.create_server(factory, host, port, ssl=context))
+            servers.append(
+                await loop.create_server(factory, host, port, ssl=context, reuse_port=reuse_port)
+            )
             log.info("submission listening on %s:%d (implicit TLS)", host, port)
     return servers

@@ -253,3 +253,58 @@ def test_moat_is_running_is_said_only_once_smtp_answers(
             assert smtp_greeting(moat.gateway.smtp_port).startswith(b"220")
     finally:
         proxy.close()
+
+
+def _accepted_by(port: int) -> float:
+    """moat_ingress_messages_total{result="queued"} of the ingress process probed on ``port``."""
+    import httpx
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    found = re.search(r'^moat_ingress_messages_total\{result="queued"\} (\S+)$', text, re.M)
+    return float(found[1]) if found else 0.0
+
+
+def test_several_ingress_processes_share_the_port_and_survive_a_kill_without_loss(
+    make_gateway: Callable[..., Gateway], relay_sink: Sink, token: str
+) -> None:
+    """``--ingress 2``: two processes on one SMTP port (SO_REUSEPORT), each taking part of the
+    connections; one killed mid-stream, the other goes on taking mail, and every 250'd message
+    reaches the relay."""
+    with supervisor(make_gateway, "--ingress", "2") as moat:
+        moat.wait_log("Moat is running", 60)
+        log = moat.log()
+        assert "started ingress-1 (pid" in log and "started ingress-2 (pid" in log
+        first_port = moat.gateway.config["ingress"]["metrics_port"]
+        second_port = int(moat.wait_log(r"started ingress-2 \(pid \d+\).*:(\d+)\n", 5)[1])
+        assert second_port != first_port
+        wait_for(lambda: smtp_greeting(moat.gateway.smtp_port).startswith(b"220"), 30, "SMTP")
+        accepted: list[int] = []
+
+        def send(count: int) -> None:
+            for _ in range(count):
+                number = len(accepted)
+                moat.gateway.send(
+                    "alice@outside.test", ["bob@example.test"], f"shared {token} {number} end"
+                )
+                accepted.append(number)
+
+        send(24)  # a new connection each: the kernel spreads them by their source ports
+        counts = wait_for(
+            lambda: (c := (_accepted_by(first_port), _accepted_by(second_port)))
+            and sum(c) == 24
+            and c,
+            10,
+            "both processes' counts",
+        )
+        assert all(count > 0 for count in counts), counts
+        ingress_pid = int(moat.wait_log(r"started ingress-1 \(pid (\d+)", 5)[1])
+        os.kill(ingress_pid, signal.SIGKILL)
+        send(24)  # the other process answers meanwhile; the killed one comes back
+        moat.wait_log(r"restarted ingress-1 \(pid \d+\): restart 1\n", 15)
+        numbered = re.compile(rf"shared {token} (\d+) end".encode())
+
+        def delivered() -> set[int]:
+            return {int(numbered.findall(m.data)[0]) for m in relay_sink.with_token(token)}
+
+        wait_for(lambda: delivered() == set(accepted), 60, "every accepted message at the relay")
+        assert len(accepted) == 48
