@@ -152,6 +152,19 @@ def load(corpus: Path, max_per_source: int, cache: Path | None) -> list[Mail]:
     return mails
 
 
+def per_source(mails: Sequence[Mail], limit: int) -> list[Mail]:
+    """At most ``limit`` messages of each source, the same deterministic subsample ``load``
+    takes (by the hash of the file name), from an already loaded corpus."""
+    kept: list[Mail] = []
+    for source in SOURCES:
+        own = sorted(
+            (m for m in mails if m.source == source),
+            key=lambda m: hashlib.sha256(m.name.encode()).digest(),
+        )
+        kept += own[:limit]
+    return kept
+
+
 def phishing(corpus: Path, limit: int) -> Iterator[tuple[str, bytes]]:
     tarball = corpus / "phishing_pot" / "phishing-sample2500.tar.gz"
     if not tarball.exists():

@@ -24,7 +24,6 @@ probability (ranks only). The variants (docs/classifier.md, "Tried"):
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -106,14 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     cache = Path(args.cache) if args.cache else None
     mails = de.load(args.corpus, 0, cache)
     if args.max_per_source:
-        kept: list[de.Mail] = []
-        for source in de.SOURCES:
-            own = sorted(
-                (m for m in mails if m.source == source),
-                key=lambda m: hashlib.sha256(m.name.encode()).digest(),
-            )
-            kept += own[: args.max_per_source]
-        mails = kept
+        mails = de.per_source(mails, args.max_per_source)
     params = de.params_of(args)
     results: dict[str, dict[str, object]] = {}
     for title, (train_part, test_part) in de.splits(mails).items():
