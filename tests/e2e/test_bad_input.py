@@ -191,3 +191,47 @@ def test_mime_nested_1200_deep_is_quarantined_by_policy(
     assert unscannable["detail"] == "MIME nesting deeper than 20"
     failures = [f["symbol"] for f in verdict["findings"] if f["category"] == "failure"]
     assert failures == []
+
+
+# --- SMTP smuggling: an end of data that is not one ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fake_end",
+    [b"\n.\r\n", b"\r.\r\n", b"\n.\n", b"\r\n.\n", b"\r\n.\r"],
+    ids=["LF.CRLF", "CR.CRLF", "LF.LF", "CRLF.LF", "CRLF.CR"],
+)
+def test_a_smuggled_end_of_data_ends_nothing(
+    gateway: Gateway, relay_sink: Sink, internet_sink: Sink, token: str, fake_end: bytes
+) -> None:
+    """SMTP smuggling (CVE-2023-51764 and kin): a dot between line breaks other than CRLF, then
+    a second transaction in the same DATA. Ingress must see one message (the smuggled MAIL,
+    RCPT and DATA are its text), and the relay must get it dot-stuffed, so that the next hop
+    cannot be made to see a second message either."""
+    smuggled = (
+        b"MAIL FROM:<ceo@example.test>\r\nRCPT TO:<victim@elsewhere.test>\r\nDATA\r\n"
+        b"From: ceo@example.test\r\nSubject: smuggled " + token.encode() + b"\r\n\r\nPay.\r\n"
+    )
+    content = message(token, b"Subject: carrier " + token.encode() + b"\r\n", b"Hello.")
+    with RawSMTP(gateway.smtp_port) as client:
+        reply = client.transaction(
+            b"alice@outside.test", [b"bob@example.test"], content + fake_end + smuggled
+        )
+        message_id = queue_id(reply)
+        # One 250 for one message: the session is at the start of a new transaction, and
+        # nothing of the smuggled text was taken as a command.
+        assert client.command(b"RSET")[0] == 250
+        assert client.command(b"QUIT")[0] == 221
+    record = gateway.wait_status(message_id, {"delivered", "quarantined"})
+    assert record["status"] == "delivered", record
+    [arrived] = wait_for(lambda: relay_sink.with_token(token), 10, "the mail at the sink")
+    # The one relayed message carries the smuggled lines as its text (with a dot line before
+    # them where the fake end was a whole line to ingress: the relay stuffed it, the sink
+    # unstuffed it; unstuffed on the way out, it would have ended the data at the sink and
+    # the rest would have been a second transaction there).
+    assert b"\r\nMAIL FROM:<ceo@example.test>\r\n" in arrived.data
+    if fake_end in (b"\n.\r\n", b"\r.\r\n", b"\n.\n"):
+        assert b"\r\n.\r\nMAIL FROM:<ceo@example.test>\r\n" in arrived.data
+    assert b"Subject: smuggled " + token.encode() in arrived.data
+    assert len(relay_sink.with_token(token)) == 1
+    assert not internet_sink.with_token(token), "a second message went out"
