@@ -68,8 +68,8 @@ _PROD = {
 }  # fmt: skip
 OBJECTS = {
     "dev": {**_BASE, "Deployment": 9, "Service": 7, "NetworkPolicy": 12},
-    "prod": {**_BASE, **_PROD, "ScaledObject": 2, "TriggerAuthentication": 1},
-    "prod-hpa": {**_BASE, **_PROD, "HorizontalPodAutoscaler": 2},
+    "prod": {**_BASE, **_PROD, "ScaledObject": 3, "TriggerAuthentication": 1},
+    "prod-hpa": {**_BASE, **_PROD, "HorizontalPodAutoscaler": 3},
 }
 
 
@@ -422,6 +422,13 @@ def test_prod_scales_on_the_queues() -> None:
         assert trigger["metadata"]["mode"] == "QueueLength"
         assert trigger["authenticationRef"]["name"] == "moat-rabbitmq"
         assert 1 <= spec["minReplicaCount"] < spec["maxReplicaCount"]
+    # Ingress on CPU, never below the replicas the overlay runs (senders wait on it).
+    ingress = scaled["moat-ingress"]["spec"]
+    assert ingress["scaleTargetRef"]["name"] == "moat-ingress"
+    (trigger,) = ingress["triggers"]
+    assert (trigger["type"], trigger["metricType"]) == ("cpu", "Utilization")
+    replicas = of_kind(docs, "Deployment")["moat-ingress"]["spec"]["replicas"]
+    assert ingress["minReplicaCount"] == replicas < ingress["maxReplicaCount"]
     assert "HorizontalPodAutoscaler" not in {d["kind"] for d in docs}  # KEDA makes its own
     (cluster,) = of_kind(docs, "RabbitmqCluster").values()
     assert cluster["spec"]["replicas"] == 3
@@ -432,7 +439,7 @@ def test_prod_hpa_scales_on_cpu() -> None:
     docs = render("prod-hpa")
     assert "ScaledObject" not in {d["kind"] for d in docs}
     autoscalers = of_kind(docs, "HorizontalPodAutoscaler")
-    for service in ("scanner", "delivery"):
+    for service in ("scanner", "delivery", "ingress"):
         spec = autoscalers[f"moat-{service}"]["spec"]
         assert spec["scaleTargetRef"] == {
             "apiVersion": "apps/v1", "kind": "Deployment", "name": f"moat-{service}"
