@@ -268,7 +268,7 @@ def _open_for_reading(path: Path) -> int:
 def _read_all(fd: int, size: int) -> bytes:
     """Everything from ``fd`` on: usually one read of the ``size`` fstat gave, then the empty
     read that says the end."""
-    chunks = []
+    chunks: list[bytes] = []
     while chunk := os.read(fd, size + 1 if not chunks else _CHUNK):
         chunks.append(chunk)
     return b"".join(chunks)
