@@ -32,7 +32,6 @@ import ipaddress
 import json
 import logging
 import os
-import pwd
 import random
 import re
 import select
@@ -52,6 +51,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import rspamd_peer
+from rspamd_peer import PROFILES, RSPAMD, rspamd_modules_off
 from smtp_bench import stop_group
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,39 +64,9 @@ DEFAULT_DIRS = (CORPUS / "ham", CORPUS / "spam")
 RCPT = "bob@example.test"
 PROTECTED_DOMAIN = "example.test"
 SEED = 20261129
-RSPAMD = Path("/usr/bin/rspamd")
-RSPAMD_CONFDIR = Path("/etc/rspamd")
 TIMEOUT_BIN = shutil.which("timeout")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-# Rspamd modules switched off in every profile: they talk to servers other than DNS (fuzzy
-# hashes over UDP to rspamd.com, DCC, update fetches) or need Redis, which this bench does not
-# run (rspamd disables the Redis ones itself; listed so the configuration says so).
-RSPAMD_OFF_ALWAYS = (
-    "fuzzy_check",
-    "dcc",
-    "rspamd_update",
-    "url_redirector",
-    "greylist",
-    "ratelimit",
-    "replies",
-    "neural",
-    "reputation",
-    "history_redis",
-    "metric_exporter",
-    "clickhouse",
-    "elastic",
-    "metadata_exporter",
-    "antivirus",
-    "external_services",
-)
-# Off in the default ``local`` profile too: every module that looks something up in DNS per
-# message (blocklists, ASN, SPF/DKIM/DMARC, hfilter's HELO/From host checks). With them off
-# and a ``Hostname`` header (no PTR lookup), rspamd makes no DNS query per message.
-RSPAMD_OFF_LOCAL = ("rbl", "surbl", "emails", "asn", "spf", "dkim", "dmarc", "hfilter", "mx_check")
-# The ``auth`` profile: as ``local``, but SPF, DKIM and DMARC run (against FakeDNS), as Moat's
-# auth check does: the like-for-like comparison when Moat's auth is on.
-RSPAMD_AUTH = ("spf", "dkim", "dmarc")
 ACTIONS = ("no action", "greylist", "add header", "rewrite subject", "soft reject", "reject")
 DNS_FAIL = re.compile(r"(DNSFAIL|TEMPFAIL)$")
 
@@ -515,107 +486,25 @@ async def bench_moat(samples: list[Sample], cfg: argparse.Namespace, dns: DnsChi
 # --------------------------------------------------------------------------------------------
 
 
-def ensure_rspamd(timeout: float) -> None:
-    if RSPAMD.exists():
-        return
-    log("rspamd is not installed: apt-get install rspamd (non-interactive)")
-    env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
-    policy = Path("/usr/sbin/policy-rc.d")
-    created_policy = False
-    if not policy.exists():  # keep the package from starting the system service
-        policy.write_text("#!/bin/sh\nexit 101\n")
-        policy.chmod(0o755)
-        created_policy = True
-    try:
-        for argv in (
-            ["apt-get", "update", "-q"],
-            ["apt-get", "install", "-y", "-q", "--no-install-recommends", "rspamd"],
-        ):
-            try:
-                proc = subprocess.run(
-                    argv, env=env, capture_output=True, text=True, timeout=timeout, check=False
-                )
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                raise BenchError(f"{' '.join(argv)}: {exc}") from exc
-            if proc.returncode != 0:
-                raise BenchError(f"{' '.join(argv)} failed: {proc.stderr.strip()[-500:]}")
-    finally:
-        if created_policy:
-            policy.unlink(missing_ok=True)
-    if not RSPAMD.exists():
-        raise BenchError("rspamd still missing after apt-get install")
-
-
-def rspamd_modules_off(profile: str) -> list[str]:
-    if profile == "dns":
-        return list(RSPAMD_OFF_ALWAYS)
-    local = [m for m in RSPAMD_OFF_LOCAL if profile == "local" or m not in RSPAMD_AUTH]
-    return list(RSPAMD_OFF_ALWAYS) + local
-
-
-def write_rspamd_config(root: Path, port: int, dns_port: int, profile: str) -> Path:
-    """A top-level config of our own: the stock rules and modules (``common.conf``), stock
-    options with our DNS server, one normal worker, no controller, no proxy, no fuzzy."""
-    local = root / "local"
-    for sub in ("local.d", "override.d"):
-        (local / sub).mkdir(parents=True, exist_ok=True)
-    for module in rspamd_modules_off(profile):
-        (local / "override.d" / f"{module}.conf").write_text("enabled = false;\n")
-    if profile != "dns":  # the phishing module's per-URL DNS lookup (phishtank.rspamd.com)
-        (local / "local.d" / "phishing.conf").write_text("phishtank_enabled = false;\n")
-    (root / "options.override").write_text(
-        "# every lookup goes to the bench's FakeDNS (NXDOMAIN for everything)\n"
-        f'dns {{ nameserver = ["127.0.0.1:{dns_port}"]; timeout = 1s; retransmits = 2; }}\n'
-    )
-    conf = root / "rspamd.conf"
-    conf.write_text(
-        f"""# moat scanner bench: a private rspamd, nothing shared with the system service
-.include "$CONFDIR/common.conf"
-options {{
-    pidfile = "{root}/run/rspamd.pid";
-    .include "$CONFDIR/options.inc"
-    .include(priority=10) "{root}/options.override"
-}}
-logging {{
-    type = "file";
-    filename = "{root}/log/rspamd.log";
-    .include "$CONFDIR/logging.inc"
-}}
-worker "normal" {{
-    bind_socket = "127.0.0.1:{port}";
-    .include "$CONFDIR/worker-normal.inc"
-    count = 1;
-}}
-"""
-    )
-    return conf
-
-
 class RspamdInstance:
+    """One normal worker scanning over HTTP (``/checkv2``), no proxy, DNS to the bench's
+    FakeDNS: the configuration is ``bench/rspamd_peer.py``'s, shared with smtp_bench."""
+
     def __init__(self, workdir: Path, dns_port: int, profile: str, limit: float) -> None:
         self.root = workdir / "rspamd"
-        for sub in ("run", "db", "log"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        (self.root / "db").mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self.conf = write_rspamd_config(self.root, self.port, dns_port, profile)
-        try:
-            user = pwd.getpwnam("_rspamd")
-            owner: list[str] = ["-u", "_rspamd", "-g", "_rspamd"]
-            for sub in ("run", "db", "log"):
-                os.chown(self.root / sub, user.pw_uid, user.pw_gid)
-        except KeyError:
-            owner = ["-i"]  # no _rspamd user: run as root, which rspamd wants said out loud
-        argv = [str(RSPAMD), "-f", "-c", str(self.conf), *owner]
-        for name, value in (
-            ("CONFDIR", RSPAMD_CONFDIR),
-            ("LOCAL_CONFDIR", self.root / "local"),
-            ("DBDIR", self.root / "db"),
-            ("RUNDIR", self.root / "run"),
-            ("LOGDIR", self.root / "log"),
-        ):
-            argv += ["--var", f"{name}={value}"]
-        self.argv = argv
-        self.proc = spawn(argv, log_path=self.root / "stdout.log", limit=limit)
+        self.conf = rspamd_peer.write_config(
+            self.root,
+            normal_port=self.port,
+            workers=1,
+            nameserver=f"127.0.0.1:{dns_port}",  # FakeDNS: NXDOMAIN for everything
+            retransmits=2,
+            profile=profile,
+            header="moat scanner bench",
+        )
+        self.argv = rspamd_peer.command(self.root, self.conf, self.root / "db")
+        self.proc = spawn(self.argv, log_path=self.root / "stdout.log", limit=limit)
 
     @property
     def url(self) -> str:
@@ -841,7 +730,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--skip-rspamd", action="store_true")
     p.add_argument(
         "--rspamd-profile",
-        choices=("local", "auth", "dns"),
+        choices=PROFILES,
         default="local",
         help="local: DNS modules off too; auth: SPF/DKIM/DMARC run (like Moat's auth check), "
         "the rest off; dns: they all run; FakeDNS answers",
@@ -873,7 +762,9 @@ async def run(cfg: argparse.Namespace, workdir: Path) -> tuple[list[Result], int
             failures.append(f"moat: {exc}")
         if not cfg.skip_rspamd:
             try:
-                await asyncio.to_thread(ensure_rspamd, 600)
+                missing = await asyncio.to_thread(rspamd_peer.ensure_rspamd, 600)
+                if missing:
+                    raise BenchError(missing)
                 results.append(await bench_rspamd(samples, cfg, dns, workdir))
             except BenchError as exc:
                 failures.append(f"rspamd: {exc}")

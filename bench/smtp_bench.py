@@ -875,25 +875,14 @@ class PostfixInstance:
 # Reference filter: Rspamd behind the private Postfix, through its milter interface
 # --------------------------------------------------------------------------------------------
 
-RSPAMD = Path("/usr/bin/rspamd")
-RSPAMD_CONFDIR = Path("/etc/rspamd")
-ENSURE_RSPAMD = REPO / "scripts" / "ensure-rspamd.sh"
-
 
 def ensure_rspamd() -> str | None:
-    """Install Debian's rspamd through scripts/ensure-rspamd.sh if it is missing (the bench's
-    helper; ``make test`` never runs it); return why it could not, or None when OK."""
-    if RSPAMD.exists():
-        return None
-    log("rspamd is not installed: scripts/ensure-rspamd.sh (Debian's package, service not started)")
-    try:
-        done = run_cmd([str(ENSURE_RSPAMD)], 900)
-    except BenchError as exc:
-        return f"could not install rspamd: {exc}"
-    if done.returncode != 0 or not RSPAMD.exists():
-        last = (done.stdout + done.stderr).strip().splitlines()[-3:]
-        return f"scripts/ensure-rspamd.sh failed (rc={done.returncode}): {' | '.join(last)}"
-    return None
+    """Rspamd installed (bench/rspamd_peer.py), or why it could not be."""
+    from rspamd_peer import RSPAMD, ensure_rspamd
+
+    if not RSPAMD.exists():
+        log("rspamd is not installed: scripts/ensure-rspamd.sh (Debian's package, not started)")
+    return ensure_rspamd()
 
 
 class RspamdInstance:
@@ -906,83 +895,26 @@ class RspamdInstance:
     port nobody listens on, so what is left (maps on maps.rspamd.com) fails at once."""
 
     def __init__(self, workdir: Path, name: str, db_dir: Path, limit: float) -> None:
-        # lazy: scanner_bench imports this module; the module lists are its own
-        from scanner_bench import rspamd_modules_off
+        import rspamd_peer  # bench/rspamd_peer.py: the configuration, shared with scanner_bench
 
         self.root = workdir / f"rspamd-{name}"
-        local = self.root / "local"
-        for sub in ("run", "log", "local/local.d", "local/override.d"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
         db_dir.mkdir(exist_ok=True)  # shared between sizes: the hyperscan cache compiles once
-        self.modules_off = rspamd_modules_off("local")
-        for module in self.modules_off:
-            (local / "override.d" / f"{module}.conf").write_text("enabled = false;\n")
-        # the phishing module looks every URL up under phishtank.rspamd.com
-        (local / "local.d" / "phishing.conf").write_text("phishtank_enabled = false;\n")
-        # Mail from loopback counts as local, and local mail is DKIM/ARC-signed by default: an
-        # MX scanning inbound mail signs nothing (and here there is no key to sign with).
-        for module in ("dkim_signing", "arc"):
-            (local / "local.d" / f"{module}.conf").write_text("sign_local = false;\n")
+        self.modules_off = rspamd_peer.rspamd_modules_off("local")
         self.normal_port = free_port()
         self.milter_port = free_port()
-        dead_dns = free_port()  # closed UDP port on loopback: lookups are refused at once
         self.workers = os.cpu_count() or 1  # the stock count of normal workers, said out loud
         self.log_path = self.root / "log" / "rspamd.log"
-        (self.root / "options.override").write_text(
-            f'dns {{ nameserver = ["127.0.0.1:{dead_dns}"]; timeout = 1s; retransmits = 1; }}\n'
+        self.conf = rspamd_peer.write_config(
+            self.root,
+            normal_port=self.normal_port,
+            workers=self.workers,
+            # a closed UDP port on loopback: lookups are refused at once
+            nameserver=f"127.0.0.1:{free_port()}",
+            retransmits=1,
+            milter_port=self.milter_port,
+            header="moat smtp bench",
         )
-        self.conf = self.root / "rspamd.conf"
-        self.conf.write_text(
-            f"""# moat smtp bench: a private rspamd, nothing shared with the system service
-.include "$CONFDIR/common.conf"
-options {{
-    pidfile = "{self.root}/run/rspamd.pid";
-    .include "$CONFDIR/options.inc"
-    .include(priority=10) "{self.root}/options.override"
-}}
-logging {{
-    type = "file";
-    filename = "{self.log_path}";
-    .include "$CONFDIR/logging.inc"
-}}
-worker "normal" {{
-    bind_socket = "127.0.0.1:{self.normal_port}";
-    .include "$CONFDIR/worker-normal.inc"
-    count = {self.workers};
-}}
-worker "rspamd_proxy" {{
-    bind_socket = "127.0.0.1:{self.milter_port}";
-    milter = yes;
-    timeout = 120s;
-    upstream "local" {{
-        default = yes;
-        hosts = "127.0.0.1:{self.normal_port}";
-    }}
-    count = 1;
-    max_retries = 5;
-    discard_on_reject = false;
-    quarantine_on_reject = false;
-    spam_header = "X-Spam";
-    reject_message = "Spam message rejected";
-}}
-"""
-        )
-        try:
-            user = pwd.getpwnam("_rspamd")
-            owner = ["-u", "_rspamd", "-g", "_rspamd"]
-            for path in (self.root / "run", self.root / "log", db_dir):
-                os.chown(path, user.pw_uid, user.pw_gid)
-        except KeyError:
-            owner = ["-i"]  # no _rspamd user: run as root, which rspamd wants said out loud
-        self.argv = [str(RSPAMD), "-f", "-c", str(self.conf), *owner]
-        for var, value in (
-            ("CONFDIR", RSPAMD_CONFDIR),
-            ("LOCAL_CONFDIR", local),
-            ("DBDIR", db_dir),
-            ("RUNDIR", self.root / "run"),
-            ("LOGDIR", self.root / "log"),
-        ):
-            self.argv += ["--var", f"{var}={value}"]
+        self.argv = rspamd_peer.command(self.root, self.conf, db_dir)
         self.limit = limit
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -1079,6 +1011,8 @@ worker "rspamd_proxy" {{
 
 
 def rspamd_version() -> str:
+    from rspamd_peer import RSPAMD
+
     with contextlib.suppress(BenchError):
         done = run_cmd([str(RSPAMD), "--version"], 30)
         return (done.stdout or done.stderr).strip().splitlines()[0]

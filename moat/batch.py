@@ -57,14 +57,30 @@ class Transactions:
             self._sqlite.dispose()
 
 
+# The linger of the queue workers' writers (scanner, delivery): each step waits up to 10 ms
+# more for its commit, and batches hold about twice as many steps (docs/performance.md).
+QUEUE_WORKER_LINGER = 0.01
+
+
 class BatchWriter:
+    """``linger``: seconds a batch waits for more steps before it commits (0: it commits as
+    soon as the previous commit is done). A transaction costs about as much CPU as five of
+    its steps (its commit, the hop to the database thread and back), so a writer whose
+    callers can wait a little (the scanner's and delivery's, behind a queue; never ingress's,
+    whose sender waits for the 250) commits fewer, larger batches (docs/performance.md)."""
+
     def __init__(
-        self, engine: AsyncEngine, handlers: Mapping[str, BulkHandler], max_items: int = 256
+        self,
+        engine: AsyncEngine,
+        handlers: Mapping[str, BulkHandler],
+        max_items: int = 256,
+        linger: float = 0.0,
     ) -> None:
         self.engine = engine
         self.transactions = Transactions(engine)
         self.handlers = handlers
         self.max_items = max_items
+        self.linger = linger
         self._pending: list[tuple[str, Any, asyncio.Future[Any]]] = []
         self._committer: asyncio.Task[None] | None = None
 
@@ -80,6 +96,8 @@ class BatchWriter:
 
     async def _commit_all(self) -> None:
         while self._pending:
+            if self.linger and len(self._pending) < self.max_items:
+                await asyncio.sleep(self.linger)
             batch = self._pending[: self.max_items]
             del self._pending[: self.max_items]
             try:

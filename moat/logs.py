@@ -25,6 +25,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -116,6 +117,12 @@ class BackgroundStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     did before, rather than the process growing without end."""
 
     QUEUE_LIMIT = 10_000
+    # The writer wakes for a line, waits this long for the lines that follow it, and writes
+    # them all with one system call: one wake-up and one write per burst, not per line (a
+    # busy service logs a line per message; docs/performance.md has what it saved). Lines
+    # logged off the event loop wait for the queue to empty, so at most this long more.
+    LINGER = 0.01
+    BURST_LIMIT = 1_000
 
     def __init__(self, stream: Any = None) -> None:
         super().__init__(stream)
@@ -155,13 +162,37 @@ class BackgroundStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def _write_queued(self) -> None:
         while True:
-            record = self._queue.get()
+            burst = [self._queue.get()]
+            if burst[0] is not None:
+                time.sleep(self.LINGER)
+            while burst[-1] is not None and len(burst) < self.BURST_LIMIT:
+                try:
+                    burst.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
             try:
-                if record is None:
-                    return
-                self.emit(record)
+                self._emit_burst([record for record in burst if record is not None])
             finally:
-                self._queue.task_done()
+                for _ in burst:
+                    self._queue.task_done()
+            if burst[-1] is None:
+                return
+
+    def _emit_burst(self, records: list[logging.LogRecord]) -> None:
+        lines = []
+        for record in records:
+            try:
+                lines.append(self.format(record) + self.terminator)
+            except Exception:
+                self.handleError(record)
+        if not lines:
+            return
+        with self._stream_lock:
+            try:
+                self.stream.write("".join(lines))
+                self.stream.flush()
+            except Exception:
+                self.handleError(records[-1])
 
     def emit(self, record: logging.LogRecord) -> None:
         with self._stream_lock:

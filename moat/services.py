@@ -30,8 +30,12 @@ class Components:
         await self.repository.close()
 
 
-async def build(settings: Settings, *, connect_broker: bool = True) -> Components:
-    repository = Repository(create_engine(settings.database_url))
+async def build(
+    settings: Settings, *, connect_broker: bool = True, commit_linger: float = 0.0
+) -> Components:
+    """``commit_linger``: how long the process's database writes wait to be batched with
+    others (``moat.batch.BatchWriter``); 0 where a sender or a user waits for them."""
+    repository = Repository(create_engine(settings.database_url), commit_linger)
     store = open_store(settings)
     broker = Broker(
         settings.broker, topology(settings.delivery.retry_schedule, settings.broker.delivery_limit)

@@ -276,9 +276,13 @@ class SymbolTable:
             return finding
         entry = self.symbols.get(finding.symbol)
         if entry is None:
-            return finding.model_copy(update={"category": Category.INFO, "score": 0.0})
-        score = finding.score if entry.weighted_by_zone else entry.score
-        return finding.model_copy(update={"category": entry.category, "score": score})
+            category, score = Category.INFO, 0.0
+        else:
+            category = entry.category
+            score = finding.score if entry.weighted_by_zone else entry.score
+        if finding.category == category and finding.score == score:
+            return finding  # as counted already (checks make findings from this table): no copy
+        return finding.model_copy(update={"category": category, "score": score})
 
     def action(self, symbol: str) -> Action | None:
         entry = self.symbols.get(symbol)

@@ -13,6 +13,7 @@ import logging
 from datetime import timedelta
 
 from moat import metrics, probes, runtime
+from moat.batch import QUEUE_WORKER_LINGER
 from moat.dead_letters import DeadLetterSweep
 from moat.model import DeliveryRequest
 from moat.retention import Retention
@@ -27,7 +28,7 @@ log = logging.getLogger("delivery")
 
 async def main(settings: Settings) -> None:
     probe = await probes.serve("delivery", settings, settings.delivery.metrics_port)
-    parts = await build(settings)
+    parts = await build(settings, commit_linger=QUEUE_WORKER_LINGER)
     smtp = SmtpClient(
         settings.smtp.hostname, settings.delivery.connect_timeout, settings.delivery.command_timeout
     )

@@ -15,6 +15,7 @@ import sys
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from moat import probes, runtime
+from moat.batch import QUEUE_WORKER_LINGER
 from moat.feedback import FeedbackQueue
 from moat.services import build, every
 from moat.settings import Settings, load_settings
@@ -32,7 +33,7 @@ log = logging.getLogger("scanner")
 async def main(settings: Settings) -> None:
     scanner = Scanner(settings)  # builds the checks: a bad registry fails before connecting
     probe = await probes.serve("scanner", settings, settings.scanner.metrics_port)
-    parts = await build(settings)
+    parts = await build(settings, commit_linger=QUEUE_WORKER_LINGER)
     consumer = ScanConsumer(parts.broker, parts.repository, parts.store, scanner)
     await consumer.start()
     probe.readiness = probes.consumer_ready(parts.broker, SCAN)

@@ -285,3 +285,36 @@ def test_logging_shutdown_writes_the_queued_lines_and_returns() -> None:
         log.propagate = True
     lines = stream.getvalue().splitlines()
     assert [line.rsplit(" ", 1)[1] for line in lines] == [str(n) for n in range(50)]
+
+
+def test_lines_logged_together_are_written_together() -> None:
+    """A burst of lines from the event loop costs the writer one write, not one per line."""
+
+    class CountingStream(io.StringIO):
+        writes = 0
+
+        def write(self, text: str) -> int:
+            self.writes += 1
+            return super().write(text)
+
+    stream = CountingStream()
+    handler = logs.BackgroundStreamHandler(stream)
+    handler.setFormatter(logs.ConsoleFormatter("scanner"))
+    log = logging.getLogger("test.bursts")
+    log.propagate = False
+    log.addHandler(handler)
+
+    async def judge() -> None:
+        for n in range(50):
+            log.warning("line %d", n)
+
+    try:
+        asyncio.run(judge())
+        handler.flush()
+    finally:
+        log.removeHandler(handler)
+        log.propagate = True
+        handler.close()
+    lines = stream.getvalue().splitlines()
+    assert [line.rsplit(" ", 1)[1] for line in lines] == [str(n) for n in range(50)]
+    assert stream.writes <= 3

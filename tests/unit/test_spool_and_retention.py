@@ -49,6 +49,29 @@ def test_write_leaves_no_temporary_file(tmp_path: Path) -> None:
     assert [message_id for message_id, _ in store.stored()] == ["01TESTWRITE000000000000000"]
 
 
+@pytest.mark.parametrize("size", [0, 5 * 1024, spool.INLINE_READ_LIMIT + 1])
+def test_read_gives_the_whole_copy_and_leaves_its_access_time(tmp_path: Path, size: int) -> None:
+    store = DirectoryStore(tmp_path)
+    data = os.urandom(size)
+    asyncio.run(store.write("01READ", data))
+    path = store.path("01READ")
+    # Two days ago: under relatime (the usual mount) a plain read would update it now.
+    before = time.time() - 2 * DAY
+    os.utime(path, (before, path.stat().st_mtime))
+    assert asyncio.run(store.read("01READ")) == data
+    assert path.stat().st_atime == pytest.approx(before, abs=1)
+
+
+def test_read_and_delete_of_a_missing_copy(tmp_path: Path) -> None:
+    store = DirectoryStore(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        asyncio.run(store.read("01GONE"))
+    asyncio.run(store.write("01GONE", b"x"))
+    asyncio.run(store.delete("01GONE"))
+    asyncio.run(store.delete("01GONE"))  # a second time: no error
+    assert not store.path("01GONE").exists()
+
+
 def test_sweep_temporary_takes_leftovers_only(tmp_path: Path) -> None:
     store = DirectoryStore(tmp_path)
     directory = tmp_path / "0a"

@@ -173,3 +173,16 @@ def test_any_two_rule_hits_with_a_high_band_make_spam() -> None:
     for a, b in itertools.combinations(rules, 2):
         verdict = decide([finding(a), finding(b), finding("BAYES_95")], POLICY)
         assert verdict.verdict == VerdictName.SPAM, (a, b)
+
+
+def test_a_finding_counted_as_the_table_says_is_not_copied_again() -> None:
+    table = ScannerSettings().symbol_table
+    made = table.finding("headers", "SUBJ_ALL_CAPS", "SUBJECT")
+    assert table.score(made) is made
+    none = Finding(check="eicar", symbol="EICAR_NONE", category=Category.INFO)
+    assert table.score(none) is none
+    # A check's own category or score is still replaced by the table's.
+    forged = made.model_copy(update={"score": 99.0, "category": Category.VIRUS})
+    counted = table.score(forged)
+    assert counted is not forged
+    assert (counted.category, counted.score) == (made.category, made.score)
